@@ -1,0 +1,85 @@
+"""What an audit produces, as plain data: the report and summary are drawn from these and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ClusterResult:
+    """One spectral cluster of one audited class.
+
+    ``evidence`` holds the measured numbers behind ``score`` (their meaning is documented in
+    ``spray.flag``); ``region`` is the cluster's distinctive relevance region at preprocessing
+    resolution, or None when the cluster was too small to score.
+    """
+
+    id: int
+    members: list[str]
+    score: float
+    flagged: bool
+    evidence: dict[str, Any]
+    mean_map: np.ndarray  # (h, w) mean preprocessed relevance of the members
+    region: np.ndarray | None  # (h, w) bool
+    prototypes: list[str]  # sample ids, most typical first
+    prototype_images: list[np.ndarray]  # (H, W, 3) uint8 each, as the model saw them (resized)
+    prototype_heatmaps: list[np.ndarray]  # (H, W) float32 each, channel-summed input relevance
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class ClassResult:
+    """The SpRAY analysis of one class: per-sample arrays are aligned with ``ids``."""
+
+    class_index: int
+    class_name: str
+    ids: list[str]  # (N,) sample ids
+    labels: np.ndarray  # (N,) int, the label column (equals class_index)
+    predictions: np.ndarray  # (N,) int, argmax of the logits
+    logits: np.ndarray  # (N,) float, the audited class's logit
+    conservation: np.ndarray  # (N,) float, sum of input relevance / explained logit
+    eigenvalues: np.ndarray  # (m,) ascending eigenvalues of the normalised Laplacian
+    n_clusters: int  # chosen by the eigengap
+    cluster_labels: np.ndarray  # (N,) int in [0, n_clusters)
+    embeddings: dict[str, np.ndarray]  # name -> (N, 2)
+    clusters: list[ClusterResult]  # flagged first, then by score
+    class_mean_map: np.ndarray  # (h, w) mean preprocessed relevance of the whole class
+    notes: list[str] = field(default_factory=list)  # what a reviewer should know (e.g. components)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.ids)
+
+    @property
+    def flagged(self) -> bool:
+        return any(cluster.flagged for cluster in self.clusters)
+
+
+@dataclass
+class SkippedClass:
+    class_index: int
+    class_name: str
+    reason: str
+
+
+@dataclass
+class RunInfo:
+    """Metadata shown in the report and written to summary.json."""
+
+    config_path: str
+    config: dict[str, Any]  # the validated config, paths as strings
+    model: str  # factory and weights
+    data: str  # manifest or root, number of samples
+    versions: dict[str, str]  # package -> version
+    started: str  # ISO 8601
+    duration_s: float
+    device: str
+    skipped_samples: list[tuple[str, str]]  # (sample id, reason) for missing or unreadable images
+    skipped_classes: list[SkippedClass]
+    stages: dict[str, dict[str, int]]  # stage -> {"computed": n, "cached": n}
