@@ -1,0 +1,383 @@
+"""Samples from a manifest CSV or an ImageFolder tree, image decoding, and content digests.
+
+Two layouts are read (``DataConfig`` holds exactly one of them):
+
+* **manifest**: a CSV file with the columns ``path`` and ``label`` (other columns are ignored). Paths are
+  relative to the CSV's folder (absolute paths are kept). A sample's id is its path exactly as written.
+  Labels are either all integers, taken as indices of the model's outputs, or strings, mapped through
+  ``DataConfig.class_names`` when given and otherwise numbered in sorted order of the unique strings.
+* **root**: one sub-folder per class, like torchvision's ``ImageFolder``: the sorted folder names are the
+  class indices unless ``class_names`` is given, in which case every folder must be one of those names and
+  takes its index there. Images are found recursively inside each class folder by extension. A sample's id
+  is its path relative to the root with POSIX separators.
+
+Files that are listed but absent are not fatal: they are kept in ``Dataset.missing`` with the reason. Images
+that exist but cannot be decoded are found when pixels are loaded (``load_pixels``) and reported the same way.
+
+Pixels are ``(H, W, C)`` float32 in [0, 1] ("pixel space", where interventions such as masking work); the
+model sees ``to_model_input(pixels, image)``, ``(N, C, H, W)`` normalised with the config's mean and std.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from spray.config import DataConfig, ImageConfig
+from spray.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_DIGEST_CHUNK = 1 << 20
+_SHOWN = 10  # how many offending items an error message lists before summarising the rest
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its id as the user wrote it, where it is, and the model output index of its class."""
+
+    id: str
+    path: Path
+    label: int
+
+
+@dataclass
+class Dataset:
+    """The samples of a manifest or folder, the class names by index, and the files that were absent."""
+
+    samples: list[Sample]
+    class_names: list[str]
+    source: Path
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+    def by_class(self) -> dict[int, list[Sample]]:
+        """Samples grouped by label, in ascending label order; classes without samples are absent."""
+        groups: dict[int, list[Sample]] = {}
+        for sample in self.samples:
+            groups.setdefault(sample.label, []).append(sample)
+        return {label: groups[label] for label in sorted(groups)}
+
+    def class_index(self, key: int | str) -> int:
+        """The output index of a class given by index or by name.
+
+        A string is looked up among the class names first; a string of digits that is not a name is taken
+        as an index (so ``--classes 3`` works on the command line). Raises DataError listing the classes.
+        """
+        if isinstance(key, str) and key in self.class_names:
+            return self.class_names.index(key)
+        index: int | None = None
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            index = int(key)
+        elif isinstance(key, str) and key.strip().isdigit():
+            index = int(key.strip())
+        if index is not None and 0 <= index < len(self.class_names):
+            return index
+        raise DataError(
+            f"unknown class {key!r} in {self.source}; expected an index 0..{len(self.class_names) - 1} "
+            f"or one of the class names: {_listing(self.class_names)}"
+        )
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Read the samples of ``config.manifest`` or ``config.root``.
+
+    Raises DataError naming the file (and for a manifest the row and column) when the source cannot be used,
+    or when none of its images exists. Absent images are listed in ``Dataset.missing``, not raised.
+    """
+    if config.manifest is not None:
+        dataset = _load_manifest(Path(config.manifest), config.class_names)
+    elif config.root is not None:
+        dataset = _load_folder(Path(config.root), config.class_names)
+    else:  # DataConfig validation makes this unreachable; guard against a hand-built config
+        raise DataError("give exactly one of data.manifest (a CSV) or data.root (one folder per class)")
+    if not dataset.samples:
+        shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in dataset.missing[:_SHOWN])
+        raise DataError(
+            f"no image of {dataset.source} exists ({len(dataset.missing)} listed, all missing): {shown}"
+        )
+    return dataset
+
+
+def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
+    manifest = manifest.resolve()
+    try:
+        # utf-8-sig: spreadsheets often write a byte order mark, which would otherwise glue onto "path"
+        with manifest.open("r", encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = [(reader.line_num, row) for row in reader]
+    except FileNotFoundError:
+        raise DataError(f"manifest not found: {manifest}") from None
+    except IsADirectoryError:
+        raise DataError(f"manifest {manifest} is a folder; expected a CSV file (or use data.root)") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"manifest {manifest} is not UTF-8 text: {error.reason} at byte {error.start}") from None
+    except csv.Error as error:
+        raise DataError(f"manifest {manifest} is not a valid CSV file: {error}") from None
+    except OSError as error:
+        raise DataError(f"cannot read manifest {manifest}: {error.strerror}") from None
+
+    if header is None or not any(cell.strip() for cell in header):
+        raise DataError(f"manifest {manifest} is empty; expected a header row 'path,label' and one row per image")
+    columns = [cell.strip() for cell in header]
+    absent = [name for name in ("path", "label") if name not in columns]
+    if absent:
+        raise DataError(
+            f"manifest {manifest} has no {' or '.join(repr(name) for name in absent)} column; "
+            f"expected columns path,label, found: {', '.join(repr(c) for c in columns)}"
+        )
+    path_col, label_col = columns.index("path"), columns.index("label")
+    rows = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]  # blank lines are not rows
+    if not rows:
+        raise DataError(f"manifest {manifest} has a header but no rows; expected one row per image")
+
+    entries: list[tuple[int, str, str]] = []  # (line, path as written, label as written)
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        cells = [cell.strip() for cell in row]
+        path_cell = cells[path_col] if path_col < len(cells) else ""
+        label_cell = cells[label_col] if label_col < len(cells) else ""
+        if not path_cell:
+            raise DataError(f"manifest {manifest}, row {line}, column 'path': empty; expected an image path")
+        if not label_cell:
+            raise DataError(f"manifest {manifest}, row {line}, column 'label': empty; expected a class")
+        if path_cell in seen:
+            # ids must be unique: they name samples in the report and in cluster member lists
+            raise DataError(
+                f"manifest {manifest}, row {line}, column 'path': {path_cell!r} is already listed at row "
+                f"{seen[path_cell]}; expected each image once"
+            )
+        seen[path_cell] = line
+        entries.append((line, path_cell, label_cell))
+
+    labels, names = _map_labels(manifest, entries, class_names)
+    base = manifest.parent
+    samples: list[Sample] = []
+    missing: list[tuple[str, str]] = []
+    for (line, path_cell, _), label in zip(entries, labels):
+        path = (base / Path(path_cell).expanduser()).resolve()
+        problem = _file_problem(path)
+        if problem is None:
+            samples.append(Sample(id=path_cell, path=path, label=label))
+        else:
+            missing.append((path_cell, f"{problem} (manifest row {line})"))
+    return Dataset(samples=samples, class_names=names, source=manifest, missing=missing)
+
+
+def _map_labels(
+    manifest: Path, entries: list[tuple[int, str, str]], class_names: list[str] | None
+) -> tuple[list[int], list[str]]:
+    """Labels as model output indices, and the class names by index."""
+    as_ints = [_parse_int(label) for _, _, label in entries]
+    if all(value is not None for value in as_ints):
+        for (line, _, text), value in zip(entries, as_ints):
+            if value < 0:
+                raise DataError(
+                    f"manifest {manifest}, row {line}, column 'label': {text} is negative; "
+                    "expected an index of the model's outputs (0, 1, ...) or a class name"
+                )
+            if class_names is not None and value >= len(class_names):
+                raise DataError(
+                    f"manifest {manifest}, row {line}, column 'label': index {value} is beyond the "
+                    f"{len(class_names)} data.class_names ({_listing(class_names)})"
+                )
+        indices = [int(value) for value in as_ints]  # type: ignore[arg-type]
+        names = list(class_names) if class_names is not None else [str(i) for i in range(max(indices) + 1)]
+        return indices, names
+
+    # string labels: one non-integer label makes every label a name, so "3" and "cat" are both names
+    if class_names is None:
+        names = sorted({label for _, _, label in entries})
+    else:
+        names = list(class_names)
+        for line, _, label in entries:
+            if label not in names:
+                raise DataError(
+                    f"manifest {manifest}, row {line}, column 'label': {label!r} is not in data.class_names; "
+                    f"expected one of: {_listing(names)}"
+                )
+    lookup = {name: index for index, name in enumerate(names)}
+    return [lookup[label] for _, _, label in entries], names
+
+
+def _parse_int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _load_folder(root: Path, class_names: list[str] | None) -> Dataset:
+    root = root.resolve()
+    if not root.exists():
+        raise DataError(f"data root not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a folder; expected one sub-folder per class (or use data.manifest)")
+    # hidden folders (.ipynb_checkpoints, .git) are never classes
+    folders = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if not folders:
+        raise DataError(f"data root {root} has no class folder; expected one sub-folder per class, e.g. {root}/cat/")
+    if class_names is None:
+        names = folders
+    else:
+        names = list(class_names)
+        unknown = [name for name in folders if name not in names]
+        if unknown:
+            raise DataError(
+                f"data root {root}: folder(s) {_listing(unknown)} are not in data.class_names; "
+                f"expected the folder names to be among: {_listing(names)}"
+            )
+    samples: list[Sample] = []
+    for folder in folders:
+        label = names.index(folder)
+        files = [
+            path
+            for path in (root / folder).rglob("*")
+            if path.suffix.lower() in IMAGE_EXTENSIONS
+            and path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        ]
+        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+            samples.append(Sample(id=path.relative_to(root).as_posix(), path=path, label=label))
+    if not samples:
+        raise DataError(
+            f"data root {root} has class folders ({_listing(folders)}) but no images in them; "
+            f"expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return Dataset(samples=samples, class_names=names, source=root, missing=[])
+
+
+def _file_problem(path: Path) -> str | None:
+    if not path.exists():
+        return f"file not found: {path}"
+    if not path.is_file():
+        return f"not a file: {path}"
+    return None
+
+
+class _DecodeProblem(Exception):
+    """Why one image could not be read; the message is the reason without the file name."""
+
+
+def read_pixels(path: Path, image: ImageConfig) -> np.ndarray:
+    """Decode one image into ``(H, W, C)`` float32 in [0, 1].
+
+    The image is converted to ``image.mode`` (C = 1 for L, 3 for RGB) and resized to ``image.size``
+    ([height, width]) with bilinear interpolation, as torchvision's PIL-based transforms do. EXIF
+    orientation is not applied, also like torchvision, so the model sees what it was trained on.
+    Raises DataError naming the file when it is missing or cannot be decoded (including a truncated file).
+    """
+    try:
+        return _decode(Path(path), image)
+    except _DecodeProblem as problem:
+        raise DataError(f"{path}: {problem}") from None
+
+
+def _decode(path: Path, image: ImageConfig) -> np.ndarray:
+    height, width = image.size
+    try:
+        with Image.open(path) as opened:
+            # load() decodes everything now: a truncated or garbled file fails here, not later in convert.
+            # This relies on PIL.ImageFile.LOAD_TRUNCATED_IMAGES being False (Pillow's default); spray never
+            # sets it, because it would silently pad a truncated image with grey.
+            opened.load()
+            converted = opened.convert(image.mode)
+    except FileNotFoundError:
+        raise _DecodeProblem("file not found") from None
+    except IsADirectoryError:
+        raise _DecodeProblem("not a file") from None
+    except UnidentifiedImageError:
+        raise _DecodeProblem("cannot decode image: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        # Pillow reports corrupt data as OSError ("image file is truncated", "broken data stream"),
+        # SyntaxError (a broken PNG chunk) or ValueError, depending on the plugin
+        raise _DecodeProblem(f"cannot decode image: {error}") from None
+    with converted:
+        if converted.size != (width, height):
+            resized = converted.resize((width, height), Image.Resampling.BILINEAR)
+        else:
+            resized = converted.copy()
+    pixels = np.asarray(resized, dtype=np.float32) / 255.0
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return pixels
+
+
+def load_pixels(
+    samples: Sequence[Sample], image: ImageConfig
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Decode many images; one bad image is reported, never raised.
+
+    Returns ``(pixels, ok, failed)``: ``pixels`` is ``(n_ok, H, W, C)`` float32 in [0, 1] for the samples
+    at positions ``ok`` of ``samples`` (in order), and ``failed`` lists ``(sample id, reason)`` for the rest.
+    """
+    height, width = image.size
+    arrays: list[np.ndarray] = []
+    ok: list[int] = []
+    failed: list[tuple[str, str]] = []
+    for position, sample in enumerate(samples):
+        try:
+            arrays.append(_decode(sample.path, image))
+        except _DecodeProblem as problem:
+            failed.append((sample.id, str(problem)))
+        else:
+            ok.append(position)
+    if arrays:
+        pixels = np.stack(arrays)
+    else:
+        pixels = np.zeros((0, height, width, image.channels), dtype=np.float32)
+    return pixels, ok, failed
+
+
+def to_model_input(pixels: np.ndarray, image: ImageConfig) -> torch.Tensor:
+    """Pixels ``(N, H, W, C)`` in [0, 1] -> model input ``(N, C, H, W)`` float32, ``(pixels - mean) / std``.
+
+    Mean and std are per channel (one value in the config is used for every channel).
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[-1] != image.channels:
+        raise ValueError(
+            f"expected pixels of shape (N, H, W, {image.channels}) for mode {image.mode}, got {pixels.shape}"
+        )
+    mean = np.asarray(image.per_channel("mean"), dtype=np.float32)
+    std = np.asarray(image.per_channel("std"), dtype=np.float32)
+    normalised = (pixels.astype(np.float32, copy=False) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(0, 3, 1, 2)))
+
+
+def file_digest(path: Path) -> str:
+    """Content hash (blake2b, 32 hex digits) of a file's bytes, for cache keys. Raises DataError if unreadable."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_DIGEST_CHUNK), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
+    return digest.hexdigest()
+
+
+def dataset_token(samples: Sequence[Sample]) -> str:
+    """Hash of ``(id, label, file digest)`` of the given samples, in their order, for cache keys.
+
+    Order matters because the cached intermediates are arrays in sample order.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for sample in samples:
+        # separators that cannot occur in an id line keep ("a", 12) and ("a1", 2) apart
+        digest.update(f"{sample.id}\0{sample.label}\0{file_digest(sample.path)}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:_SHOWN])
+    more = len(names) - _SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
