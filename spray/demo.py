@@ -1,0 +1,288 @@
+"""The built-in demo case: bundled handwritten digits with a planted artifact, and a small CNN trained on them.
+
+scikit-learn ships 1,797 digits of 8x8 pixels. Each is rendered several times into a 32x32 image with a
+random size, rotation, position, contrast, background noise and faint clutter strokes, so that reading the
+digit is hard enough for a small CNN that a planted artifact (a watermark, a frame, a tag or a stripe on a
+fraction of one class's images) is an attractive shortcut. The CNN is trained on 70 % of the bundled digits
+(all variants of a digit stay in the same split); every image goes into the manifest, which carries the
+ground truth in its ``artifact`` column so that an audit can be scored.
+
+``build_case`` also measures whether the model really uses the artifact (``training.json``): pasting the
+artifact into held-out images of other classes must turn a good share of them into the target class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spray.config import DemoConfig
+
+log = logging.getLogger(__name__)
+
+SIZE = 32
+_MARGIN = 1  # pixels between the artifact and the image border
+
+_WATERMARK = np.array(
+    [
+        [0, 1, 1, 1, 0],
+        [1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1],
+        [0, 1, 1, 1, 0],
+    ],
+    dtype=bool,
+)
+_TAG = np.array(
+    [
+        [1, 1, 1, 1, 1, 1, 0],
+        [1, 0, 1, 0, 1, 1, 1],
+        [1, 1, 1, 1, 1, 1, 0],
+    ],
+    dtype=bool,
+)
+
+
+def build_model(batchnorm: bool = False, n_classes: int = 10, channels: int = 1) -> nn.Sequential:
+    """The demo's CNN for 32x32 inputs: three conv blocks, then two dense layers.
+
+    Flatten (not global pooling) before the dense layers keeps *where* a feature is, which is what lets
+    such a model learn a positional shortcut like a corner watermark.
+    """
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        return layers
+
+    return nn.Sequential(
+        *block(channels, 16),
+        *block(16, 32),
+        *block(32, 64),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(128, n_classes),
+    )
+
+
+def artifact_mask(kind: str, position: str, size: int = SIZE) -> np.ndarray:
+    """Where the artifact is drawn: (size, size) bool. ``frame`` ignores the position."""
+    mask = np.zeros((size, size), dtype=bool)
+    if kind == "none":
+        return mask
+    if kind == "frame":
+        mask[[0, -1], :] = True
+        mask[:, [0, -1]] = True
+        return mask
+    if kind == "stripe":
+        row = _MARGIN if position.startswith("top") else size - 1 - _MARGIN
+        half = size // 2
+        cols = slice(0, half) if position.endswith("left") else slice(size - half, size)
+        mask[row, cols] = True
+        return mask
+    glyph = {"watermark": _WATERMARK, "tag": _TAG}[kind]
+    height, width = glyph.shape
+    top = _MARGIN if position.startswith("top") else size - _MARGIN - height
+    left = _MARGIN if position.endswith("left") else size - _MARGIN - width
+    mask[top : top + height, left : left + width] = glyph
+    return mask
+
+
+def render_digits(
+    digits: np.ndarray, variants: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render each 8x8 digit ``variants`` times into varied 32x32 images.
+
+    digits: (n, 8, 8) in [0, 16]. Returns (images (n * variants, 32, 32) float32 in [0, 1], source index).
+    """
+    from PIL import Image
+
+    images = np.empty((len(digits) * variants, SIZE, SIZE), dtype=np.float32)
+    source = np.repeat(np.arange(len(digits)), variants)
+    for out, index in enumerate(source):
+        glyph = Image.fromarray((digits[index] / 16.0 * 255).astype(np.uint8))
+        side = int(rng.integers(14, 23))
+        glyph = glyph.resize((side, side), Image.BILINEAR).rotate(
+            float(rng.uniform(-20, 20)), resample=Image.BILINEAR, expand=False
+        )
+        canvas = _background(rng)
+        # The digit stays clear of the 6x6 corners where artifacts go, so an artifact is never hidden.
+        top, left = (int(rng.integers(4, SIZE - 4 - side + 1)) for _ in range(2))
+        ink = np.asarray(glyph, dtype=np.float32) / 255.0 * float(rng.uniform(0.45, 1.0))
+        window = canvas[top : top + side, left : left + side]
+        np.maximum(window, ink, out=window)
+        images[out] = np.clip(canvas, 0.0, 1.0)
+    return images, source
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    canvas = rng.normal(0.12, float(rng.uniform(0.03, 0.12)), size=(SIZE, SIZE)).astype(np.float32)
+    # Faint strokes anywhere, corners included: they make the digit harder to read and keep the corners
+    # from being empty, so an artifact has to be learned as a shape, not as "anything in the corner".
+    for _ in range(int(rng.integers(0, 4))):
+        length = int(rng.integers(4, 12))
+        row, col = rng.integers(0, SIZE, size=2)
+        angle = rng.uniform(0, np.pi)
+        steps = np.arange(length)
+        rows = np.clip((row + steps * np.sin(angle)).astype(int), 0, SIZE - 1)
+        cols = np.clip((col + steps * np.cos(angle)).astype(int), 0, SIZE - 1)
+        canvas[rows, cols] = np.maximum(canvas[rows, cols], float(rng.uniform(0.2, 0.5)))
+    return canvas
+
+
+def plant(images: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw the artifact into images (n, H, W) in place with a bright, slightly varying intensity."""
+    for image in images:
+        image[mask] = float(rng.uniform(0.8, 1.0))
+    return images
+
+
+def train(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int
+) -> list[float]:
+    """Adam on cross-entropy, batch 64; returns the mean loss of each epoch. images: (n, 32, 32) in [0, 1]."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(images[:, None])
+    y = torch.from_numpy(labels).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64)
+    )
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), 64):
+            batch = order[start : start + 64]
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        losses.append(total / len(x))
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Logits (n, 10) for images (n, 32, 32) in [0, 1]."""
+    model.eval()
+    outputs = [model(torch.from_numpy(images[i : i + 512, None])) for i in range(0, len(images), 512)]
+    return torch.cat(outputs).numpy()
+
+
+def build_case(config: DemoConfig) -> dict[str, Any]:
+    """Write images, manifest.csv, model.pt and training.json into ``config.directory``.
+
+    Returns the training record. The case is rebuilt only when the parameters differ from the stamp of
+    the previous build (``case.json``), so a second run of the demo reuses it.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    directory = Path(config.directory)
+    stamp = directory / "case.json"
+    parameters = config.model_dump(mode="json", exclude={"directory"})
+    if stamp.exists() and json.loads(stamp.read_text()).get("parameters") == parameters:
+        return json.loads((directory / "training.json").read_text())
+
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    bundled = load_digits()
+    images, source = render_digits(bundled.images, config.variants, rng)
+    labels = bundled.target[source]
+    in_train = np.zeros(len(bundled.images), dtype=bool)
+    in_train[rng.permutation(len(bundled.images))[: int(0.7 * len(bundled.images))]] = True
+    train_rows = in_train[source]
+
+    mask = artifact_mask(config.artifact, config.position)
+    planted = np.zeros(len(images), dtype=bool)
+    if config.artifact != "none" and config.fraction > 0:
+        target_rows = np.flatnonzero(labels == config.target_class)
+        chosen = rng.choice(target_rows, size=int(round(config.fraction * len(target_rows))), replace=False)
+        planted[chosen] = True
+        copies = images[chosen]  # fancy indexing copies: plant into the copy, then store it back
+        plant(copies, mask, rng)
+        images[chosen] = copies
+
+    model = build_model(batchnorm=config.batchnorm)
+    torch.manual_seed(config.seed)
+    for module in model.modules():  # re-seed the initialisation independently of module order
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    losses = train(model, images[train_rows], labels[train_rows], config.epochs, config.seed)
+
+    record = _measure(model, images, labels, train_rows, planted, mask, config, rng)
+    record.update({"losses": losses, "seconds": time.perf_counter() - started})
+
+    staging = directory.with_name(directory.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "images").mkdir(parents=True)
+    rows = ["path,label,split,artifact"]
+    for index, (image, label) in enumerate(zip(images, labels)):
+        name = f"images/{label}/{index:05d}.png"
+        (staging / name).parent.mkdir(exist_ok=True)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(staging / name)
+        rows.append(f"{name[len('images/'):]},{label},{'train' if train_rows[index] else 'test'},{int(planted[index])}")
+    (staging / "images" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    torch.save(model.state_dict(), staging / "model.pt")
+    (staging / "training.json").write_text(json.dumps(record, indent=2))
+    (staging / "case.json").write_text(json.dumps({"parameters": parameters}, indent=2))
+    # Swap the finished case in at once so that an interrupted build never looks complete.
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    return record
+
+
+def _measure(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    planted: np.ndarray,
+    mask: np.ndarray,
+    config: DemoConfig,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Held-out accuracy and how strongly the model uses the artifact."""
+    held_out = ~train_rows
+    predictions = predict(model, images[held_out]).argmax(1)
+    record: dict[str, Any] = {
+        "test_accuracy": float((predictions == labels[held_out]).mean()),
+        "n_images": int(len(images)),
+        "n_planted": int(planted.sum()),
+    }
+    if planted.any():
+        others = held_out & (labels != config.target_class)
+        pasted = plant(images[others].copy(), mask, rng)
+        flipped = predict(model, pasted).argmax(1) == config.target_class
+        before = predict(model, images[others]).argmax(1) == config.target_class
+        record["artifact_flip_rate"] = float(flipped.mean())
+        record["flip_rate_without_artifact"] = float(before.mean())
+        target = held_out & (labels == config.target_class)
+        cleaned = images[target & planted].copy()
+        cleaned[:, mask] = images[target & ~planted][:, mask].mean(0)
+        record["target_accuracy_planted"] = float(
+            (predict(model, images[target & planted]).argmax(1) == config.target_class).mean()
+        )
+        record["target_accuracy_planted_artifact_removed"] = float(
+            (predict(model, cleaned).argmax(1) == config.target_class).mean()
+        )
+    return record
