@@ -1,0 +1,122 @@
+"""The LRP entry point used by the audit pipeline."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from spray.lrp.composites import Composite, resolve_composite
+from spray.lrp.graph import build_lrp_graph
+from spray.lrp.rules import Bound
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class LRP:
+    """Layer-wise Relevance Propagation of a classifier's target logit.
+
+    ``LRP(model, composite, epsilon, gamma, alpha, low, high)`` prepares a private copy of ``model``
+    (eval mode, BatchNorm folded, parameters frozen, every layer checked and given its rule); the
+    caller's model is never modified. ``low``/``high`` are the z^B input bounds, a float or one value per
+    channel, required by ``epsilon_gamma_box``. ``composite`` is a name from
+    :data:`spray.lrp.COMPOSITES` or a :class:`~spray.lrp.composites.Composite`.
+
+    Extra keyword options: ``stabilizer`` (the small constant of the non-epsilon denominators, 1e-6 as in
+    zennit) and ``autocast`` (``None``, ``"bf16"`` or ``"fp16"``: run the forward pass under
+    ``torch.autocast`` on CUDA; every rule still computes in float32, so relevance is float32).
+
+    ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
+    itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` float32 like ``x``:
+    the relevance of logit ``targets[b]``, seeded with the logit's own value, so under conservation
+    ``relevance[b].sum() ~= logits[b, targets[b]]``. After each call ``lrp.conservation`` holds
+    ``relevance[b].sum() / logits[b, targets[b]]`` per sample (B,), a cheap check of the model graph.
+
+    ``lrp.composite_name`` and ``lrp.rules`` (``{layer name: rule name}``) describe what was applied.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: Union[str, Composite] = "epsilon_plus_flat",
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        alpha: float = 2.0,
+        low: Optional[Bound] = None,
+        high: Optional[Bound] = None,
+        *,
+        stabilizer: float = 1e-6,
+        autocast: Optional[str] = None,
+    ) -> None:
+        resolved = resolve_composite(
+            composite, epsilon=epsilon, gamma=gamma, alpha=alpha, low=low, high=high, stabilizer=stabilizer
+        )
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+        self.composite_name: str = resolved.name
+        self.parameters: dict[str, Any] = {
+            "epsilon": epsilon, "gamma": gamma, "alpha": alpha, "stabilizer": stabilizer,
+            "low": _plain(low), "high": _plain(high), "autocast": autocast,
+        }
+        self.autocast = autocast
+        self._module, self.rules = build_lrp_graph(model, resolved)
+        self._device = torch.device("cpu")
+        self._lock = threading.Lock()
+        self.conservation: Optional[Tensor] = None
+
+    def _to(self, device: torch.device) -> None:
+        if device != self._device:
+            with self._lock:
+                if device != self._device:
+                    self._module.to(device)
+                    self._device = device
+
+    def __call__(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            raise ValueError(f"x must be a tensor (B, C, ...), got {getattr(x, 'shape', type(x).__name__)}")
+        targets = torch.as_tensor(targets, device=x.device).long().reshape(-1)
+        if targets.shape[0] != x.shape[0]:
+            raise ValueError(f"targets has {targets.shape[0]} entries for a batch of {x.shape[0]}")
+        self._to(x.device)
+        inputs = x.detach().to(torch.float32).requires_grad_(True)
+        with torch.enable_grad():
+            if self.autocast is not None and x.device.type == "cuda":
+                with torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.autocast]):
+                    output = self._module(inputs)
+            else:
+                output = self._module(inputs)
+            if output.ndim != 2:
+                raise ValueError(f"the model must return logits (B, K), got shape {tuple(output.shape)}")
+            if int(targets.min()) < 0 or int(targets.max()) >= output.shape[1]:
+                raise ValueError(f"targets must lie in [0, {output.shape[1]}), got {targets.tolist()}")
+            explained = output.gather(1, targets[:, None]).detach()
+            seed = torch.zeros_like(output).scatter_(1, targets[:, None], explained)
+            (relevance,) = torch.autograd.grad(output, inputs, seed)
+        logits = output.detach().float()
+        relevance = relevance.detach().float()
+        self.conservation = conservation(relevance, logits, targets)
+        return logits, relevance
+
+    def __repr__(self) -> str:
+        return f"LRP(composite={self.composite_name!r}, layers={len(self.rules)})"
+
+
+def conservation(relevance: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample ``sum(relevance[b]) / logits[b, targets[b]]`` (B,): 1 under exact conservation.
+
+    Biases absorb relevance, so values a little below 1 are normal; values far from 1 (or of the wrong
+    sign) point at a layer the engine does not explain faithfully.
+    """
+    explained = logits.gather(1, targets.reshape(-1, 1).to(logits.device)).reshape(-1)
+    total = relevance.reshape(relevance.shape[0], -1).sum(1)
+    return total / torch.where(explained == 0, torch.ones_like(explained), explained)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [float(v) for v in value]
+    return value

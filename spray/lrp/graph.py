@@ -1,0 +1,392 @@
+"""The model's computation graph, prepared for LRP.
+
+``build_lrp_graph(model, composite)`` works on a private copy of the model:
+
+1. trace it with ``torch.fx`` (so functional code such as ``out += identity`` or ``torch.cat`` is seen);
+2. turn supported functional calls into modules (``a + b`` -> :class:`Sum`, ``F.relu`` -> ``nn.ReLU``,
+   ``x.mean((2, 3))`` -> :class:`Mean`, ...), so every operation has a name and a type a composite can
+   match; anything else stops with a :class:`~spray.errors.ModelError` naming the node, its source line
+   and a fallback;
+3. fold every BatchNorm that directly follows a Conv/Linear into it (the canonizer), checking the folded
+   layer against the pair it replaces;
+4. ask the composite for each layer's rule and wrap the layer so that its backward pass applies it.
+
+The result is an ``fx.GraphModule``: its forward is the model's forward, and the gradient of its input
+for an output gradient ``R`` is the LRP relevance for output relevance ``R``.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import re
+from typing import Any, Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spray.errors import ModelError
+from spray.lrp.canonizers import fold_batchnorms
+from spray.lrp.composites import (
+    ACTIVATION_TYPES, AVGPOOL_TYPES, BATCHNORM_TYPES, IDENTITY_TYPES, MAXPOOL_TYPES, SUM_TYPES, Composite,
+    Mean, ScalarMul, Sum,
+)
+from spray.lrp.ops import (
+    CONV_TYPES, LINEAR_TYPES, LinearLayer, LinearRelevance, NormRelevance, PassRelevance, SumRelevance,
+)
+from spray.lrp.rules import Gradient, LinearRule, Norm, Pass, Rule
+
+FALLBACK = (
+    "as a fallback, set attribution.method to 'gradient_x_input' or 'integrated_gradients' "
+    "(they work with any differentiable model)"
+)
+
+# Shape-only and routing operations: their gradient moves relevance without changing it.
+_ROUTING_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.cat, torch.concat, torch.stack, torch.squeeze, torch.unsqueeze,
+    torch.transpose, torch.permute, torch.narrow, torch.split, torch.chunk, operator.getitem, getattr,
+    torch.Tensor.size, F.dropout, F.dropout2d, F.dropout1d, F.dropout3d,
+}
+_ROUTING_METHODS = {
+    "flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguous", "size", "dim", "permute",
+    "transpose", "split", "chunk", "narrow", "expand_as", "view_as", "reshape_as", "clone", "float",
+}
+_ACTIVATION_FUNCTIONS: dict[Any, Callable[..., nn.Module]] = {
+    F.relu: lambda inplace=False: nn.ReLU(),
+    torch.relu: lambda: nn.ReLU(),
+    F.relu6: lambda inplace=False: nn.ReLU6(),
+    F.leaky_relu: lambda negative_slope=0.01, inplace=False: nn.LeakyReLU(negative_slope),
+    F.hardtanh: lambda min_val=-1.0, max_val=1.0, inplace=False: nn.Hardtanh(min_val, max_val),
+    F.elu: lambda alpha=1.0, inplace=False: nn.ELU(alpha),
+    F.gelu: lambda approximate="none": nn.GELU(approximate),
+    F.silu: lambda inplace=False: nn.SiLU(),
+    F.hardswish: lambda inplace=False: nn.Hardswish(),
+    torch.sigmoid: lambda: nn.Sigmoid(),
+    F.sigmoid: lambda: nn.Sigmoid(),
+    torch.tanh: lambda: nn.Tanh(),
+    F.tanh: lambda: nn.Tanh(),
+}
+_ACTIVATION_METHODS: dict[str, Callable[..., nn.Module]] = {
+    "relu": lambda: nn.ReLU(), "relu_": lambda: nn.ReLU(), "sigmoid": lambda: nn.Sigmoid(),
+    "tanh": lambda: nn.Tanh(),
+}
+_POOL_FUNCTIONS: dict[Any, Callable[..., nn.Module]] = {
+    F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
+    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
+    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d, F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d,
+    F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d, F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
+}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div}
+
+SUPPORTED_MODULES: tuple[type, ...] = (
+    LINEAR_TYPES + ACTIVATION_TYPES + AVGPOOL_TYPES + MAXPOOL_TYPES + BATCHNORM_TYPES + IDENTITY_TYPES + SUM_TYPES
+)
+
+
+class LRPLinear(nn.Module):
+    """A Conv/Linear layer whose backward pass applies a :class:`LinearRule`."""
+
+    def __init__(self, module: nn.Module, rule: LinearRule) -> None:
+        super().__init__()
+        self.module = module
+        self.layer = LinearLayer(module)
+        self.rule = rule
+
+    def _apply(self, fn, *args, **kwargs):  # keep the LinearLayer's tensors in step with .to(device)
+        result = super()._apply(fn, *args, **kwargs)
+        self.layer = LinearLayer(self.module)
+        return result
+
+    def forward(self, x: Tensor) -> Tensor:
+        return LinearRelevance.apply(x, self)
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule.describe()}"
+
+
+class LRPPass(nn.Module):
+    """An element-wise layer whose backward pass leaves relevance unchanged."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return PassRelevance.apply(x, self.module)
+
+
+class LRPNorm(nn.Module):
+    """Average pooling / mean whose backward pass splits relevance by contribution."""
+
+    def __init__(self, module: nn.Module, rule: Norm) -> None:
+        super().__init__()
+        self.module = module
+        self.rule = rule
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NormRelevance.apply(x, self.module, self.rule.stabilizer)
+
+
+class LRPSum(nn.Module):
+    """A sum of branches whose backward pass splits relevance by each summand's contribution."""
+
+    def __init__(self, rule: Norm) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, *summands: Any) -> Tensor:
+        tensors = [s for s in summands if isinstance(s, Tensor)]
+        constant = sum(s for s in summands if not isinstance(s, Tensor))
+        if constant:
+            tensors.append(torch.as_tensor(constant, dtype=tensors[0].dtype, device=tensors[0].device))
+        return SumRelevance.apply(self.rule.stabilizer, *tensors)
+
+
+class SumGradient(nn.Module):
+    """A sum of branches with the plain gradient (a composite that maps sums to 'gradient')."""
+
+    def forward(self, *summands: Any) -> Tensor:
+        out = summands[0]
+        for summand in summands[1:]:
+            out = out + summand
+        return out
+
+
+def source_line(node: fx.Node) -> str:
+    """``file:line: code`` of the user's code that created ``node`` (from fx's recorded stack trace)."""
+    trace = node.stack_trace or ""
+    matches = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', trace)
+    # The innermost frame is torch's own code (the fx proxy); the user's line is the last one outside torch.
+    user = [m for m in matches if "/torch/" not in m[0].replace("\\", "/")]
+    if not user:
+        return "source line unknown"
+    path, line, code = user[-1]
+    return f"{path}:{line}: {code.strip()}"
+
+
+def _module_label(name: str, module: nn.Module) -> str:
+    return f"layer '{name}' ({type(module).__module__}.{type(module).__name__})"
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` with torch.fx, keeping every ``torch.nn`` module a leaf; ModelError if it fails."""
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    try:
+        graph = tracer.trace(model)
+    except Exception as error:  # fx raises many kinds: TraceError, TypeError, NotImplementedError, ...
+        raise ModelError(
+            f"spray's LRP engine could not trace the model {type(model).__name__} with torch.fx "
+            f"({type(error).__name__}: {error}); data-dependent control flow in forward() is the usual "
+            f"cause; {FALLBACK}"
+        ) from None
+    return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+
+
+def _add_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> str:
+    name = node.name
+    while hasattr(gm, name):
+        name = name + "_"
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, tuple(a for a in node.args), {})
+    new.meta = dict(node.meta)
+    new.stack_trace = node.stack_trace
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return name
+
+
+def _unsupported(node: fx.Node, what: str) -> ModelError:
+    return ModelError(
+        f"spray's LRP engine does not support {what} (graph node '{node.name}', {source_line(node)}); "
+        f"supported: Conv1d/2d/3d, Linear, BatchNorm, element-wise activations, max/average pooling, "
+        f"flatten/reshape, dropout, concatenation and additions of branches; {FALLBACK}"
+    )
+
+
+def canonicalize(gm: fx.GraphModule) -> None:
+    """Turn supported functional calls into modules and reject what the engine cannot explain."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op in ("placeholder", "output", "get_attr"):
+            if node.op == "get_attr":
+                # A parameter or buffer used directly in forward(): only fine if it never meets a tensor
+                # op we do not handle; the op that uses it is checked below.
+                pass
+            continue
+        if node.op == "call_module":
+            module = modules[node.target]
+            if isinstance(module, CONV_TYPES) and module.padding_mode != "zeros":
+                raise ModelError(
+                    f"{_module_label(node.target, module)} uses padding_mode={module.padding_mode!r}; "
+                    f"spray's LRP engine supports zero padding only; {FALLBACK}"
+                )
+            if isinstance(module, SUPPORTED_MODULES):
+                continue
+            raise ModelError(
+                f"{_module_label(node.target, module)} is not supported by spray's LRP engine "
+                f"({source_line(node)}); supported layers: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, "
+                f"element-wise activations, MaxPool/AvgPool/AdaptiveAvgPool, Flatten, Dropout, Identity; {FALLBACK}"
+            )
+        target = node.target
+        if node.op == "call_function":
+            if target in _ADD_FUNCTIONS:
+                if node.kwargs.get("alpha", 1) != 1:
+                    raise _unsupported(node, "torch.add with alpha")
+                _add_module(gm, node, Sum())
+            elif target in _MUL_FUNCTIONS:
+                _scalar_mul(gm, node, divide=target in (operator.truediv, operator.itruediv, torch.div))
+            elif target in _ACTIVATION_FUNCTIONS:
+                module = _ACTIVATION_FUNCTIONS[target](*node.args[1:], **node.kwargs)
+                _add_module_unary(gm, node, module)
+            elif target in _POOL_FUNCTIONS:
+                module = _POOL_FUNCTIONS[target](*node.args[1:], **node.kwargs)
+                _add_module_unary(gm, node, module)
+            elif target is torch.mean:
+                _add_module_unary(gm, node, _mean_module(node))
+            elif target in _ROUTING_FUNCTIONS:
+                continue
+            else:
+                raise _unsupported(node, f"the function {_callable_name(target)}")
+        elif node.op == "call_method":
+            if target in ("add", "add_", "__add__", "__iadd__"):
+                if node.kwargs.get("alpha", 1) != 1:
+                    raise _unsupported(node, "Tensor.add with alpha")
+                _add_module(gm, node, Sum())
+            elif target in ("mul", "mul_", "div", "div_"):
+                _scalar_mul(gm, node, divide=target.startswith("div"))
+            elif target in _ACTIVATION_METHODS:
+                _add_module_unary(gm, node, _ACTIVATION_METHODS[target]())
+            elif target == "mean":
+                _add_module_unary(gm, node, _mean_module(node))
+            elif target in _ROUTING_METHODS:
+                continue
+            else:
+                raise _unsupported(node, f"the tensor method .{target}()")
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _callable_name(target: Any) -> str:
+    module = getattr(target, "__module__", None) or ""
+    return f"{module}.{getattr(target, '__name__', repr(target))}".lstrip(".")
+
+
+def _add_module_unary(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
+    name = node.name
+    while hasattr(gm, name):
+        name = name + "_"
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, (node.args[0],), {})
+    new.meta = dict(node.meta)
+    new.stack_trace = node.stack_trace
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def _mean_module(node: fx.Node) -> nn.Module:
+    args = list(node.args[1:])
+    dim = node.kwargs.get("dim", args[0] if args else None)
+    keepdim = node.kwargs.get("keepdim", args[1] if len(args) > 1 else False)
+    if dim is None:
+        raise _unsupported(node, "a mean over all dimensions (including the batch)")
+    return Mean(dim, keepdim)
+
+
+def _scalar_mul(gm: fx.GraphModule, node: fx.Node, divide: bool) -> None:
+    left, right = node.args[0], node.args[1]
+    if isinstance(left, fx.Node) and isinstance(right, (int, float)):
+        tensor, factor = left, float(right)
+    elif isinstance(right, fx.Node) and isinstance(left, (int, float)) and not divide:
+        tensor, factor = right, float(left)
+    else:
+        raise _unsupported(node, "a product or quotient of two tensors (gating)")
+    if divide:
+        factor = 1.0 / factor
+    name = node.name
+    while hasattr(gm, name):
+        name = name + "_"
+    gm.add_submodule(name, ScalarMul(factor))
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, (tensor,), {})
+    new.meta = dict(node.meta)
+    new.stack_trace = node.stack_trace
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def first_layers(gm: fx.GraphModule) -> set[str]:
+    """Names of the Conv/Linear nodes that read the input with no other Conv/Linear in between."""
+    modules = dict(gm.named_modules())
+    after_linear: dict[fx.Node, bool] = {}
+    firsts: set[str] = set()
+    for node in gm.graph.nodes:
+        inputs = [n for n in node.all_input_nodes]
+        upstream = any(after_linear.get(n, False) for n in inputs)
+        is_linear = node.op == "call_module" and isinstance(modules[node.target], LINEAR_TYPES)
+        if is_linear and not upstream:
+            firsts.add(node.target)
+        after_linear[node] = upstream or is_linear
+    return firsts
+
+
+def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Private, prepared copy of ``model`` for ``composite``; returns it and ``{layer name: rule name}``."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    private = copy.deepcopy(model).eval()
+    for param in private.parameters():
+        param.requires_grad_(False)
+    gm = trace(private)
+    canonicalize(gm)
+    rules: dict[str, str] = {}
+    folded = fold_batchnorms(gm)
+    firsts = first_layers(gm)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        name, module = node.target, modules[node.target]
+        rule = composite.rule_for(name, module, name in firsts)
+        wrapper = _wrap(name, module, rule)
+        rules[name] = (rule or Gradient()).name
+        if wrapper is not None:
+            _set_submodule(gm, name, wrapper)
+    for bn_name, target in folded.items():
+        rules[bn_name] = f"folded into {target}"
+    gm.recompile()
+    return gm, rules
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _wrap(name: str, module: nn.Module, rule: Optional[Rule]) -> Optional[nn.Module]:
+    if rule is None or isinstance(rule, Gradient):
+        if isinstance(module, Sum):
+            return SumGradient()
+        return None
+    if isinstance(rule, LinearRule):
+        if not isinstance(module, LINEAR_TYPES):
+            raise ModelError(f"rule {rule.name!r} is for Conv/Linear layers, but {_module_label(name, module)} got it")
+        return LRPLinear(module, rule)
+    if isinstance(rule, Pass):
+        if isinstance(module, Sum):
+            raise ModelError(f"rule 'pass' cannot be given to {_module_label(name, module)} (a sum of branches)")
+        return LRPPass(module)
+    if isinstance(rule, Norm):
+        if isinstance(module, Sum):
+            return LRPSum(rule)
+        if isinstance(module, AVGPOOL_TYPES):
+            return LRPNorm(module, rule)
+        raise ModelError(f"rule 'norm' is for pooling and sums, but {_module_label(name, module)} got it")
+    raise ModelError(f"rule {rule.name!r} cannot be given to {_module_label(name, module)}")

@@ -1,0 +1,200 @@
+"""Low-level pieces of the engine: the stabiliser, linear-layer products, and the autograd functions.
+
+LRP is run as one ordinary forward pass followed by one *modified* backward pass: every layer that has
+a rule is wrapped in a custom :class:`torch.autograd.Function` whose forward is the layer's normal
+forward and whose backward maps the relevance of its output to the relevance of its input with the
+rule. The "gradient" that autograd hands from layer to layer is therefore the relevance itself, and
+the gradient of the model input is the input relevance. Layers without a rule (max pooling, reshapes,
+concatenation, dropout in eval mode) keep their ordinary gradient, which routes relevance unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LINEAR_TYPES = CONV_TYPES + (nn.Linear,)
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1``: the denominator of the epsilon rule.
+
+    Same convention as zennit's ``Stabilizer`` (zero entries are shifted up), so the numbers agree.
+    """
+    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` with 0 where the denominator is exactly 0 (the LRP-0 rule)."""
+    zero = denominator == 0
+    return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(zero, 1.0, denominator))
+
+
+class LinearLayer:
+    """A Conv1d/2d/3d or Linear layer seen as a linear map with exchangeable weight and bias.
+
+    ``forward(x, weight, bias)`` computes ``z = x * weight + bias`` with the layer's geometry (stride,
+    padding, dilation, groups) and ``backward(s, input_shape, weight)`` the vector-Jacobian product
+    ``s * weight^T`` with respect to the input, which is all an LRP rule needs: every rule of the seed is
+    ``R_in = sum_k modifier(a)_j * rho(w)_jk * R_k / z'_k`` for some modified weight ``rho(w)``.
+
+    Shapes: conv ``x (B, C_in, *spatial)``, ``z (B, C_out, *spatial_out)``; linear ``x (..., F_in)``.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        if not isinstance(module, LINEAR_TYPES):
+            raise TypeError(f"expected one of {LINEAR_TYPES}, got {type(module).__name__}")
+        self.weight: Tensor = module.weight
+        self.bias: Optional[Tensor] = module.bias
+        self.is_conv = isinstance(module, CONV_TYPES)
+        if self.is_conv:
+            self.ndim = self.weight.ndim - 2
+            self.stride = tuple(module.stride)
+            self.dilation = tuple(module.dilation)
+            self.groups = module.groups
+            self.padding = _explicit_padding(module)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if not self.is_conv:
+            return F.linear(x, weight, bias)
+        conv = _CONV_FUNCTIONS[self.ndim]
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def backward(self, s: Tensor, input_like: Tensor | Sequence[int], weight: Tensor) -> Tensor:
+        """``s * weight^T``: the input-gradient of ``forward`` for output gradient ``s``."""
+        if not self.is_conv:
+            return s.matmul(weight)
+        if isinstance(input_like, Tensor):
+            dummy = input_like
+        else:  # only the shape matters to convolution_backward when the input gradient alone is asked for
+            dummy = s.new_empty(1).expand(tuple(input_like))
+        return torch.ops.aten.convolution_backward(
+            s, dummy, weight, None, self.stride, self.padding, self.dilation,
+            False, [0] * self.ndim, self.groups, [True, False, False],
+        )[0]
+
+    def bias_view(self, bias: Tensor, like: Tensor) -> Tensor:
+        """The bias shaped to broadcast over an output ``like`` ((C,) -> (1, C, 1, 1) for conv2d)."""
+        if not self.is_conv:
+            return bias
+        return bias.view(1, -1, *([1] * (like.ndim - 2)))
+
+
+def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
+    """Integer padding of a conv layer; 'same'/'valid' are resolved because convolution_backward needs ints."""
+    if module.padding_mode != "zeros":
+        # Checked earlier by the graph builder, which names the layer; this is a last guard.
+        raise ValueError(f"padding_mode {module.padding_mode!r} is not supported")
+    padding = module.padding
+    if padding == "valid":
+        return (0,) * (module.weight.ndim - 2)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        if any(t % 2 for t in total) or any(s != 1 for s in module.stride):
+            raise ValueError("padding='same' with an asymmetric padding is not supported")
+        return tuple(t // 2 for t in total)
+    return tuple(padding)
+
+
+class LinearRelevance(torch.autograd.Function):
+    """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, wrapper: "nn.Module") -> Tensor:  # type: ignore[override]
+        layer: LinearLayer = wrapper.layer
+        z = layer.forward(x, layer.weight, layer.bias)
+        rule = wrapper.rule
+        ctx.wrapper = wrapper
+        ctx.input_shape = x.shape
+        # Save only what the rule reads in the backward pass: that keeps peak memory near the gradient's.
+        ctx.save_for_backward(x if rule.needs_input else None, z if rule.needs_output else None)
+        return z
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        x, z = ctx.saved_tensors
+        wrapper = ctx.wrapper
+        # Under autocast the forward ran in bf16/fp16; the rule itself always computes in float32 with
+        # the float32 weights, so relevance is accumulated in float32.
+        x = x.float() if x is not None and x.dtype != torch.float32 else x
+        z = z.float() if z is not None and z.dtype != torch.float32 else z
+        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        rule_input = x if x is not None else ctx.input_shape
+        return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
+
+
+class PassRelevance(torch.autograd.Function):
+    """Forward: ``fn(x)``. Backward: the output relevance unchanged (element-wise activations)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+        return relevance, None
+
+
+class NormRelevance(torch.autograd.Function):
+    """Forward: ``z = fn(x)`` for a linear, parameter-free ``fn`` (average pooling, mean).
+
+    Backward: ``R_in = x * vjp_fn(R / stabilize(z))``, zennit's ``Norm`` rule: each input gets the share
+    it contributed to the pooled value.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], stabilizer: float) -> Tensor:  # type: ignore[override]
+        z = fn(x)
+        ctx.fn = fn
+        ctx.stabilizer = stabilizer
+        ctx.save_for_backward(x, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+        x, z = (t.float() if t.dtype != torch.float32 else t for t in ctx.saved_tensors)
+        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        s = relevance / stabilize(z, ctx.stabilizer)
+        with torch.enable_grad():
+            probe = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(ctx.fn(probe), probe, s)
+        return x * grad, None, None
+
+
+class SumRelevance(torch.autograd.Function):
+    """Forward: ``z = a_1 + ... + a_n`` (residual additions). Backward: ``R_i = a_i * R / stabilize(z)``.
+
+    Each summand gets relevance in proportion to its contribution, so relevance is conserved through a
+    skip connection instead of being copied to both branches (which the plain gradient of ``+`` does).
+    Broadcast summands get their relevance summed back to their own shape.
+    """
+
+    @staticmethod
+    def forward(ctx, stabilizer: float, *summands: Tensor) -> Tensor:  # type: ignore[override]
+        z = summands[0]
+        for summand in summands[1:]:
+            z = z + summand
+        ctx.stabilizer = stabilizer
+        ctx.save_for_backward(z, *summands)
+        return z
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+        z, *summands = ctx.saved_tensors
+        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        s = relevance / stabilize(z, ctx.stabilizer)
+        grads = []
+        for index, summand in enumerate(summands):
+            if not ctx.needs_input_grad[index + 1]:
+                grads.append(None)
+                continue
+            share = summand.to(s.dtype) * s
+            grads.append(share.sum_to_size(summand.shape) if share.shape != summand.shape else share)
+        return (None, *grads)

@@ -1,0 +1,383 @@
+"""LRP rules: how relevance passes one layer.
+
+Notation (the seed's table): ``a_j`` input activation, ``w_jk`` weight, ``z_k = sum_j a_j w_jk + b_k``
+the layer's output, ``R_k`` the relevance of output ``k``. A rule for a linear layer (Conv1d/2d/3d,
+Linear) maps ``R (shape of z)`` to ``R_in (shape of a)``; the numbers follow zennit 0.5.1, including its
+stabiliser (``z + eps * sign(z)``, ``sign(0) = 1``), its treatment of negative inputs (the generalised
+z+, gamma and alpha-beta rules split inputs into ``a+``/``a-`` and pair them with ``w+``/``w-``) and of
+biases (the positive part of the bias joins the positive denominator, the negative part the negative one).
+
+Cost: each rule is evaluated in the backward pass of one autograd graph. When the layer's input is
+non-negative (after a ReLU, the common case) the ``a-`` terms vanish exactly and are skipped, so z+ costs
+one extra forward product of the layer and gamma/alpha-beta one extra forward product plus one extra
+transposed product.
+
+Other rules: :class:`Pass` (element-wise activations: relevance unchanged), :class:`Norm` (average
+pooling and sums: proportional to each input's contribution), :class:`Gradient` (max pooling, reshapes,
+concatenation: the ordinary gradient, which routes relevance unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from spray.lrp.ops import LinearLayer, safe_divide, stabilize
+
+Bound = Union[float, Sequence[float], Tensor]
+
+
+class Rule:
+    """Base class: a rule has a short ``name`` (used in metadata) and its parameters."""
+
+    name = "rule"
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def describe(self) -> str:
+        params = ", ".join(f"{key}={value}" for key, value in self.params().items())
+        return f"{self.name}({params})" if params else self.name
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.params() == other.params()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted((k, str(v)) for k, v in self.params().items()))))
+
+
+class LinearRule(Rule):
+    """A rule for Conv/Linear layers.
+
+    ``relevance(layer, a, z, R)``: ``a`` the layer input ``(B, C_in, ...)`` (or only its shape when
+    ``needs_input`` is false), ``z`` the layer output ``(B, C_out, ...)`` when ``needs_output`` is true
+    (else None), ``R`` the output relevance like ``z``; returns the input relevance like ``a``.
+    """
+
+    needs_input = True
+    needs_output = False
+
+    def relevance(self, layer: LinearLayer, a: Any, z: Optional[Tensor], relevance: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _positive(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(min=0)
+
+
+def _negative(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(max=0)
+
+
+def _has_negative(a: Tensor) -> bool:
+    return bool(a.numel()) and bool(a.amin() < 0)
+
+
+class Epsilon(LinearRule):
+    """LRP-epsilon: ``R_j = sum_k a_j w_jk / (z_k + eps sign(z_k)) R_k`` (bias in ``z_k``)."""
+
+    name = "epsilon"
+    needs_output = True
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = float(epsilon)
+
+    def params(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon}
+
+    def relevance(self, layer, a, z, relevance):
+        s = relevance / stabilize(z, self.epsilon)
+        return a * layer.backward(s, a, layer.weight)
+
+
+class Zero(LinearRule):
+    """LRP-0: ``R_j = sum_k a_j w_jk / z_k R_k``; outputs with ``z_k = 0`` pass no relevance."""
+
+    name = "zero"
+    needs_output = True
+
+    def relevance(self, layer, a, z, relevance):
+        return a * layer.backward(safe_divide(relevance, z), a, layer.weight)
+
+
+class ZPlus(LinearRule):
+    """z+ (alpha=1, beta=0): ``R_j = sum_k (a_j^+ w_jk^+ + a_j^- w_jk^-) / z_k^+ R_k``.
+
+    ``z_k^+ = sum_j a_j^+ w_jk^+ + a_j^- w_jk^- + b_k^+``, stabilised.
+    """
+
+    name = "zplus"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        b_pos = _positive(layer.bias)
+        if not _has_negative(a):
+            s = relevance / stabilize(layer.forward(a, w_pos, b_pos), self.stabilizer)
+            return a * layer.backward(s, a, w_pos)
+        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
+        s = relevance / stabilize(z_pos, self.stabilizer)
+        return a_pos * layer.backward(s, a, w_pos) + a_neg * layer.backward(s, a, w_neg)
+
+
+class AlphaBeta(LinearRule):
+    """alpha-beta: ``R_j = sum_k (alpha (a_j w_jk)^+ / z_k^+ - beta (a_j w_jk)^- / z_k^-) R_k``.
+
+    ``alpha - beta = 1``. Positive contributions are ``a^+ w^+`` and ``a^- w^-`` (plus ``b^+``), negative
+    ones ``a^+ w^-`` and ``a^- w^+`` (plus ``b^-``).
+    """
+
+    name = "alpha_beta"
+    needs_output = True  # for non-negative inputs z^- = z - z^+ saves one forward product
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
+        if abs((alpha - beta) - 1.0) > 1e-12:
+            raise ValueError(f"alpha - beta must equal 1, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta, "stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
+        if not _has_negative(a):
+            z_pos = layer.forward(a, w_pos, b_pos)
+            z_neg = z - z_pos  # = a w^- + b^-, since z = a w^+ + a w^- + b^+ + b^-
+            s_pos = relevance / stabilize(z_pos, self.stabilizer)
+            s_neg = relevance / stabilize(z_neg, self.stabilizer)
+            back = layer.backward(self.alpha * s_pos, a, w_pos)
+            if self.beta:
+                back = back - layer.backward(self.beta * s_neg, a, w_neg)
+            return a * back
+        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
+        z_neg = layer.forward(a_pos, w_neg, b_neg) + layer.forward(a_neg, w_pos, None)
+        s_pos = relevance / stabilize(z_pos, self.stabilizer)
+        s_neg = relevance / stabilize(z_neg, self.stabilizer)
+        positive = a_pos * layer.backward(s_pos, a, w_pos) + a_neg * layer.backward(s_pos, a, w_neg)
+        negative = a_pos * layer.backward(s_neg, a, w_neg) + a_neg * layer.backward(s_neg, a, w_pos)
+        return self.alpha * positive - self.beta * negative
+
+
+class Gamma(LinearRule):
+    """Generalised LRP-gamma (zennit 0.5.1): favour positive contributions by ``gamma``.
+
+    For outputs with ``z_k > 0``: weights ``w + gamma w^+`` on ``a^+`` and ``w + gamma w^-`` on ``a^-``
+    (bias ``b + gamma b^+``); for ``z_k < 0`` the mirror image (bias ``b + gamma b^-``); ``z_k = 0`` passes
+    nothing. Equals the original gamma rule for non-negative inputs.
+    """
+
+    name = "gamma"
+    needs_output = True
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        self.gamma, self.stabilizer = float(gamma), float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        g = self.gamma
+        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        bias = layer.bias
+        up = (z > 0).to(relevance.dtype) * relevance
+        down = (z < 0).to(relevance.dtype) * relevance
+        if not _has_negative(a):
+            # With a >= 0: P = a w^+, N = a w^- = z - b - P; both modified outputs follow from P and z.
+            p = layer.forward(a, w_pos, None)
+            n = z - p if bias is None else z - layer.bias_view(bias, z) - p
+            z_up = (1 + g) * p + n
+            z_down = p + (1 + g) * n
+            if bias is not None:
+                z_up = z_up + layer.bias_view(bias + g * bias.clamp(min=0), z)
+                z_down = z_down + layer.bias_view(bias + g * bias.clamp(max=0), z)
+            s_up = up / stabilize(z_up, self.stabilizer)
+            s_down = down / stabilize(z_down, self.stabilizer)
+            # (w + g w^+) s_up + (w + g w^-) s_down = w^+ ((1+g) s_up + s_down) + w^- (s_up + (1+g) s_down)
+            back = layer.backward((1 + g) * s_up + s_down, a, w_pos)
+            back = back + layer.backward(s_up + (1 + g) * s_down, a, w_neg)
+            return a * back
+        a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        w_up, w_down = layer.weight + g * w_pos, layer.weight + g * w_neg
+        b_up = None if bias is None else bias + g * bias.clamp(min=0)
+        b_down = None if bias is None else bias + g * bias.clamp(max=0)
+        z_up = layer.forward(a_pos, w_up, b_up) + layer.forward(a_neg, w_down, None)
+        z_down = layer.forward(a_pos, w_down, b_down) + layer.forward(a_neg, w_up, None)
+        s_up = up / stabilize(z_up, self.stabilizer)
+        s_down = down / stabilize(z_down, self.stabilizer)
+        return (
+            a_pos * (layer.backward(s_up, a, w_up) + layer.backward(s_down, a, w_down))
+            + a_neg * (layer.backward(s_up, a, w_down) + layer.backward(s_down, a, w_up))
+        )
+
+
+class Flat(LinearRule):
+    """flat: every input in a neuron's receptive field gets an equal share, ``R_j = sum_k R_k / n_k``.
+
+    ``n_k`` counts the inputs that reach output ``k`` (padding excluded), as zennit computes it: the layer
+    applied to ones with unit weights and no bias.
+    """
+
+    name = "flat"
+    needs_input = False
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        shape = tuple(a)
+        ones_w = torch.ones_like(layer.weight)
+        ones_a = relevance.new_ones(shape)
+        s = relevance / stabilize(layer.forward(ones_a, ones_w, None), self.stabilizer)
+        return layer.backward(s, shape, ones_w)
+
+
+class WSquare(LinearRule):
+    """w^2: ``R_j = sum_k w_jk^2 / sum_j' w_j'k^2 R_k`` (first layer on unbounded inputs).
+
+    As in zennit 0.5.1 the squared bias joins the denominator.
+    """
+
+    name = "wsquare"
+    needs_input = False
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        shape = tuple(a)
+        w2 = layer.weight**2
+        b2 = None if layer.bias is None else layer.bias**2
+        s = relevance / stabilize(layer.forward(relevance.new_ones(shape), w2, b2), self.stabilizer)
+        return layer.backward(s, shape, w2)
+
+
+class ZBox(LinearRule):
+    """z^B: ``R_j = sum_k (a_j w_jk - l_j w_jk^+ - h_j w_jk^-) / z^B_k R_k`` for inputs in ``[l, h]``.
+
+    ``low``/``high``: a float or one value per channel (broadcast over ``(1, C, 1, ...)``).
+    """
+
+    name = "zbox"
+    needs_output = True
+
+    def __init__(self, low: Bound, high: Bound, stabilizer: float = 1e-6) -> None:
+        self.low, self.high = _bound(low, "low"), _bound(high, "high")
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"low": self.low.tolist(), "high": self.high.tolist(), "stabilizer": self.stabilizer}
+
+    def relevance(self, layer, a, z, relevance):
+        low = _expand_bound(self.low, a)
+        high = _expand_bound(self.high, a)
+        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        # Biases included as zennit does: b - b^+ - b^- = 0, so they cancel in the denominator.
+        z_box = (
+            z
+            - layer.forward(low, w_pos, _positive(layer.bias))
+            - layer.forward(high, w_neg, _negative(layer.bias))
+        )
+        s = relevance / stabilize(z_box, self.stabilizer)
+        return (
+            a * layer.backward(s, a, layer.weight)
+            - low * layer.backward(s, a, w_pos)
+            - high * layer.backward(s, a, w_neg)
+        )
+
+
+def _bound(value: Bound, name: str) -> Tensor:
+    if value is None:
+        raise ValueError(f"the z^B rule needs input bounds: give {name}= (a float or one value per channel)")
+    tensor = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+    if tensor.ndim > 1:
+        tensor = tensor.reshape(-1) if tensor.numel() == tensor.shape[1] else tensor
+    return tensor
+
+
+def _expand_bound(bound: Tensor, like: Tensor) -> Tensor:
+    bound = bound.to(device=like.device, dtype=like.dtype)
+    if bound.ndim == 0:
+        return bound.expand(like.shape)
+    if bound.ndim == 1:
+        if like.ndim < 2 or bound.numel() not in (1, like.shape[1]):
+            raise ValueError(
+                f"z^B bounds have {bound.numel()} values, the input has {like.shape[1] if like.ndim > 1 else 1} "
+                "channel(s): give one value or one per channel"
+            )
+        bound = bound.view(1, -1, *([1] * (like.ndim - 2)))
+    return bound.expand(like.shape)
+
+
+class Pass(Rule):
+    """Pass-through for element-wise activations: the relevance of the output is the input's relevance."""
+
+    name = "pass"
+
+
+class Norm(Rule):
+    """Proportional split for parameter-free linear maps (average pooling, sums of branches, means):
+    ``R_j = a_j * d/da_j [f(a) . R / stabilize(f(a))]``, i.e. each input gets its share of the output."""
+
+    name = "norm"
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+
+class Gradient(Rule):
+    """The ordinary gradient: used for max pooling (winner takes all), reshapes, concatenation and
+    dropout in eval mode, all of which route relevance without changing its sum."""
+
+    name = "gradient"
+
+
+# Rule names as used in user-defined composites (config) and in ``LRP.rules``.
+RULES: dict[str, type[Rule]] = {
+    "zero": Zero,
+    "epsilon": Epsilon,
+    "gamma": Gamma,
+    "alpha_beta": AlphaBeta,
+    "zplus": ZPlus,
+    "flat": Flat,
+    "wsquare": WSquare,
+    "zbox": ZBox,
+    "pass": Pass,
+    "norm": Norm,
+    "gradient": Gradient,
+}
+
+
+def make_rule(name: str, **params: Any) -> Rule:
+    """Build a rule by name, e.g. ``make_rule("gamma", gamma=0.5)``; raises ValueError for unknown names."""
+    try:
+        cls = RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown LRP rule {name!r}; expected one of {', '.join(RULES)}") from None
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise ValueError(f"rule {name!r}: {error}") from None

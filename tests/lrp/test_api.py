@@ -1,0 +1,135 @@
+"""The LRP entry point as the pipeline uses it: shapes, metadata, errors, and the caller's model."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import golden_models
+from spray import config
+from spray.errors import ModelError
+from spray.lrp import COMPOSITES, LRP
+
+
+def test_composite_names_match_the_config_schema() -> None:
+    assert COMPOSITES == config.COMPOSITE_NAMES
+
+
+def test_call_returns_logits_and_float32_relevance_of_the_input_shape() -> None:
+    model, x = golden_models.make("batchnorm")
+    lrp = LRP(model, "epsilon_plus_flat")
+    logits, relevance = lrp(x, torch.tensor([1, 2, 3, 4]))
+    assert logits.shape == (4, 10) and not logits.requires_grad
+    assert relevance.shape == x.shape and relevance.dtype == torch.float32 and not relevance.requires_grad
+    assert lrp.conservation.shape == (4,)
+
+
+def test_folded_batchnorm_keeps_the_models_outputs() -> None:
+    model, x = golden_models.make("batchnorm")
+    logits, _ = LRP(model, "epsilon")(x, torch.zeros(4, dtype=torch.long))
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x), atol=1e-5)
+
+
+def test_the_callers_model_is_never_modified() -> None:
+    model, x = golden_models.make("batchnorm")
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)(x, torch.zeros(4, dtype=torch.long))
+    assert model.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert isinstance(model[1], nn.BatchNorm2d)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_rules_name_every_layer_like_zennits_epsilon_plus_flat() -> None:
+    model, _ = golden_models.make("batchnorm")
+    lrp = LRP(model, "epsilon_plus_flat")
+    assert lrp.composite_name == "epsilon_plus_flat"
+    assert lrp.rules["0"] == "flat" and lrp.rules["1"] == "folded into 0"
+    assert lrp.rules["2"] == "pass" and lrp.rules["3"] == "gradient"  # ReLU, MaxPool2d
+    assert lrp.rules["4"] == "zplus" and lrp.rules["7"] == "norm"  # second conv, AvgPool2d
+    assert lrp.rules["14"] == "epsilon" and lrp.rules["16"] == "epsilon"  # both linear layers
+
+
+def test_epsilon_gamma_box_assigns_zbox_to_the_first_conv_and_gamma_to_the_others() -> None:
+    model, _ = golden_models.make("plain")
+    rules = LRP(model, "epsilon_gamma_box", low=golden_models.LOW, high=golden_models.HIGH).rules
+    assert rules["0"] == "zbox" and rules["3"] == "gamma" and rules["6"] == "gamma" and rules["11"] == "epsilon"
+
+
+def test_epsilon_gamma_box_requires_input_bounds() -> None:
+    model, _ = golden_models.make("plain")
+    with pytest.raises(ValueError, match="low= and high="):
+        LRP(model, "epsilon_gamma_box")
+
+
+def test_unknown_composite_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown composite"):
+        LRP(golden_models.build("plain"), "epsilon_plus_flatt")
+
+
+def test_unsupported_layer_is_named_with_its_type_and_a_fallback() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3), nn.LocalResponseNorm(2)),
+        nn.Flatten(), nn.Linear(16, 2),
+    )
+    with pytest.raises(ModelError) as error:
+        LRP(model, "epsilon_plus_flat")
+    message = str(error.value)
+    assert "'2.1'" in message and "LocalResponseNorm" in message and "gradient_x_input" in message
+
+
+def test_unsupported_function_is_named_with_its_source_line() -> None:
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            h = self.conv(x)
+            gate = torch.softmax(h, dim=1)  # the unsupported operation
+            return (h * gate).flatten(1)
+
+    with pytest.raises(ModelError) as error:
+        LRP(Gated(), "epsilon")
+    message = str(error.value)
+    assert "softmax" in message and "test_api.py" in message and "gate = torch.softmax(h, dim=1)" in message
+
+
+def test_untraceable_model_gets_a_model_error_with_a_fallback() -> None:
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.linear(x)
+            return -self.linear(x)
+
+    with pytest.raises(ModelError, match="torch.fx"):
+        LRP(Branching(), "epsilon")
+
+
+def test_targets_must_match_the_batch_and_the_classes() -> None:
+    model, x = golden_models.make("plain")
+    lrp = LRP(model, "epsilon")
+    with pytest.raises(ValueError, match="entries"):
+        lrp(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="targets must lie"):
+        lrp(x, torch.tensor([0, 1, 2, 10]))
+
+
+def test_per_channel_bounds_broadcast_over_the_image() -> None:
+    model, x = golden_models.make("plain")
+    per_channel = LRP(model, "epsilon_gamma_box", low=golden_models.LOW, high=golden_models.HIGH)
+    as_tensor = LRP(
+        model, "epsilon_gamma_box",
+        low=torch.tensor(golden_models.LOW).view(1, 3, 1, 1), high=torch.tensor(golden_models.HIGH).view(1, 3, 1, 1),
+    )
+    targets = torch.tensor([0, 1, 2, 3])
+    assert torch.allclose(per_channel(x, targets)[1], as_tensor(x, targets)[1])
