@@ -1,0 +1,45 @@
+"""Atomic file writes: a reader (or a crashed run) never sees a half-written report file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _process_umask() -> int:
+    # mkstemp creates files readable by the owner only; a report must get the usual permissions instead.
+    # Reading the umask means setting it, so do it once at import rather than on every (threaded) write.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    The temporary file lives next to the target so that ``os.replace`` is a rename on one file system,
+    which POSIX and Windows both make atomic.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):  # POSIX; on Windows the default permissions are fine
+            os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Leave no stray temporary file behind when the write or the rename fails.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,224 @@
+"""The report's plots (eigenvalue spectrum, embeddings, LRP conservation) as inline PNG data URIs.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never through pyplot:
+no global backend is switched and no figure is left open, whatever else runs in the process.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+# Rendered at 1.5x the size they are shown at (96 CSS pixels per inch), sharp on high-density screens.
+DPI = 144
+CSS_DPI = 96
+EMBEDDING_PANEL_IN = (3.6, 3.2)  # width and height of one embedding panel, in inches
+FLAG_RED = "#c62828"
+INK = "#1f2933"
+MUTED = "#7b8794"
+GRID = "#e4e7eb"
+# A qualitative palette without red, so that red keeps meaning "flagged" everywhere in the report.
+CLUSTER_COLOURS = (
+    "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#86bcb6",
+    "#8cd17d", "#a0cbe8", "#ffbe7d", "#d4a6c8", "#499894", "#b6992d", "#79706e", "#d7b5a6",
+)
+
+_STYLE = {
+    "font.size": 8.5,
+    "axes.edgecolor": "#9aa5b1",
+    "axes.labelcolor": INK,
+    "axes.titlesize": 9,
+    "axes.titleweight": "bold",
+    "axes.titlecolor": INK,
+    "xtick.color": "#52606d",
+    "ytick.color": "#52606d",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def cluster_colour(cluster_id: int) -> str:
+    """The colour of a cluster, the same in every figure and badge of the report."""
+    return CLUSTER_COLOURS[int(cluster_id) % len(CLUSTER_COLOURS)]
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    figure = Figure(figsize=(width_in, height_in), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _to_data_uri(figure: Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _style_axes(axes) -> None:
+    axes.tick_params(labelsize=7.5, colors="#52606d")
+    axes.grid(True, color=GRID, linewidth=0.6)
+    axes.set_axisbelow(True)
+
+
+def _with_style(function):
+    """Run a figure builder under the report's matplotlib style, leaving the global rcParams untouched."""
+    import matplotlib
+
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return function(*args, **kwargs)
+
+    wrapper.__doc__ = function.__doc__
+    wrapper.__name__ = function.__name__
+    return wrapper
+
+
+@_with_style
+def spectrum_figure(eigenvalues: np.ndarray, n_clusters: int) -> str:
+    """Ascending eigenvalues of the normalised Laplacian, the eigengap that chose ``n_clusters`` marked.
+
+    The gap is the jump between eigenvalue k and k + 1 (1-based), drawn as a red bracket.
+    """
+    values = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    figure = _new_figure(4.4, 2.7)
+    axes = figure.add_subplot()
+    _style_axes(axes)
+    if values.size == 0:
+        axes.text(0.5, 0.5, "no eigenvalues recorded", ha="center", va="center", color=MUTED,
+                  transform=axes.transAxes)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    else:
+        index = np.arange(1, values.size + 1)
+        axes.plot(index, values, color="#9aa5b1", linewidth=1.0, zorder=2)
+        axes.scatter(index, values, s=14, color="#3e4c59", zorder=3, linewidths=0)
+        k = int(n_clusters)
+        if 1 <= k < values.size and np.isfinite(values[k - 1]) and np.isfinite(values[k]):
+            axes.scatter(index[:k], values[:k], s=22, color="#4e79a7", zorder=4, linewidths=0,
+                         label=f"first k = {k}")
+            axes.axvline(k + 0.5, color=FLAG_RED, linestyle="--", linewidth=0.9, zorder=1)
+            low, high = values[k - 1], values[k]
+            axes.annotate("", xy=(k + 0.5, high), xytext=(k + 0.5, low),
+                          arrowprops={"arrowstyle": "<->", "color": FLAG_RED, "linewidth": 1.2,
+                                      "shrinkA": 0, "shrinkB": 0}, zorder=5)
+            axes.text(k + 0.8, (low + high) / 2.0, f"eigengap {high - low:.3g}\n→ k = {k}",
+                      color=FLAG_RED, fontsize=7.5, va="center", ha="left")
+        elif k >= 1:
+            axes.text(0.98, 0.05, f"k = {k}", color=FLAG_RED, ha="right", transform=axes.transAxes)
+        axes.set_xlim(0.3, values.size + 0.7)
+        if values.size <= 40:
+            step = max(1, math.ceil(values.size / 16))
+            axes.set_xticks(index[::step])
+    axes.set_xlabel("index i")
+    axes.set_ylabel("eigenvalue λᵢ")
+    axes.set_title("Laplacian spectrum", loc="left")
+    figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)
+
+
+def embedding_display_width(panels: int) -> int:
+    """The width in CSS pixels at which an embedding figure of ``panels`` panels is shown."""
+    return round(EMBEDDING_PANEL_IN[0] * max(1, panels) * CSS_DPI)
+
+
+@_with_style
+def embedding_figure(
+    embeddings: dict[str, np.ndarray],
+    cluster_labels: np.ndarray,
+    flagged_ids: Sequence[int],
+    titles: dict[str, str] | None = None,
+) -> str:
+    """One scatter panel per embedding, samples coloured by cluster; flagged clusters ringed in red.
+
+    Flagged clusters are drawn last (on top) and opaque, the others slightly transparent, so that a flagged
+    group stands out even where the groups overlap.
+    """
+    names = list(embeddings)
+    titles = titles or {}
+    labels = np.asarray(cluster_labels, dtype=np.int64)
+    flagged = {int(cluster) for cluster in flagged_ids}
+    clusters = sorted(set(labels.tolist()), key=lambda c: (c in flagged, c))
+    n_points = max(1, labels.size)
+    size = float(np.clip(2400.0 / n_points, 3.0, 22.0))
+    panels = max(1, len(names))
+    figure = _new_figure(EMBEDDING_PANEL_IN[0] * panels, EMBEDDING_PANEL_IN[1])
+    for position, name in enumerate(names, start=1):
+        axes = figure.add_subplot(1, panels, position)
+        coords = np.asarray(embeddings[name], dtype=np.float64)
+        for cluster in clusters:
+            member = labels == cluster
+            is_flagged = cluster in flagged
+            axes.scatter(
+                coords[member, 0], coords[member, 1], s=size * (1.5 if is_flagged else 1.0),
+                color=cluster_colour(cluster), alpha=1.0 if is_flagged else 0.7,
+                edgecolors=FLAG_RED if is_flagged else "none", linewidths=0.8 if is_flagged else 0.0,
+                zorder=3 if is_flagged else 2, rasterized=True,
+            )
+        axes.set_title(titles.get(name, name), loc="left")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        for spine in axes.spines.values():  # a light frame on all sides: the axes carry no scale
+            spine.set_visible(True)
+            spine.set_color(GRID)
+        axes.set_aspect("equal", adjustable="datalim")
+    handles = [
+        Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=cluster_colour(cluster),
+               markeredgecolor=FLAG_RED if cluster in flagged else cluster_colour(cluster),
+               markeredgewidth=1.4 if cluster in flagged else 0.0,
+               label=f"cluster {cluster}" + (" (flagged)" if cluster in flagged else ""))
+        for cluster in sorted(clusters, key=lambda c: (c not in flagged, c))
+    ]
+    if handles:
+        columns = min(len(handles), 8)
+        legend = figure.legend(handles=handles, loc="lower center", ncol=columns, frameon=False,
+                               fontsize=7.5, handletextpad=0.2, columnspacing=1.0)
+        for text, handle in zip(legend.get_texts(), handles):
+            if "(flagged)" in handle.get_label():
+                text.set_color(FLAG_RED)
+        rows = math.ceil(len(handles) / columns)
+        figure.tight_layout(pad=0.5, rect=(0, 0.055 * rows + 0.02, 1, 1))
+    else:
+        figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)
+
+
+@_with_style
+def conservation_figure(conservation: np.ndarray) -> str:
+    """Histogram of the per-sample LRP conservation ratio (sum of input relevance / explained logit).
+
+    A faithful LRP pass gives values near 1 (exactly 1 with zero biases and LRP-0/epsilon); values far from
+    1, or a wide range, mean that the heatmaps of this class should not be trusted.
+    """
+    values = np.asarray(conservation, dtype=np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    figure = _new_figure(4.4, 2.7)
+    axes = figure.add_subplot()
+    _style_axes(axes)
+    if finite.size == 0:
+        axes.text(0.5, 0.5, "conservation not recorded", ha="center", va="center", color=MUTED,
+                  transform=axes.transAxes)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    else:
+        low, high, median = float(finite.min()), float(finite.max()), float(np.median(finite))
+        span = max(high - low, 1e-3 * max(1.0, abs(median)))
+        bins = np.linspace(low - 0.05 * span, high + 0.05 * span, 31)
+        axes.axvspan(low, high, color="#e9eef5", zorder=0, label=f"range {low:.3g} – {high:.3g}")
+        axes.hist(finite, bins=bins, color="#4e79a7", alpha=0.85, zorder=2)
+        axes.axvline(median, color=INK, linewidth=1.2, zorder=3, label=f"median {median:.4g}")
+        left, right = axes.get_xlim()
+        if left <= 1.0 <= right:
+            axes.axvline(1.0, color=MUTED, linestyle=":", linewidth=1.0, zorder=3, label="ideal 1")
+        axes.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")
+    axes.set_xlabel("Σ input relevance / logit")
+    axes.set_ylabel("samples")
+    axes.set_title("LRP conservation", loc="left")
+    figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)

@@ -1,0 +1,299 @@
+"""``index.html``: the self-contained report, rendered with Jinja2 from the audit's result dataclasses.
+
+Everything the page needs is inside the one file: CSS inline, figures as base64 PNG data URIs, no script,
+no font or stylesheet from the network, so it opens offline and can be archived or mailed as is. Every
+string that comes from data (ids, class names, evidence, config values, paths) goes through Jinja's
+autoescaping; the template never marks data as safe.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from spray.report import figures, images
+from spray.report.summary import (
+    class_order_key,
+    cluster_order_key,
+    conservation_stats,
+    finite_or_nan,
+    max_score,
+    to_jsonable,
+)
+from spray.results import ClassResult, ClusterResult, RunInfo
+
+TEMPLATES = Path(__file__).parent / "templates"
+MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
+PROTOTYPE_SIDE = 80  # pixels per prototype tile, as shown: keeps 1,200 tiles near 8 MB of HTML
+MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
+EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
+
+
+def format_number(value: Any) -> str:
+    """A number as a reviewer reads it: 4 significant digits, integers as they are, '—' when missing."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        if not math.isfinite(number):
+            return "—"
+        if number == 0:
+            return "0"
+        if 1e-3 <= abs(number) < 1e5:
+            return f"{number:.4g}"
+        return f"{number:.3e}"
+    return str(value)
+
+
+def format_duration(seconds: Any) -> str:
+    """``3725.4`` -> ``'1 h 02 min'``, ``192`` -> ``'3 min 12 s'``, ``12.34`` -> ``'12.3 s'``."""
+    value = finite_or_nan(seconds)
+    if math.isnan(value):
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(round(value)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value)
+        if len(items) <= 8 and all(_is_number(item) or isinstance(item, (bool, np.bool_)) for item in items):
+            return "[" + ", ".join(format_number(item) for item in items) + "]"
+        text = json.dumps(to_jsonable(items), ensure_ascii=False)
+        return text if len(text) <= 160 else text[:157] + "…"
+    return format_number(value)
+
+
+def _flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in evidence.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, prefix=f"{name}."))
+        else:
+            items.append((name, value))
+    return items
+
+
+def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """A cluster's evidence as table rows: key, formatted value and, where known, threshold and verdict.
+
+    Nested mappings are flattened to dotted keys. By the convention of ``spray.flag``, a ``thresholds``
+    mapping gives the minimum each named measurement must reach for a flag: those rows show the threshold
+    and whether the value passes it, and the row named by ``weakest_evidence`` is marked as the one that
+    set the score. Everything else is shown as measured.
+    """
+    thresholds = evidence.get("thresholds") if isinstance(evidence.get("thresholds"), dict) else {}
+    weakest = evidence.get("weakest_evidence")
+    rows = []
+    for key, value in _flatten({k: v for k, v in evidence.items() if not (k == "thresholds" and thresholds)}):
+        threshold = thresholds.get(key)
+        number = finite_or_nan(value) if _is_number(value) else math.nan
+        has_threshold = _is_number(threshold) and not math.isnan(number)
+        rows.append(
+            {
+                "key": key,
+                "value": _format_value(value),
+                "numeric": _is_number(value) or isinstance(value, (bool, np.bool_)) or value is None,
+                "threshold": format_number(threshold) if has_threshold else "",
+                "passed": bool(number >= float(threshold)) if has_threshold else None,
+                "weakest": isinstance(weakest, str) and key == weakest,
+            }
+        )
+    # Thresholds of measurements that were not recorded still belong to the numbers behind the flag.
+    for key, threshold in thresholds.items():
+        if key not in evidence:
+            rows.append({"key": f"thresholds.{key}", "value": format_number(threshold), "numeric": True,
+                         "threshold": "", "passed": None, "weakest": False})
+    return rows
+
+
+def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
+    # The region is outlined on the prototypes of flagged clusters only: there the reviewer must check that
+    # it covers the suspected artifact; on clean clusters the outlines would only add clutter.
+    region = cluster.region if cluster.flagged else None
+    views = []
+    triples = zip(cluster.prototypes, cluster.prototype_images, cluster.prototype_heatmaps)
+    for sample_id, image, heatmap in list(triples)[:MAX_PROTOTYPES]:
+        height, width = np.asarray(image).shape[:2]
+        views.append(
+            {
+                "id": str(sample_id),
+                "image": images.image_tile(image, PROTOTYPE_SIDE),
+                "overlay": images.overlay_tile(image, heatmap, region, PROTOTYPE_SIDE),
+                # Small inputs (e.g. 32x32 digits) are enlarged by the browser: keep their pixels crisp.
+                "pixelated": max(height, width) < PROTOTYPE_SIDE,
+            }
+        )
+    return views
+
+
+def _cluster_view(cluster: ClusterResult, result: ClassResult) -> dict[str, Any]:
+    has_region = cluster.region is not None and bool(np.any(cluster.region))
+    return {
+        "id": int(cluster.id),
+        "anchor": f"class-{int(result.class_index)}-cluster-{int(cluster.id)}",
+        "colour": figures.cluster_colour(int(cluster.id)),
+        "size": int(cluster.size),
+        "share": cluster.size / result.n_samples if result.n_samples else math.nan,
+        "score": finite_or_nan(cluster.score),
+        "flagged": bool(cluster.flagged),
+        "evidence": evidence_rows(cluster.evidence),
+        "mean_map": images.map_tile(cluster.mean_map, cluster.region if has_region else None),
+        "has_region": has_region,
+        "region_missing": cluster.region is None,
+        "prototypes": _prototype_views(cluster),
+    }
+
+
+def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
+    clusters = sorted(result.clusters, key=cluster_order_key)
+    flagged_ids = [int(cluster.id) for cluster in clusters if cluster.flagged]
+    embeddings = {str(name): np.asarray(coords) for name, coords in result.embeddings.items()}
+    ordered_names = [n for n in ("tsne", "umap") if n in embeddings] + sorted(
+        n for n in embeddings if n not in ("tsne", "umap")
+    )
+    embeddings = {name: embeddings[name] for name in ordered_names}
+    labels = np.asarray(result.labels)
+    predictions = np.asarray(result.predictions)
+    n_correct = int(np.sum(predictions == labels)) if labels.size else 0
+    return {
+        "rank": rank,
+        "index": int(result.class_index),
+        "name": str(result.class_name),
+        "anchor": f"class-{int(result.class_index)}",
+        "n_samples": int(result.n_samples),
+        "n_clusters": int(result.n_clusters),
+        "flagged": bool(result.flagged),
+        "n_flagged": len(flagged_ids),
+        "flagged_clusters": [c for c in clusters if c.flagged],
+        "max_score": max_score(result),
+        "accuracy": n_correct / result.n_samples if result.n_samples else math.nan,
+        "conservation": conservation_stats(result.conservation),
+        "notes": [str(note) for note in result.notes],
+        "spectrum": figures.spectrum_figure(result.eigenvalues, result.n_clusters),
+        "conservation_figure": figures.conservation_figure(result.conservation),
+        "mean_map": images.map_tile(result.class_mean_map),
+        "embedding_names": [EMBEDDING_TITLES.get(name, name) for name in embeddings],
+        "embedding_width": figures.embedding_display_width(len(embeddings)),
+        "embedding": (
+            figures.embedding_figure(
+                embeddings, result.cluster_labels, flagged_ids,
+                titles={name: EMBEDDING_TITLES.get(name, name) for name in embeddings},
+            )
+            if embeddings
+            else None
+        ),
+        "clusters": [_cluster_view(cluster, result) for cluster in clusters],
+    }
+
+
+def _verdict(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
+    flagged_classes = [result for result in sorted(classes, key=class_order_key) if result.flagged]
+    n_flagged = sum(cluster.flagged for result in classes for cluster in result.clusters)
+    return {
+        "n_audited": len(classes),
+        "n_flagged_clusters": n_flagged,
+        "n_flagged_classes": len(flagged_classes),
+        "flagged_classes": [
+            {
+                "index": int(result.class_index),
+                "name": str(result.class_name),
+                "anchor": f"class-{int(result.class_index)}",
+                "clusters": [
+                    {
+                        "id": int(cluster.id),
+                        "anchor": f"class-{int(result.class_index)}-cluster-{int(cluster.id)}",
+                        "size": int(cluster.size),
+                        "score": finite_or_nan(cluster.score),
+                    }
+                    for cluster in sorted(result.clusters, key=cluster_order_key)
+                    if cluster.flagged
+                ],
+            }
+            for result in flagged_classes
+        ],
+        "n_skipped_classes": len(run.skipped_classes),
+        "n_skipped_samples": len(run.skipped_samples),
+    }
+
+
+def _run_view(run: RunInfo) -> dict[str, Any]:
+    config_yaml = yaml.safe_dump(
+        to_jsonable(run.config), sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
+    )
+    stages = [
+        {
+            "name": str(stage),
+            "computed": to_jsonable(counts.get("computed", 0)),
+            "cached": to_jsonable(counts.get("cached", 0)),
+        }
+        for stage, counts in run.stages.items()
+    ]
+    skipped = [(str(sample_id), str(reason)) for sample_id, reason in run.skipped_samples]
+    return {
+        "config_path": str(run.config_path),
+        "config_yaml": config_yaml,
+        "model": str(run.model),
+        "data": str(run.data),
+        "versions": sorted((str(k), str(v)) for k, v in run.versions.items()),
+        "started": str(run.started),
+        "duration": format_duration(run.duration_s),
+        "device": str(run.device),
+        "stages": stages,
+        "skipped_classes": [
+            {"index": int(s.class_index), "name": str(s.class_name), "reason": str(s.reason)}
+            for s in run.skipped_classes
+        ],
+        "skipped_samples": skipped[:MAX_SKIPPED_SAMPLES_SHOWN],
+        "n_skipped_samples": len(skipped),
+    }
+
+
+def _environment() -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,  # every template, whatever its file name: data strings are always escaped
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["num"] = format_number
+    environment.filters["pct"] = lambda v: "—" if not math.isfinite(finite_or_nan(v)) else f"{100 * v:.0f} %"
+    return environment
+
+
+def render_html(classes: list[ClassResult], run: RunInfo) -> str:
+    """The report page as one string of self-contained HTML."""
+    from spray import __version__
+
+    ranked = sorted(classes, key=class_order_key)
+    context = {
+        "classes": [_class_view(result, rank) for rank, result in enumerate(ranked, start=1)],
+        "verdict": _verdict(classes, run),
+        "run": _run_view(run),
+        "colorbar": images.colorbar_tile(),
+        "spray_version": __version__,
+    }
+    return _environment().get_template("report.html.j2").render(**context)
