@@ -176,7 +176,9 @@ class EmbeddingConfig(_Section):
 
 
 class FlaggingConfig(_Section):
-    threshold: float = Field(default=0.5, description="a cluster is flagged when its score is at least this")
+    threshold: float = Field(
+        default=1.0, gt=0, description="flag when score >= this; 1.0: every line of evidence passes its threshold"
+    )
     region_fraction: float = Field(
         default=0.1, gt=0, le=0.5, description="largest share of the image the cluster's region may cover"
     )

@@ -1,0 +1,386 @@
+"""The audit as a Dask graph: attribute -> preprocess -> analyse, embed -> flag, then the report.
+
+Every task is a cached computation (``spray.cache.cached``) whose key is the token of what determines it:
+
+- attribute (one task per shard of a class): the model token (factory source, kwargs, weight bytes), the
+  attribution section, the image section, the shard's (id, label, file digest) list;
+- preprocess: the preprocessing section and the shard keys;
+- analyse / embed: their own section and the preprocess key;
+- flag: the flagging section, the analyse and preprocess keys, the model token and the digests of the
+  transplant images.
+
+So an unchanged config recomputes nothing, an analysis-only change recomputes analysis and flagging, and a
+changed weight file or image recomputes what depends on it. The report is always rewritten from the entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import dask
+import numpy as np
+from dask.base import tokenize
+
+from spray.attribute import attribute_shard, prepare_lrp, resolve_device
+from spray.cache import Entry, cached, read_entry
+from spray.config import SprayConfig
+from spray.data import Dataset, Sample, dataset_token, load_dataset, load_pixels, read_pixels
+from spray.errors import DataError, RunError, SprayError
+from spray.model import load_model, model_token
+from spray.results import ClassResult, ClusterResult, RunInfo, SkippedClass
+
+log = logging.getLogger(__name__)
+STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
+
+
+@dataclass
+class AuditOutcome:
+    """What a run produced: where the report is, what was flagged, what was computed vs found cached."""
+
+    report: Path
+    classes: list[ClassResult]
+    stages: dict[str, dict[str, int]]
+    skipped_classes: list[SkippedClass] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
+        return [(result, cluster) for result in self.classes for cluster in result.clusters if cluster.flagged]
+
+
+# ------------------------------------------------------------------------------------------------------
+# task bodies: module-level functions so that process and distributed workers can run them
+
+
+def _attribute_task(directory, key, samples, class_index, model_config, token, attribution, image) -> Entry:
+    return cached(directory, "attribute", key, attribute_shard, samples, class_index, model_config, token,
+                  attribution, image)
+
+
+def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) -> tuple[dict, dict]:
+    from spray.preprocess import preprocess
+
+    ids, logits, conservation, relevance, skipped = [], [], [], [], []
+    for entry, samples in zip(shards, shard_samples):
+        arrays, meta = entry.read()
+        ids += [samples[i].id for i in arrays["index"]]
+        logits.append(arrays["logits"])
+        conservation.append(arrays["conservation"])
+        relevance.append(arrays["relevance"])
+        skipped += meta["skipped"]
+    relevance_array = np.concatenate(relevance)
+    maps = preprocess(relevance_array, config, ids) if len(ids) else np.zeros((0, *config.size), np.float32)
+    return (
+        {"maps": maps, "logits": np.concatenate(logits), "conservation": np.concatenate(conservation)},
+        {"ids": ids, "skipped": skipped},
+    )
+
+
+def _preprocess_task(directory, key, shards, shard_samples, config) -> Entry:
+    return cached(directory, "preprocess", key, _preprocess, shards, shard_samples, config)
+
+
+def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
+    from spray.analyse import spectral_analysis
+
+    arrays, _ = pre.read()
+    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
+    try:
+        result = spectral_analysis(maps, config)
+    except DataError as error:
+        raise DataError(f"class {class_name}: {error}") from None
+    return (
+        {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
+         "gaps": result.gaps},
+        {"n_clusters": result.n_clusters, "n_components": result.n_components, "neighbors": result.neighbors,
+         "cluster_range": list(result.cluster_range), "knn": result.knn, "eigensolver": result.eigensolver,
+         "notes": list(result.notes)},
+    )
+
+
+def _analyse_task(directory, key, pre, config, class_name) -> Entry:
+    return cached(directory, "analyse", key, _analyse, pre, config, class_name)
+
+
+def _embed(pre: Entry, config) -> tuple[dict, dict]:
+    from spray.analyse import embed, embedding_descriptions
+
+    arrays, _ = pre.read()
+    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
+    return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
+
+
+def _embed_task(directory, key, pre, config) -> Entry:
+    return cached(directory, "embed", key, _embed, pre, config)
+
+
+def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipients: list[Sample],
+          class_index: int, model_config, image, flagging, device: str) -> tuple[dict, dict]:
+    from spray.flag import score_clusters
+
+    pre_arrays, pre_meta = pre.read()
+    analysis_arrays, _ = analysis.read()
+    members = [samples_by_id[i] for i in pre_meta["ids"]]
+    pixels, loaded, _ = load_pixels(members, image)
+    if len(loaded) != len(members):
+        raise RunError(f"class {class_index}: images changed while auditing; re-run")
+    recipient_pixels, _, _ = load_pixels(recipients, image)
+    background = np.concatenate([pixels, recipient_pixels]).mean(0)
+    model = load_model(model_config)
+    scored = score_clusters(model, class_index, pixels, pre_arrays["maps"], analysis_arrays["labels"],
+                            recipient_pixels, background, image, flagging, resolve_device(device))
+    regions = np.stack([s.region if s.region is not None else np.zeros(pre_arrays["maps"].shape[1:], bool)
+                        for s in scored]) if scored else np.zeros((0, *pre_arrays["maps"].shape[1:]), bool)
+    meta = {"clusters": [{"id": s.id, "size": s.size, "score": s.score, "flagged": s.flagged,
+                          "evidence": s.evidence, "has_region": s.region is not None} for s in scored]}
+    return {"regions": regions}, meta
+
+
+def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_index, model_config, image,
+               flagging, device) -> Entry:
+    return cached(directory, "flag", key, _flag, pre, analysis, samples_by_id, recipients, class_index,
+                  model_config, image, flagging, device)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the graph
+
+
+def audited_classes(config: SprayConfig, dataset: Dataset) -> tuple[list[int], list[SkippedClass]]:
+    """Resolve ``audit.classes``; classes too small for the kNN graph are an error when asked for by name,
+    and skipped with a reason when auditing every class."""
+    by_class = dataset.by_class()
+    explicit = config.audit.classes is not None
+    wanted = [dataset.class_index(c) for c in config.audit.classes] if explicit else sorted(by_class)
+    needed = config.analysis.neighbors + 1
+    chosen, skipped = [], []
+    for index in dict.fromkeys(wanted):
+        count = len(by_class.get(index, []))
+        if count >= needed:
+            chosen.append(index)
+            continue
+        reason = (f"{count} sample(s); the kNN affinity needs at least analysis.neighbors + 1 = {needed}")
+        if explicit:
+            raise DataError(
+                f"class {dataset.class_names[index]!r} (label {index}) has {reason}: lower analysis.neighbors "
+                f"or remove it from audit.classes"
+            )
+        skipped.append(SkippedClass(index, dataset.class_names[index], reason))
+    if not chosen:
+        raise DataError("no class has enough samples to audit: " + "; ".join(
+            f"{s.class_name}: {s.reason}" for s in skipped))
+    return chosen, skipped
+
+
+def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], directory: str,
+                token: str) -> dict[int, dict[str, Any]]:
+    """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"}."""
+    by_class = dataset.by_class()
+    rng = np.random.default_rng(config.flagging.seed)
+    attribution, image = config.attribution, config.data.image
+    graph: dict[int, dict[str, Any]] = {}
+    for index in classes:
+        samples = by_class[index]
+        name = dataset.class_names[index]
+        shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
+        shard_keys, shards = [], []
+        for number, shard in enumerate(shard_samples):
+            key = tokenize("attribute", token, index, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}),
+                           image.model_dump(), dataset_token(shard))
+            shard_keys.append(key)
+            shards.append(dask.delayed(_attribute_task, pure=True)(
+                directory, key, shard, index, config.model, token, attribution, image,
+                dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
+        pre_key = tokenize("preprocess", config.preprocessing.model_dump(), shard_keys)
+        pre = dask.delayed(_preprocess_task, pure=True)(
+            directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
+        analyse_key = tokenize("analyse", config.analysis.model_dump(), pre_key)
+        analysis = dask.delayed(_analyse_task, pure=True)(
+            directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
+        embed_key = tokenize("embed", config.embedding.model_dump(), pre_key)
+        embedding = dask.delayed(_embed_task, pure=True)(
+            directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
+        others = [s for s in dataset.samples if s.label != index]
+        chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
+                                   replace=False)) if others else []
+        recipients = [others[i] for i in chosen]
+        flag_key = tokenize("flag", config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
+                            dataset_token(recipients))
+        flagged = dask.delayed(_flag_task, pure=True)(
+            directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
+            image, config.flagging, attribution.device, dask_key_name=f"flag-{index}-{flag_key[:8]}")
+        graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
+                        "flag": flagged}
+    return graph
+
+
+@contextlib.contextmanager
+def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
+    """Keyword arguments for dask.compute: a distributed client when an address is given."""
+    if config.dask.address:
+        from distributed import Client
+
+        try:
+            client = Client(config.dask.address, timeout="20s")
+        except OSError as error:
+            raise RunError(f"cannot reach the Dask scheduler at dask.address={config.dask.address!r}: {error}") from None
+        with client:
+            yield {"scheduler": client}
+        return
+    options: dict[str, Any] = {"scheduler": config.dask.scheduler}
+    if config.dask.workers and config.dask.scheduler != "synchronous":
+        options["num_workers"] = config.dask.workers
+    yield options
+
+
+def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = True) -> AuditOutcome:
+    """Run the whole audit and write the report; raises SprayError subclasses with exit codes."""
+    started_at = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    if config.demo is not None:
+        from spray.demo import build_case
+
+        log.info("building the demo case in %s (once)", config.demo.directory)
+        build_case(config.demo)
+    dataset = load_dataset(config.data)
+    token = model_token(config.model)
+    # Fail fast, before any task runs: the model must load and every layer must be explainable.
+    prepare_lrp(config.model, config.attribution, config.data.image, token)
+    classes, skipped_classes = audited_classes(config, dataset)
+
+    temporary = None
+    if use_cache and config.cache.enabled:
+        directory = Path(config.cache.directory)
+    else:
+        temporary = directory = Path(tempfile.mkdtemp(prefix="spray-run-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        graph = build_graph(config, dataset, classes, str(directory), token)
+        with _scheduler(config) as options, _progress(progress and not config.dask.address):
+            (computed,) = dask.compute(graph, **options)
+        results = [assemble_class(config, dataset, index, computed[index]) for index in classes]
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+    stages = _stage_counts(computed)
+    skipped_samples = [(i, r) for i, r in dataset.missing]
+    for index in classes:
+        skipped_samples += [tuple(item) for item in computed[index]["_skipped"]]
+    run = RunInfo(
+        config_path=str(config.path) if config.path else "",
+        config=config.model_dump(mode="json", exclude={"path"}),
+        model=f"{config.model.factory}" + (f" with weights {config.model.weights}" if config.model.weights else ""),
+        data=f"{dataset.source} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
+        versions=_versions(),
+        started=started_at.isoformat(timespec="seconds"),
+        duration_s=time.perf_counter() - started,
+        device=str(resolve_device(config.attribution.device)),
+        skipped_samples=skipped_samples,
+        skipped_classes=skipped_classes,
+        stages=stages,
+    )
+    from spray.report import write_report
+
+    report = write_report(Path(config.output), results, run)
+    return AuditOutcome(report, results, stages, skipped_classes)
+
+
+def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
+    for tasks in computed.values():
+        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:]]
+        for entry in entries:
+            counts[entry.stage]["computed" if entry.computed else "cached"] += 1
+    return counts
+
+
+def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dict[str, Any]) -> ClassResult:
+    """Read one class's entries back and build the ClassResult the report is drawn from."""
+    pre_arrays, pre_meta = tasks["preprocess"].read()
+    analysis_arrays, analysis_meta = tasks["analyse"].read()
+    embeddings, _ = tasks["embed"].read()
+    flag_arrays, flag_meta = tasks["flag"].read()
+    tasks["_skipped"] = pre_meta["skipped"]
+    ids = pre_meta["ids"]
+    maps = pre_arrays["maps"]
+    labels = analysis_arrays["labels"]
+    logits = pre_arrays["logits"]
+    samples_by_id = {s.id: s for s in dataset.by_class()[index]}
+    relevance_by_id = _relevance_lookup(tasks["shards"], dataset.by_class()[index], config)
+    clusters = []
+    for position, cluster in enumerate(flag_meta["clusters"]):
+        member_index = np.flatnonzero(labels == cluster["id"])
+        mean_map = maps[member_index].mean(0)
+        distance = ((maps[member_index] - mean_map) ** 2).reshape(len(member_index), -1).sum(1)
+        typical = [ids[i] for i in member_index[np.argsort(distance)][: config.flagging.prototypes]]
+        images = [_display(read_pixels(samples_by_id[i].path, config.data.image)) for i in typical]
+        heatmaps = [relevance_by_id(i) for i in typical]
+        clusters.append(ClusterResult(
+            id=cluster["id"], members=[ids[i] for i in member_index], score=cluster["score"],
+            flagged=cluster["flagged"], evidence=cluster["evidence"], mean_map=mean_map,
+            region=flag_arrays["regions"][position] if cluster["has_region"] else None,
+            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps))
+    clusters.sort(key=lambda c: (not c.flagged, -c.score))
+    notes = list(analysis_meta.get("notes", []))
+    return ClassResult(
+        class_index=index, class_name=dataset.class_names[index], ids=ids,
+        labels=np.full(len(ids), index), predictions=logits.argmax(1) if len(logits) else np.zeros(0, int),
+        logits=logits[:, index] if len(logits) else np.zeros(0), conservation=pre_arrays["conservation"],
+        eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
+        cluster_labels=labels, embeddings=dict(embeddings), clusters=clusters,
+        class_mean_map=maps.mean(0), notes=notes)
+
+
+def _relevance_lookup(shards: list[Entry], samples: list[Sample], config: SprayConfig):
+    """sample id -> (H, W) channel-summed full-resolution relevance, reading each shard once."""
+    shard_size = config.attribution.shard_size
+    loaded: dict[int, tuple[dict[str, int], np.ndarray]] = {}
+
+    def lookup(sample_id: str) -> np.ndarray:
+        position = next(i for i, s in enumerate(samples) if s.id == sample_id)
+        number = position // shard_size
+        if number not in loaded:
+            arrays, _ = shards[number].read()
+            offsets = {int(i): row for row, i in enumerate(arrays["index"])}
+            loaded[number] = (offsets, arrays["relevance"].sum(1))
+        offsets, summed = loaded[number]
+        return summed[offsets[position - number * shard_size]]
+
+    return lookup
+
+
+def _display(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) in [0, 1] -> (H, W, 3) uint8 for the report."""
+    rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("spray", "torch", "numpy", "scipy", "scikit-learn", "umap-learn", "dask", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[None]:
+    """Per-stage progress bars for the local schedulers (tqdm on stderr)."""
+    if not enabled:
+        yield
+        return
+    from spray.progress import StageProgress
+
+    with StageProgress():
+        yield
