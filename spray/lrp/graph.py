@@ -343,6 +343,10 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
     private = copy.deepcopy(model).eval()
     for param in private.parameters():
         param.requires_grad_(False)
+    for module in private.modules():
+        # In-place activations would overwrite tensors the rules saved for the backward pass.
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
     gm = trace(private)
     canonicalize(gm)
     rules: dict[str, str] = {}

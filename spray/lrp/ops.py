@@ -101,6 +101,11 @@ def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
     return tuple(padding)
 
 
+def _widen(t: Optional[Tensor]) -> Optional[Tensor]:
+    """float16/bfloat16 (autocast forward) -> float32, so rules compute and accumulate in float32."""
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class LinearRelevance(torch.autograd.Function):
     """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
 
@@ -123,9 +128,7 @@ class LinearRelevance(torch.autograd.Function):
         wrapper = ctx.wrapper
         # Under autocast the forward ran in bf16/fp16; the rule itself always computes in float32 with
         # the float32 weights, so relevance is accumulated in float32.
-        x = x.float() if x is not None and x.dtype != torch.float32 else x
-        z = z.float() if z is not None and z.dtype != torch.float32 else z
-        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        x, z, relevance = _widen(x), _widen(z), _widen(relevance)
         rule_input = x if x is not None else ctx.input_shape
         return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
 
@@ -159,8 +162,8 @@ class NormRelevance(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
-        x, z = (t.float() if t.dtype != torch.float32 else t for t in ctx.saved_tensors)
-        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        x, z = (_widen(t) for t in ctx.saved_tensors)
+        relevance = _widen(relevance)
         s = relevance / stabilize(z, ctx.stabilizer)
         with torch.enable_grad():
             probe = x.detach().requires_grad_(True)
@@ -188,7 +191,7 @@ class SumRelevance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
         z, *summands = ctx.saved_tensors
-        relevance = relevance.float() if relevance.dtype != torch.float32 else relevance
+        z, relevance = _widen(z), _widen(relevance)
         s = relevance / stabilize(z, ctx.stabilizer)
         grads = []
         for index, summand in enumerate(summands):
