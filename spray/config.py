@@ -113,8 +113,30 @@ class AuditSection(_Section):
 
 
 class AttributionConfig(_Section):
-    method: Literal["lrp"] = Field(default="lrp", description="attribution method")
+    method: Literal["lrp", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "occlusion"] = Field(
+        default="lrp", description="attribution method: lrp, or a gradient/perturbation method for any model"
+    )
     composite: str = Field(default="epsilon_plus_flat", description=f"one of {', '.join(COMPOSITE_NAMES)}")
+    rules: Optional[list[dict[str, Any]]] = Field(
+        default=None,
+        description="user-defined composite, matched in order before the named composite (which fills in the "
+        "rest): entries {layers: [conv|linear|activation|avgpool|maxpool|sum|batchnorm or a torch.nn class] "
+        "or names: ['classifier.*'], first: true|false, rule: zero|epsilon|gamma|alpha_beta|zplus|flat|wsquare|"
+        "zbox|pass|norm|gradient, plus that rule's parameters (epsilon, gamma, alpha, beta, low, high, "
+        "stabilizer)}",
+    )
+    stabilizer: float = Field(default=1e-6, gt=0, description="small constant of the non-epsilon LRP denominators")
+    autocast: Optional[Literal["bf16", "fp16"]] = Field(
+        default=None, description="CUDA only: run the forward pass under autocast; relevance stays float32"
+    )
+    samples: int = Field(default=16, ge=1, description="smoothgrad: noisy copies averaged")
+    noise: float = Field(default=0.1, ge=0, description="smoothgrad: noise std as a fraction of each input's range")
+    steps: int = Field(default=16, ge=1, description="integrated_gradients: interpolation steps (midpoint rule)")
+    baseline: float = Field(
+        default=0.0, description="integrated_gradients and occlusion: reference value, in model-input space"
+    )
+    patch: int = Field(default=4, ge=1, description="occlusion: side of the square patch, in pixels")
+    stride: Optional[int] = Field(default=None, ge=1, description="occlusion: patch step (default: patch)")
     epsilon: float = Field(default=1e-6, gt=0, description="stabiliser of the epsilon rule")
     gamma: float = Field(default=0.25, ge=0, description="gamma of the gamma rule")
     alpha: float = Field(default=2.0, ge=1, description="alpha of the alpha-beta rule (beta = alpha - 1)")
@@ -135,6 +157,15 @@ class AttributionConfig(_Section):
             close = difflib.get_close_matches(value, COMPOSITE_NAMES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown composite {value!r}{hint}; expected one of {', '.join(COMPOSITE_NAMES)}")
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _valid_rules(cls, value: Optional[list[dict[str, Any]]]) -> Optional[list[dict[str, Any]]]:
+        if value is not None:
+            from spray.lrp.composites import custom_composite  # imports torch: only when rules are given
+
+            custom_composite(value)  # raises ValueError naming the entry
         return value
 
 

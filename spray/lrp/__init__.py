@@ -11,13 +11,17 @@ graph; :class:`LRP` is the entry point::
 
 from spray.lrp.composites import COMPOSITES, Composite, custom_composite, named_composite
 from spray.lrp.engine import LRP, conservation
+from spray.lrp.methods import METHODS, attributor, attributor_from_config
 from spray.lrp.rules import RULES, make_rule
 
 __all__ = [
     "COMPOSITES",
     "Composite",
     "LRP",
+    "METHODS",
     "RULES",
+    "attributor",
+    "attributor_from_config",
     "conservation",
     "custom_composite",
     "make_rule",

@@ -1,0 +1,225 @@
+"""Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
+
+    .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
+
+Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
+the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
+epsilon_alpha2_beta1. Every method of a case is timed once per round, rounds interleaved, so that
+background load hits all of them alike; the table reports medians and ratios to the gradient of the
+same round set. The gradient is the floor: one forward and one backward pass for the input gradient
+only (parameters frozen), seeded like LRP with one-hot * logit.
+
+Memory: on CUDA the peak allocated memory of the call (``torch.cuda.max_memory_allocated``); on CPU the
+bytes autograd holds for the backward pass (tensors saved in the forward pass), which is what grows
+with batch size and depth; ``peak_memory_vs_gradient`` is the ratio to the gradient's. zennit keeps its
+tensors outside autograd's saved tensors, so its memory is not reported.
+
+Set ``OMP_WAIT_POLICY=PASSIVE`` (done below if unset): on two shared cores OpenMP busy-waiting can
+slow torch several-fold when another process holds a core.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Optional  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lrp")]
+
+import nets  # noqa: E402  (the plain-torch test architectures)
+from spray.lrp import LRP  # noqa: E402
+
+COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
+LOW, HIGH = -2.2, 2.7  # z^B bounds of ImageNet-normalised inputs (roughly)
+
+
+def build_case(name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    if name == "vgg16":
+        model, shape = nets.VGG16(classes=1000), (8, 3, 224, 224)
+        if quick:
+            model, shape = nets.VGG16(width=0.25, classes=1000, hidden=1024), (2, 3, 64, 64)
+    elif name == "resnet50":
+        model, shape = nets.resnet50(classes=1000), (8, 3, 224, 224)
+        if quick:
+            model, shape = nets.resnet50(width=0.25, classes=1000), (2, 3, 64, 64)
+    elif name == "demo":
+        model, shape = nets.DemoCNN(classes=10, batchnorm=True), (256, 1, 32, 32)
+        if quick:
+            shape = (32, 1, 32, 32)
+    else:
+        raise SystemExit(f"unknown case {name!r}; expected vgg16, resnet50 or demo")
+    model = nets.randomize_batchnorm(nets.init_weights(model)).eval()
+    return model, torch.randn(shape, generator=generator)
+
+
+def gradient_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    import copy
+
+    frozen = copy.deepcopy(model).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+
+    def run(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        inputs = x.detach().requires_grad_(True)
+        output = frozen(inputs)
+        seed = torch.zeros_like(output).scatter_(1, targets[:, None], output.gather(1, targets[:, None]).detach())
+        (grad,) = torch.autograd.grad(output, inputs, seed)
+        return grad
+
+    run.frozen = frozen  # type: ignore[attr-defined]
+    return run
+
+
+def zennit_method(model: nn.Module, composite: str) -> Optional[Callable]:
+    try:
+        import zennit.composites as zc
+        from zennit.canonizers import SequentialMergeBatchNorm
+    except ImportError:
+        return None
+    import copy
+
+    private = copy.deepcopy(model).eval()
+    for param in private.parameters():
+        param.requires_grad_(False)
+    classes = {
+        "epsilon_plus_flat": lambda: zc.EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]),
+        "epsilon_gamma_box": lambda: zc.EpsilonGammaBox(low=LOW, high=HIGH, canonizers=[SequentialMergeBatchNorm()]),
+        "epsilon_alpha2_beta1": lambda: zc.EpsilonAlpha2Beta1(canonizers=[SequentialMergeBatchNorm()]),
+    }
+    composite_object = classes[composite]()
+
+    def run(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with composite_object.context(private) as modified:
+            inputs = x.detach().requires_grad_(True)
+            output = modified(inputs)
+            seed = torch.zeros_like(output).scatter_(1, targets[:, None], output.gather(1, targets[:, None]).detach())
+            (grad,) = torch.autograd.grad(output, inputs, seed)
+        return grad
+
+    run.frozen = private  # type: ignore[attr-defined]
+    return run
+
+
+def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[int]) -> tuple[float, int]:
+    """Seconds of one call, and its memory figure (see the module docstring). ``weights``: data
+    pointers of the model's parameters, which autograd saves by reference (no extra memory)."""
+    saved = [0]
+
+    def pack(tensor: torch.Tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x, targets)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+        memory = torch.cuda.max_memory_allocated() - before
+    else:
+        memory = saved[0]
+    return time.perf_counter() - start, memory
+
+
+def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool) -> list[dict]:
+    model, x = build_case(name, quick)
+    x = x.to(device)
+    model = model.to(device)
+    targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    methods: dict[str, Callable] = {"gradient": gradient_method(model)}
+    for composite in composites:
+        low_high = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
+        methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
+        z = zennit_method(model, composite)
+        if z is not None:
+            methods[f"zennit:{composite}"] = z
+    for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
+        fn(x, targets)
+    # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for fn in methods.values():
+        module = getattr(fn, "_module", None) or getattr(fn, "frozen", None)
+        if module is not None:
+            weights |= {p.untyped_storage().data_ptr() for p in module.parameters()}
+    times: dict[str, list[float]] = {key: [] for key in methods}
+    memory: dict[str, int] = {}
+    for _ in range(repeats):
+        for key, fn in methods.items():
+            seconds, mem = measure(fn, x, targets, weights)
+            times[key].append(seconds)
+            memory[key] = max(memory.get(key, 0), mem)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    rows = []
+    for composite in composites:
+        key = f"spray:{composite}"
+        zennit_key = f"zennit:{composite}"
+        rows.append({
+            "model": name,
+            "composite": composite,
+            "batch": int(x.shape[0]),
+            "input": list(x.shape[1:]),
+            "device": str(device),
+            "images_per_s": x.shape[0] / median[key],
+            "gradient_images_per_s": x.shape[0] / median["gradient"],
+            "time_vs_gradient": median[key] / median["gradient"],
+            "time_vs_zennit": median[key] / median[zennit_key] if zennit_key in median else None,
+            "zennit_time_vs_gradient": median[zennit_key] / median["gradient"] if zennit_key in median else None,
+            "peak_memory_vs_gradient": memory[key] / max(memory["gradient"], 1),
+            "repeats": repeats,
+        })
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="vgg16,resnet50,demo")
+    parser.add_argument("--composites", default=",".join(COMPOSITES))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per case (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="small inputs: a smoke test of the script")
+    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    composites = tuple(c for c in args.composites.split(",") if c)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}")
+    header = f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} {'zennit x grad':>13s} {'mem x grad':>10s}"
+    print(header)
+    rows: list[dict] = []
+    for case in [c for c in args.cases.split(",") if c]:
+        for row in run_case(case, composites, args.repeats, device, args.quick):
+            rows.append(row)
+            vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
+            zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
+            print(
+                f"{row['model']:10s} {row['composite']:22s} {row['images_per_s']:8.2f} "
+                f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
+                f"{zennit_grad:>13s} {row['peak_memory_vs_gradient']:10.2f}",
+                flush=True,
+            )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"cases": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
