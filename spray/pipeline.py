@@ -31,15 +31,24 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
+from spray import __version__
 from spray.attribute import attribute_shard, prepare_lrp, resolve_device
 from spray.cache import Entry, cached, read_entry
 from spray.config import SprayConfig
 from spray.data import Dataset, Sample, dataset_token, load_dataset, load_pixels, read_pixels
-from spray.errors import DataError, RunError, SprayError
+from spray.errors import DataError, RunError
+import spray.flag
+from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
+from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
+from spray.preprocess import preprocess
 from spray.model import load_model, model_token
 from spray.results import ClassResult, ClusterResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
+# Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
+# so they are part of the flag stage's key.
+_CODE = __version__
+_FLAG_CODE = (__version__, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
 
@@ -67,8 +76,6 @@ def _attribute_task(directory, key, samples, class_index, model_config, token, a
 
 
 def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) -> tuple[dict, dict]:
-    from spray.preprocess import preprocess
-
     ids, logits, conservation, relevance, skipped = [], [], [], [], []
     for entry, samples in zip(shards, shard_samples):
         arrays, meta = entry.read()
@@ -90,8 +97,6 @@ def _preprocess_task(directory, key, shards, shard_samples, config) -> Entry:
 
 
 def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
-    from spray.analyse import spectral_analysis
-
     arrays, _ = pre.read()
     maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
     try:
@@ -112,8 +117,6 @@ def _analyse_task(directory, key, pre, config, class_name) -> Entry:
 
 
 def _embed(pre: Entry, config) -> tuple[dict, dict]:
-    from spray.analyse import embed, embedding_descriptions
-
     arrays, _ = pre.read()
     maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
     return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
@@ -125,8 +128,6 @@ def _embed_task(directory, key, pre, config) -> Entry:
 
 def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipients: list[Sample],
           class_index: int, model_config, image, flagging, device: str) -> tuple[dict, dict]:
-    from spray.flag import score_clusters
-
     pre_arrays, pre_meta = pre.read()
     analysis_arrays, _ = analysis.read()
     members = [samples_by_id[i] for i in pre_meta["ids"]]
@@ -136,7 +137,7 @@ def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipie
     recipient_pixels, _, _ = load_pixels(recipients, image)
     background = np.concatenate([pixels, recipient_pixels]).mean(0)
     model = load_model(model_config)
-    scored = score_clusters(model, class_index, pixels, pre_arrays["maps"], analysis_arrays["labels"],
+    scored = spray.flag.score_clusters(model, class_index, pixels, pre_arrays["maps"], analysis_arrays["labels"],
                             recipient_pixels, background, image, flagging, resolve_device(device))
     regions = np.stack([s.region if s.region is not None else np.zeros(pre_arrays["maps"].shape[1:], bool)
                         for s in scored]) if scored else np.zeros((0, *pre_arrays["maps"].shape[1:]), bool)
@@ -194,26 +195,26 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
         shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
         shard_keys, shards = [], []
         for number, shard in enumerate(shard_samples):
-            key = tokenize("attribute", token, index, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}),
+            key = tokenize("attribute", _CODE, token, index, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}),
                            image.model_dump(), dataset_token(shard))
             shard_keys.append(key)
             shards.append(dask.delayed(_attribute_task, pure=True)(
                 directory, key, shard, index, config.model, token, attribution, image,
                 dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
-        pre_key = tokenize("preprocess", config.preprocessing.model_dump(), shard_keys)
+        pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
         pre = dask.delayed(_preprocess_task, pure=True)(
             directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-        analyse_key = tokenize("analyse", config.analysis.model_dump(), pre_key)
+        analyse_key = tokenize("analyse", _CODE, config.analysis.model_dump(), pre_key)
         analysis = dask.delayed(_analyse_task, pure=True)(
             directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
-        embed_key = tokenize("embed", config.embedding.model_dump(), pre_key)
+        embed_key = tokenize("embed", _CODE, config.embedding.model_dump(), pre_key)
         embedding = dask.delayed(_embed_task, pure=True)(
             directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
         others = [s for s in dataset.samples if s.label != index]
         chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
                                    replace=False)) if others else []
         recipients = [others[i] for i in chosen]
-        flag_key = tokenize("flag", config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
+        flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
                             dataset_token(recipients))
         flagged = dask.delayed(_flag_task, pure=True)(
             directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
@@ -256,6 +257,9 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     # Fail fast, before any task runs: the model must load and every layer must be explainable.
     prepare_lrp(config.model, config.attribution, config.data.image, token)
     classes, skipped_classes = audited_classes(config, dataset)
+    if "umap" in config.embedding.methods:
+        # Imported here, once, in this thread: concurrent first imports from task threads can race.
+        _import_umap()
 
     temporary = None
     if use_cache and config.cache.enabled:

@@ -1,7 +1,6 @@
-"""Progress bars per pipeline stage for Dask's local schedulers.
+"""A progress bar for Dask's local schedulers, counting finished tasks per pipeline stage.
 
-Task keys start with their stage's name (``attribute-3-0-…``), so one tqdm bar per stage can follow the
-graph as it runs; stages with a single task per class still show how many classes are done.
+Task keys start with their stage's name (``attribute-3-0-…``), so one bar can show how far each stage is.
 """
 
 from __future__ import annotations
@@ -16,31 +15,37 @@ from spray.pipeline import STAGES
 
 
 class StageProgress(Callback):
-    """``with StageProgress(): dask.compute(...)`` draws one bar per stage on stderr."""
+    """``with StageProgress(): dask.compute(...)`` draws one bar on stderr: all tasks, per-stage counts."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._bars: dict[str, tqdm] = {}
+        self._bar: tqdm | None = None
+        self._done: dict[str, int] = {}
+        self._totals: dict[str, int] = {}
 
     def _start_state(self, dsk: Any, state: Any) -> None:
-        totals = {stage: 0 for stage in STAGES}
+        self._totals = {stage: 0 for stage in STAGES}
         for key in dsk:
             stage = _stage_of(key)
             if stage:
-                totals[stage] += 1
-        for position, stage in enumerate(s for s in STAGES if totals[s]):
-            self._bars[stage] = tqdm(total=totals[stage], desc=f"{stage:>10}", unit="task", position=position,
-                                     file=sys.stderr, leave=True, dynamic_ncols=True)
+                self._totals[stage] += 1
+        self._done = {stage: 0 for stage in STAGES}
+        self._bar = tqdm(total=sum(self._totals.values()), desc="spray", unit="task", file=sys.stderr,
+                         dynamic_ncols=True, mininterval=0.5)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         stage = _stage_of(key)
-        if stage in self._bars:
-            self._bars[stage].update(1)
+        if stage and self._bar is not None:
+            self._done[stage] += 1
+            self._bar.set_postfix_str(
+                " ".join(f"{s} {self._done[s]}/{self._totals[s]}" for s in STAGES if self._totals[s]), refresh=False
+            )
+            self._bar.update(1)
 
     def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        for bar in self._bars.values():
-            bar.close()
-        self._bars.clear()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _stage_of(key: Any) -> str | None:
