@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
-MAX_HEIGHT = 16384  # Chromium's software compositor refuses bigger surfaces; longer pages are cut there
+MAX_HEIGHT = 50_000  # pixels; bounds the screenshot's memory (1280 x 50,000 RGBA is 256 MB): longer pages are cut
 _HEIGHT_PROBE = (
     "<script>document.documentElement.setAttribute('data-page-height',"
     " String(Math.ceil(document.documentElement.scrollHeight)));</script>"

@@ -8,6 +8,7 @@ autoescaping; the template never marks data as safe.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 from pathlib import Path
@@ -94,6 +95,19 @@ def _flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
         else:
             items.append((name, value))
     return items
+
+
+def format_started(started: str) -> str:
+    """An ISO 8601 time as ``2026-11-26 06:30 UTC`` (or with its offset); as given when it is not ISO."""
+    try:
+        moment = _dt.datetime.fromisoformat(str(started))
+    except ValueError:
+        return str(started)
+    text = moment.strftime("%Y-%m-%d %H:%M")
+    offset = moment.utcoffset()
+    if offset is None:
+        return text
+    return f"{text} UTC" if offset == _dt.timedelta(0) else f"{text} {moment.isoformat()[-6:]}"
 
 
 def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
@@ -239,10 +253,26 @@ def _verdict(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
     }
 
 
-def _run_view(run: RunInfo) -> dict[str, Any]:
-    config_yaml = yaml.safe_dump(
-        to_jsonable(run.config), sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
+class _ConfigDumper(yaml.SafeDumper):
+    """YAML as a person writes a config: short lists of plain values inline (``size: [32, 32]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    inline = len(items) <= 12 and all(isinstance(item, (int, float, bool, str)) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=inline)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
+
+
+def config_yaml(config: dict[str, Any]) -> str:
+    """The validated config as YAML, keys in their original order."""
+    return yaml.dump(
+        to_jsonable(config), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True, width=100
     )
+
+
+def _run_view(run: RunInfo) -> dict[str, Any]:
     stages = [
         {
             "name": str(stage),
@@ -254,11 +284,12 @@ def _run_view(run: RunInfo) -> dict[str, Any]:
     skipped = [(str(sample_id), str(reason)) for sample_id, reason in run.skipped_samples]
     return {
         "config_path": str(run.config_path),
-        "config_yaml": config_yaml,
+        "config_yaml": config_yaml(run.config),
         "model": str(run.model),
         "data": str(run.data),
         "versions": sorted((str(k), str(v)) for k, v in run.versions.items()),
         "started": str(run.started),
+        "started_short": format_started(run.started),
         "duration": format_duration(run.duration_s),
         "device": str(run.device),
         "stages": stages,
