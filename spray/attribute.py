@@ -16,10 +16,11 @@ from dask.base import tokenize
 
 from spray.config import AttributionConfig, ImageConfig, ModelConfig
 from spray.data import Sample, load_pixels, to_model_input
-from spray.lrp import LRP, conservation
+from spray.lrp import conservation
+from spray.lrp.methods import attributor_from_config
 from spray.model import load_model
 
-_prepared: dict[str, LRP] = {}  # per process: the prepared engine of the last models seen, by content key
+_prepared: dict[str, Any] = {}  # per process: the prepared engine of the last models seen, by content key
 _prepared_lock = threading.Lock()
 
 
@@ -42,15 +43,18 @@ def z_box_bounds(image: ImageConfig, attribution: AttributionConfig) -> tuple[li
     return low, high
 
 
-def prepare_lrp(model_config: ModelConfig, attribution: AttributionConfig, image: ImageConfig, token: str) -> LRP:
-    """The LRP engine for this model, prepared once per process (BatchNorm folding, graph checks)."""
-    key = tokenize(token, attribution.composite, attribution.epsilon, attribution.gamma, attribution.alpha,
-                   z_box_bounds(image, attribution))
+def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig, image: ImageConfig,
+                       token: str) -> Any:
+    """The configured attributor (LRP or another method) for this model, prepared once per process.
+
+    Preparing LRP traces the model, folds BatchNorm and checks every layer, so an unsupported layer raises
+    ModelError here, before any image is read.
+    """
+    low, high = z_box_bounds(image, attribution)
+    key = tokenize(token, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}), low, high)
     with _prepared_lock:
         if key not in _prepared:
-            low, high = z_box_bounds(image, attribution)
-            engine = LRP(load_model(model_config), attribution.composite, epsilon=attribution.epsilon,
-                         gamma=attribution.gamma, alpha=attribution.alpha, low=low, high=high)
+            engine = attributor_from_config(load_model(model_config), attribution, low=low, high=high)
             if len(_prepared) >= 2:
                 _prepared.pop(next(iter(_prepared)))
             _prepared[key] = engine
@@ -71,7 +75,7 @@ def attribute_shard(
     ``relevance`` (n, C, H, W) float32, ``conservation`` (n,) sum of relevance / explained logit; and
     meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule).
     """
-    engine = prepare_lrp(model_config, attribution, image, model_token)
+    engine = prepare_attributor(model_config, attribution, image, model_token)
     device = resolve_device(attribution.device)
     pixels, loaded, failed = load_pixels(samples, image)
     skipped = [list(item) for item in failed]
@@ -102,5 +106,6 @@ def attribute_shard(
             "relevance": relevance_array[finite].astype(np.float32),
             "conservation": ratio_array[finite].astype(np.float32),
         },
-        {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name},
+        {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name,
+         "method": attribution.method},
     )

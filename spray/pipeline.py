@@ -32,7 +32,7 @@ import numpy as np
 from dask.base import tokenize
 
 from spray import __version__
-from spray.attribute import attribute_shard, prepare_lrp, resolve_device
+from spray.attribute import attribute_shard, prepare_attributor, resolve_device
 from spray.cache import Entry, cached, read_entry
 from spray.config import SprayConfig
 from spray.data import Dataset, Sample, dataset_token, load_dataset, load_pixels, read_pixels
@@ -255,7 +255,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     dataset = load_dataset(config.data)
     token = model_token(config.model)
     # Fail fast, before any task runs: the model must load and every layer must be explainable.
-    prepare_lrp(config.model, config.attribution, config.data.image, token)
+    prepare_attributor(config.model, config.attribution, config.data.image, token)
     classes, skipped_classes = audited_classes(config, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
