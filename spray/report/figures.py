@@ -48,9 +48,21 @@ _STYLE = {
 }
 
 
-def cluster_colour(cluster_id: int) -> str:
-    """The colour of a cluster, the same in every figure and badge of the report."""
-    return CLUSTER_COLOURS[int(cluster_id) % len(CLUSTER_COLOURS)]
+# Shades of red for flagged clusters, in order of their score: a flagged group is red in every figure.
+FLAGGED_COLOURS = ("#d32f2f", "#8e0000", "#ef6c6c", "#b71c1c", "#ff8a80")
+
+
+def cluster_colours(cluster_ids: Sequence[int], flagged_ids: Sequence[int]) -> dict[int, str]:
+    """The colour of each cluster of a class, the same in its figures and in its cluster cards.
+
+    Flagged clusters get shades of red (in the order given), the others a colour of a red-free palette by id,
+    so that red means "flagged" wherever it appears and a clean cluster keeps its colour from run to run.
+    """
+    flagged = [int(c) for c in flagged_ids]
+    colours = {cluster: FLAGGED_COLOURS[i % len(FLAGGED_COLOURS)] for i, cluster in enumerate(flagged)}
+    for cluster in cluster_ids:
+        colours.setdefault(int(cluster), CLUSTER_COLOURS[int(cluster) % len(CLUSTER_COLOURS)])
+    return colours
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
@@ -101,7 +113,7 @@ def _with_style(function: _F) -> _F:
 def spectrum_figure(eigenvalues: np.ndarray, n_clusters: int) -> str:
     """Ascending eigenvalues of the normalised Laplacian, the eigengap that chose ``n_clusters`` marked.
 
-    The gap is the jump between eigenvalue k and k + 1 (1-based), drawn as a red bracket.
+    The gap is the jump from eigenvalue k to k + 1 (1-based), drawn as a red double arrow.
     """
     values = np.asarray(eigenvalues, dtype=np.float64).ravel()
     figure = _new_figure(4.4, 2.7)
@@ -125,8 +137,10 @@ def spectrum_figure(eigenvalues: np.ndarray, n_clusters: int) -> str:
             axes.annotate("", xy=(k + 0.5, high), xytext=(k + 0.5, low),
                           arrowprops={"arrowstyle": "<->", "color": FLAG_RED, "linewidth": 1.2,
                                       "shrinkA": 0, "shrinkB": 0}, zorder=5)
-            axes.text(k + 0.8, (low + high) / 2.0, f"eigengap {high - low:.3g}\n→ k = {k}",
-                      color=FLAG_RED, fontsize=7.5, va="center", ha="left")
+            # The label goes to the top left, which ascending eigenvalues leave empty.
+            axes.text(0.04, 0.95, f"eigengap λ{k + 1} − λ{k} = {high - low:.3g}  →  k = {k}",
+                      transform=axes.transAxes, color=FLAG_RED, fontsize=7.5, va="top", ha="left",
+                      bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})
         elif k >= 1:
             axes.text(0.98, 0.05, f"k = {k}", color=FLAG_RED, ha="right", transform=axes.transAxes)
         axes.set_xlim(0.3, values.size + 0.7)
@@ -152,16 +166,18 @@ def embedding_figure(
     flagged_ids: Sequence[int],
     titles: dict[str, str] | None = None,
 ) -> str:
-    """One scatter panel per embedding, samples coloured by cluster; flagged clusters ringed in red.
+    """One scatter panel per embedding, samples coloured by cluster, flagged clusters in red.
 
-    Flagged clusters are drawn last (on top) and opaque, the others slightly transparent, so that a flagged
-    group stands out even where the groups overlap.
+    Flagged clusters are drawn last (on top), larger and opaque, the others slightly transparent, so that a
+    flagged group stands out even where the groups overlap.
     """
     names = list(embeddings)
     titles = titles or {}
     labels = np.asarray(cluster_labels, dtype=np.int64)
-    flagged = {int(cluster) for cluster in flagged_ids}
+    flagged = [int(cluster) for cluster in flagged_ids]
+    # Flagged clusters are drawn last, so that they stay visible where groups overlap.
     clusters = sorted(set(labels.tolist()), key=lambda c: (c in flagged, c))
+    colours = cluster_colours(clusters, flagged)
     n_points = max(1, labels.size)
     size = float(np.clip(2400.0 / n_points, 3.0, 22.0))
     panels = max(1, len(names))
@@ -173,11 +189,8 @@ def embedding_figure(
             member = labels == cluster
             is_flagged = cluster in flagged
             axes.scatter(
-                coords[member, 0], coords[member, 1], s=size * (1.5 if is_flagged else 1.0),
-                color=cluster_colour(cluster), alpha=1.0 if is_flagged else 0.7,
-                edgecolors=FLAG_RED if is_flagged else "none",
-                # A ring thin enough that small markers keep their cluster colour inside it.
-                linewidths=min(0.8, 0.25 * math.sqrt(size * 1.5)) if is_flagged else 0.0,
+                coords[member, 0], coords[member, 1], s=size * (1.4 if is_flagged else 1.0),
+                color=colours[cluster], alpha=0.95 if is_flagged else 0.65, linewidths=0,
                 zorder=3 if is_flagged else 2, rasterized=True,
             )
         axes.set_title(titles.get(name, name), loc="left")
@@ -188,11 +201,9 @@ def embedding_figure(
             spine.set_color(GRID)
         axes.set_aspect("equal", adjustable="datalim")
     handles = [
-        Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=cluster_colour(cluster),
-               markeredgecolor=FLAG_RED if cluster in flagged else cluster_colour(cluster),
-               markeredgewidth=1.4 if cluster in flagged else 0.0,
-               label=f"cluster {cluster}" + (" (flagged)" if cluster in flagged else ""))
-        for cluster in sorted(clusters, key=lambda c: (c not in flagged, c))
+        Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[cluster],
+               markeredgewidth=0, label=f"cluster {cluster}" + (" (flagged)" if cluster in flagged else ""))
+        for cluster in sorted(clusters, key=lambda c: (c not in flagged, flagged.index(c) if c in flagged else c))
     ]
     if handles:
         columns = min(len(handles), 8)
@@ -227,16 +238,28 @@ def conservation_figure(conservation: np.ndarray) -> str:
         axes.set_yticks([])
     else:
         low, high, median = float(finite.min()), float(finite.max()), float(np.median(finite))
-        span = max(high - low, 1e-3 * max(1.0, abs(median)))
-        bins = np.linspace(low - 0.05 * span, high + 0.05 * span, 31)
-        axes.axvspan(low, high, color="#e9eef5", zorder=0, label=f"range {low:.4g} – {high:.4g}")
-        axes.hist(finite, bins=bins, color="#4e79a7", alpha=0.85, zorder=2)
+        # A few broken samples (a logit near zero makes the ratio explode) must not squash the histogram of
+        # all the others into one bar: show the 1st-99th percentile window and count what lies outside.
+        view_low, view_high = (float(v) for v in np.percentile(finite, [1, 99]))
+        if view_low <= 1.0 <= view_high or abs(1.0 - median) <= 2 * max(view_high - view_low, 1e-9):
+            view_low, view_high = min(view_low, 1.0), max(view_high, 1.0)
+        span = max(view_high - view_low, 1e-3 * max(1.0, abs(median)))
+        view_low, view_high = view_low - 0.05 * span, view_high + 0.05 * span
+        shown = finite[(finite >= view_low) & (finite <= view_high)]
+        axes.axvspan(max(low, view_low), min(high, view_high), color="#e9eef5", zorder=0,
+                     label=f"range {low:.4g} – {high:.4g}")
+        axes.hist(shown, bins=np.linspace(view_low, view_high, 31), color="#4e79a7", alpha=0.85, zorder=2)
+        axes.set_xlim(view_low, view_high)
         axes.axvline(median, color=INK, linewidth=1.2, zorder=3, label=f"median {median:.4g}")
-        left, right = axes.get_xlim()
-        if left <= 1.0 <= right:
+        if view_low <= 1.0 <= view_high:
             axes.axvline(1.0, color=MUTED, linestyle=":", linewidth=1.0, zorder=3, label="ideal 1")
+        below, above = int((finite < view_low).sum()), int((finite > view_high).sum())
+        if below or above:
+            axes.set_title(f"outside the view: {below} below, {above} above", loc="right", fontsize=7,
+                           fontweight="normal", color=FLAG_RED)
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of samples
-        axes.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")
+        axes.set_ylim(top=axes.get_ylim()[1] * 1.35)  # headroom for the legend above the bars
+        axes.legend(fontsize=7, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none")
     axes.set_xlabel("Σ input relevance / logit")
     axes.set_ylabel("samples")
     axes.set_title("LRP conservation", loc="left")

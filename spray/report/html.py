@@ -31,7 +31,7 @@ from spray.results import ClassResult, ClusterResult, RunInfo
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
-PROTOTYPE_SIDE = 80  # pixels per prototype tile, as shown: keeps 1,200 tiles near 8 MB of HTML
+PROTOTYPE_SIDE = 72  # pixels per prototype tile, as shown: keeps 1,200 tiles near 7 MB of HTML
 MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
 EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 
@@ -163,12 +163,12 @@ def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
     return views
 
 
-def _cluster_view(cluster: ClusterResult, result: ClassResult) -> dict[str, Any]:
+def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> dict[str, Any]:
     has_region = cluster.region is not None and bool(np.any(cluster.region))
     return {
         "id": int(cluster.id),
         "anchor": f"class-{int(result.class_index)}-cluster-{int(cluster.id)}",
-        "colour": figures.cluster_colour(int(cluster.id)),
+        "colour": colour,
         "size": int(cluster.size),
         "share": cluster.size / result.n_samples if result.n_samples else math.nan,
         "score": finite_or_nan(cluster.score),
@@ -184,6 +184,8 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult) -> dict[str, Any]
 def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
     clusters = sorted(result.clusters, key=cluster_order_key)
     flagged_ids = [int(cluster.id) for cluster in clusters if cluster.flagged]
+    all_ids = [int(cluster.id) for cluster in clusters] + [int(label) for label in np.unique(result.cluster_labels)]
+    colours = figures.cluster_colours(all_ids, flagged_ids)
     embeddings = {str(name): np.asarray(coords) for name, coords in result.embeddings.items()}
     ordered_names = [n for n in ("tsne", "umap") if n in embeddings] + sorted(
         n for n in embeddings if n not in ("tsne", "umap")
@@ -219,7 +221,7 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
             if embeddings
             else None
         ),
-        "clusters": [_cluster_view(cluster, result) for cluster in clusters],
+        "clusters": [_cluster_view(cluster, result, colours[int(cluster.id)]) for cluster in clusters],
     }
 
 

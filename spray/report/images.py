@@ -80,14 +80,20 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def mask_outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
-    """The inner border of a boolean mask, ``thickness`` pixels wide (the image edge counts as outside)."""
-    inner = np.asarray(mask, dtype=bool)
+    """The pixels just outside a boolean mask, ``thickness`` pixels wide (clipped at the image edge).
+
+    Drawn outside rather than inside so that a small region (a watermark of a few pixels) stays visible
+    within its frame instead of being covered by it.
+    """
+    inside = np.asarray(mask, dtype=bool)
+    grown = inside
     for _ in range(max(1, thickness)):
-        padded = np.pad(inner, 1, constant_values=False)
-        inner = (
-            padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        padded = np.pad(grown, 1, constant_values=False)
+        grown = (
+            padded[1:-1, 1:-1] | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+            | padded[:-2, :-2] | padded[:-2, 2:] | padded[2:, :-2] | padded[2:, 2:]
         )
-    return np.asarray(mask, dtype=bool) & ~inner
+    return grown & ~inside
 
 
 def fit_size(height: int, width: int, max_side: int) -> tuple[int, int]:
@@ -122,7 +128,7 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return pixels[:, :, :3]
 
 
-def image_tile(image: np.ndarray, max_side: int = 80) -> str:
+def image_tile(image: np.ndarray, max_side: int = 72) -> str:
     """A prototype image as the model saw it, shrunk to fit ``max_side``."""
     pixels = to_rgb_uint8(image)
     height, width = fit_size(pixels.shape[0], pixels.shape[1], max_side)
@@ -132,7 +138,7 @@ def image_tile(image: np.ndarray, max_side: int = 80) -> str:
 
 
 def overlay_tile(
-    image: np.ndarray, heatmap: np.ndarray, region: np.ndarray | None = None, max_side: int = 80
+    image: np.ndarray, heatmap: np.ndarray, region: np.ndarray | None = None, max_side: int = 72
 ) -> str:
     """The prototype's input relevance over its faded grayscale image, with the cluster's region outlined.
 
@@ -140,8 +146,16 @@ def overlay_tile(
     irrelevant pixels show the image and relevant ones the colour.
     """
     pixels = to_rgb_uint8(image)
+    outlined = region is not None and np.ndim(region) == 2 and bool(np.any(region))
     height, width = fit_size(pixels.shape[0], pixels.shape[1], max_side)
-    gray = np.asarray(Image.fromarray(pixels).convert("L").resize((width, height), Image.Resampling.BOX))
+    if outlined and max(pixels.shape[:2]) < max_side:
+        # A small image (32 x 32 digits) is enlarged here rather than by the browser, so that the outline
+        # is one thin line around the region instead of a whole image pixel that hides a small artifact.
+        scale = max_side / max(pixels.shape[:2])
+        height, width = round(pixels.shape[0] * scale), round(pixels.shape[1] * scale)
+    enlarging = height > pixels.shape[0]
+    resample = Image.Resampling.NEAREST if enlarging else Image.Resampling.BOX
+    gray = np.asarray(Image.fromarray(pixels).convert("L").resize((width, height), resample))
     base = _OVERLAY_BASE_LOW + (_OVERLAY_BASE_HIGH - _OVERLAY_BASE_LOW) * (gray.astype(np.float64) / 255.0)
     values = resize_float(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)), height, width)
     limit = symmetric_limit(values)
@@ -149,7 +163,7 @@ def overlay_tile(
     alpha = np.clip(np.abs(values) / limit, 0.0, 1.0)[..., None] ** 0.75
     blended = (1.0 - alpha) * base[..., None] + alpha * colour
     rgb = (blended * 255.0 + 0.5).astype(np.uint8)
-    if region is not None and np.ndim(region) == 2 and np.any(region):
+    if outlined:
         rgb[mask_outline(resize_mask(region, height, width), thickness=1)] = OUTLINE_RGB
     return png_data_uri(rgb)
 
