@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from spray.report import write_report
-from spray.report.images import heatmap_rgb
+from spray.report.figures import CLUSTER_COLOURS, FLAGGED_COLOURS, cluster_colours
+from spray.report.images import heatmap_rgb, mask_outline
 from spray.report.summary import to_jsonable
 from spray.report.synthetic import synthetic_class, synthetic_run
 from spray.results import ClassResult, ClusterResult, RunInfo, SkippedClass
@@ -497,3 +498,20 @@ def test_heatmap_colours_are_centred_on_zero_with_symmetric_limits():
     assert negative[2] > 200 and negative[0] < 50  # evidence against it is blue
     assert half[0] == 255 and 100 < half[1] < 155  # half the max: a lighter red, on the same scale
     assert not math.isnan(rgb.astype(float).sum())
+
+
+def test_red_marks_flagged_clusters_only():
+    colours = cluster_colours([0, 1, 2, 3], flagged_ids=[2])
+    assert colours[2] == FLAGGED_COLOURS[0]
+    assert colours[0] == cluster_colours([0], [])[0]  # a clean cluster keeps its colour
+    for colour in CLUSTER_COLOURS:  # no red in the palette of clean clusters
+        r, g, b = (int(colour[i: i + 2], 16) for i in (1, 3, 5))
+        assert not (r > 150 and g < 100 and b < 100), colour
+
+
+def test_region_outline_surrounds_the_region_without_covering_it():
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[2:4, 2:4] = True
+    outline = mask_outline(mask)
+    assert not (outline & mask).any()
+    assert outline.sum() == 16 - 4  # the 4 x 4 square around the 2 x 2 region, less the region

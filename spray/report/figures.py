@@ -206,13 +206,15 @@ def embedding_figure(
         for cluster in sorted(clusters, key=lambda c: (c not in flagged, flagged.index(c) if c in flagged else c))
     ]
     if handles:
-        columns = min(len(handles), 8)
-        legend = figure.legend(handles=handles, loc="lower center", ncol=columns, frameon=False,
+        columns = min(len(handles), 4 * panels)
+        rows = math.ceil(len(handles) / columns)
+        # matplotlib fills a legend column by column; reorder so that it reads row by row.
+        ordered = [handles[r * columns + c] for c in range(columns) for r in range(rows) if r * columns + c < len(handles)]
+        legend = figure.legend(handles=ordered, loc="lower center", ncol=columns, frameon=False,
                                fontsize=7.5, handletextpad=0.2, columnspacing=1.0)
-        for text, handle in zip(legend.get_texts(), handles):
+        for text, handle in zip(legend.get_texts(), ordered):
             if "(flagged)" in handle.get_label():
                 text.set_color(FLAG_RED)
-        rows = math.ceil(len(handles) / columns)
         figure.tight_layout(pad=0.5, rect=(0, 0.055 * rows + 0.02, 1, 1))
     else:
         figure.tight_layout(pad=0.5)
