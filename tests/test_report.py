@@ -404,6 +404,12 @@ def test_summary_table_ranks_classes_by_evidence_and_links_to_each_section(tmp_p
         assert f'<section class="card class-section" id="class-{index}">' in page
 
 
+def test_a_class_named_by_its_index_is_not_named_twice(tmp_path):
+    write_report(tmp_path, [make_class(3, "3")], make_run())
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "<h2>Class 3</h2>" in page and "3 · 3" not in page
+
+
 def test_each_class_section_has_its_figures_and_numbers(standard_report):
     out, _ = standard_report
     page = (out / "index.html").read_text(encoding="utf-8")

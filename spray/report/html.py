@@ -97,6 +97,12 @@ def _flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return items
 
 
+def class_title(index: int, name: str) -> str:
+    """``'3 · three'``, or just ``'3'`` when the class has no name beyond its index (plain text: escaped later)."""
+    name = str(name)
+    return str(int(index)) if name in ("", str(int(index))) else f"{int(index)} · {name}"
+
+
 def format_started(started: str) -> str:
     """An ISO 8601 time as ``2026-11-26 06:30 UTC`` (or with its offset); as given when it is not ISO."""
     try:
@@ -198,6 +204,7 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
         "rank": rank,
         "index": int(result.class_index),
         "name": str(result.class_name),
+        "title": class_title(result.class_index, result.class_name),
         "anchor": f"class-{int(result.class_index)}",
         "n_samples": int(result.n_samples),
         "n_clusters": int(result.n_clusters),
@@ -236,6 +243,7 @@ def _verdict(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
             {
                 "index": int(result.class_index),
                 "name": str(result.class_name),
+                "title": class_title(result.class_index, result.class_name),
                 "anchor": f"class-{int(result.class_index)}",
                 "clusters": [
                     {

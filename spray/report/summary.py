@@ -42,8 +42,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return [to_jsonable(item) for item in value.tolist()]
     if isinstance(value, dict):
-        return {str(to_jsonable(key)) if not isinstance(key, str) else key: to_jsonable(item)
-                for key, item in value.items()}
+        return {_json_key(key): to_jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [to_jsonable(item) for item in items]
@@ -56,6 +55,11 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # torch scalars and other 0-d array types
         return to_jsonable(value.item())
     return str(value)
+
+
+def _json_key(key: Any) -> str:
+    """A mapping key as JSON needs it: a string (numpy integers become ``"3"``, not ``"np.int64(3)"``)."""
+    return key if isinstance(key, str) else str(to_jsonable(key))
 
 
 def finite_or_nan(value: Any) -> float:
