@@ -371,7 +371,8 @@ def test_a_long_list_of_skipped_samples_is_cut_in_the_page_but_complete_in_the_s
 
 
 def cluster_anchor_order(page: str, class_index: int) -> list[int]:
-    return [int(m) for m in re.findall(rf'<article class="cluster[^"]*" id="class-{class_index}-cluster-(\d+)"', page)]
+    pattern = rf'<article class="cluster[^"]*" id="class-{class_index}-cluster-(\d+)"'
+    return [int(m) for m in re.findall(pattern, page)]
 
 
 def test_flagged_clusters_come_before_unflagged_ones(standard_report):
@@ -398,7 +399,8 @@ def test_summary_table_ranks_classes_by_evidence_and_links_to_each_section(tmp_p
     classes[2].clusters[1].flagged = True  # flagged classes rank first
     write_report(tmp_path, classes, make_run())
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
-    table = page[page.index('<table class="data summary-table">'): page.index("</table>", page.index("summary-table"))]
+    start = page.index('<table class="data summary-table">')
+    table = page[start: page.index("</table>", start)]
     assert re.findall(r'href="#class-(\d+)"', table) == ["2", "1", "0"]
     for index in range(3):
         assert f'<section class="card class-section" id="class-{index}">' in page

@@ -209,7 +209,9 @@ def embedding_figure(
         columns = min(len(handles), 4 * panels)
         rows = math.ceil(len(handles) / columns)
         # matplotlib fills a legend column by column; reorder so that it reads row by row.
-        ordered = [handles[r * columns + c] for c in range(columns) for r in range(rows) if r * columns + c < len(handles)]
+        ordered = [
+            handles[r * columns + c] for c in range(columns) for r in range(rows) if r * columns + c < len(handles)
+        ]
         legend = figure.legend(handles=ordered, loc="lower center", ncol=columns, frameon=False,
                                fontsize=7.5, handletextpad=0.2, columnspacing=1.0)
         for text, handle in zip(legend.get_texts(), ordered):

@@ -98,7 +98,7 @@ def _flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]
 
 
 def class_title(index: int, name: str) -> str:
-    """``'3 · three'``, or just ``'3'`` when the class has no name beyond its index (plain text: escaped later)."""
+    """``'3 · three'``, or ``'3'`` when the class has no name beyond its index (plain text, escaped later)."""
     name = str(name)
     return str(int(index)) if name in ("", str(int(index))) else f"{int(index)} · {name}"
 
@@ -190,7 +190,7 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
 def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
     clusters = sorted(result.clusters, key=cluster_order_key)
     flagged_ids = [int(cluster.id) for cluster in clusters if cluster.flagged]
-    all_ids = [int(cluster.id) for cluster in clusters] + [int(label) for label in np.unique(result.cluster_labels)]
+    all_ids = [int(c.id) for c in clusters] + [int(label) for label in np.unique(result.cluster_labels)]
     colours = figures.cluster_colours(all_ids, flagged_ids)
     embeddings = {str(name): np.asarray(coords) for name, coords in result.embeddings.items()}
     ordered_names = [n for n in ("tsne", "umap") if n in embeddings] + sorted(
@@ -210,7 +210,6 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
         "n_clusters": int(result.n_clusters),
         "flagged": bool(result.flagged),
         "n_flagged": len(flagged_ids),
-        "flagged_clusters": [c for c in clusters if c.flagged],
         "max_score": max_score(result),
         "accuracy": n_correct / result.n_samples if result.n_samples else math.nan,
         "conservation": conservation_stats(result.conservation),
