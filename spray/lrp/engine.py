@@ -26,7 +26,8 @@ class LRP:
 
     Extra keyword options: ``stabilizer`` (the small constant of the non-epsilon denominators, 1e-6 as in
     zennit) and ``autocast`` (``None``, ``"bf16"`` or ``"fp16"``: run the forward pass under
-    ``torch.autocast`` on CUDA; every rule still computes in float32, so relevance is float32).
+    ``torch.autocast`` on the input's device, meant for CUDA; the layers' outputs are handed on in
+    float32 and every rule computes in float32, so relevance is accumulated in float32).
 
     ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
     itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` float32 like ``x``:
@@ -82,8 +83,8 @@ class LRP:
         self._to(x.device)
         inputs = x.detach().to(torch.float32).requires_grad_(True)
         with torch.enable_grad():
-            if self.autocast is not None and x.device.type == "cuda":
-                with torch.autocast("cuda", dtype=AUTOCAST_DTYPES[self.autocast]):
+            if self.autocast is not None:
+                with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.autocast]):
                     output = self._module(inputs)
             else:
                 output = self._module(inputs)
@@ -98,6 +99,15 @@ class LRP:
         relevance = relevance.detach().float()
         self.conservation = conservation(relevance, logits, targets)
         return logits, relevance
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LRP(composite={self.composite_name!r}, layers={len(self.rules)})"

@@ -90,15 +90,20 @@ SUPPORTED_MODULES: tuple[type, ...] = (
 class LRPLinear(nn.Module):
     """A Conv/Linear layer whose backward pass applies a :class:`LinearRule`."""
 
-    def __init__(self, module: nn.Module, rule: LinearRule) -> None:
+    def __init__(self, module: nn.Module, rule: LinearRule, input_nonnegative: bool = False) -> None:
         super().__init__()
         self.module = module
-        self.layer = LinearLayer(module)
         self.rule = rule
+        self.input_nonnegative = input_nonnegative
+        self._make_layer()
+
+    def _make_layer(self) -> None:
+        self.layer = LinearLayer(self.module)
+        self.layer.input_nonnegative = self.input_nonnegative
 
     def _apply(self, fn, *args, **kwargs):  # keep the LinearLayer's tensors in step with .to(device)
         result = super()._apply(fn, *args, **kwargs)
-        self.layer = LinearLayer(self.module)
+        self._make_layer()
         return result
 
     def forward(self, x: Tensor) -> Tensor:
@@ -214,10 +219,7 @@ def canonicalize(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op in ("placeholder", "output", "get_attr"):
-            if node.op == "get_attr":
-                # A parameter or buffer used directly in forward(): only fine if it never meets a tensor
-                # op we do not handle; the op that uses it is checked below.
-                pass
+            # get_attr: a parameter or buffer used directly in forward(); the op using it is checked.
             continue
         if node.op == "call_module":
             module = modules[node.target]
@@ -228,9 +230,11 @@ def canonicalize(gm: fx.GraphModule) -> None:
                 )
             if isinstance(module, SUPPORTED_MODULES):
                 continue
+            where = source_line(node)
+            where = f" ({where})" if where != "source line unknown" else ""
             raise ModelError(
-                f"{_module_label(node.target, module)} is not supported by spray's LRP engine "
-                f"({source_line(node)}); supported layers: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, "
+                f"{_module_label(node.target, module)} is not supported by spray's LRP engine{where}; "
+                f"supported layers: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, "
                 f"element-wise activations, MaxPool/AvgPool/AdaptiveAvgPool, Flatten, Dropout, Identity; {FALLBACK}"
             )
         target = node.target
@@ -336,6 +340,31 @@ def first_layers(gm: fx.GraphModule) -> set[str]:
     return firsts
 
 
+# Modules whose output is >= 0 whatever their input, and modules/ops that keep a non-negative input so.
+_NONNEGATIVE_OUTPUT = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+_KEEPS_SIGN = MAXPOOL_TYPES + AVGPOOL_TYPES + IDENTITY_TYPES + SUM_TYPES
+
+
+def nonnegative_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value is >= 0 by construction; rules then skip their negative-input terms without
+    looking at the data (they also check at run time when unsure)."""
+    modules = dict(gm.named_modules())
+    nonnegative: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        tensor_inputs = [n for n in node.all_input_nodes]
+        if node.op == "call_module":
+            module = modules[node.target]
+            if isinstance(module, _NONNEGATIVE_OUTPUT) or (
+                isinstance(module, _KEEPS_SIGN) and tensor_inputs and all(n in nonnegative for n in tensor_inputs)
+            ):
+                nonnegative.add(node)
+        elif node.op in ("call_function", "call_method") and tensor_inputs:
+            routing = node.target in _ROUTING_FUNCTIONS or node.target in _ROUTING_METHODS
+            if routing and all(n in nonnegative for n in tensor_inputs):
+                nonnegative.add(node)
+    return nonnegative
+
+
 def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphModule, dict[str, str]]:
     """Private, prepared copy of ``model`` for ``composite``; returns it and ``{layer name: rule name}``."""
     if not isinstance(model, nn.Module):
@@ -352,13 +381,15 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
     rules: dict[str, str] = {}
     folded = fold_batchnorms(gm)
     firsts = first_layers(gm)
+    nonnegative = nonnegative_nodes(gm)
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
         name, module = node.target, modules[node.target]
         rule = composite.rule_for(name, module, name in firsts)
-        wrapper = _wrap(name, module, rule)
+        input_nonnegative = bool(node.args) and node.args[0] in nonnegative
+        wrapper = _wrap(name, module, rule, input_nonnegative)
         rules[name] = (rule or Gradient()).name
         if wrapper is not None:
             _set_submodule(gm, name, wrapper)
@@ -374,7 +405,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _wrap(name: str, module: nn.Module, rule: Optional[Rule]) -> Optional[nn.Module]:
+def _wrap(name: str, module: nn.Module, rule: Optional[Rule], input_nonnegative: bool = False) -> Optional[nn.Module]:
     if rule is None or isinstance(rule, Gradient):
         if isinstance(module, Sum):
             return SumGradient()
@@ -382,7 +413,7 @@ def _wrap(name: str, module: nn.Module, rule: Optional[Rule]) -> Optional[nn.Mod
     if isinstance(rule, LinearRule):
         if not isinstance(module, LINEAR_TYPES):
             raise ModelError(f"rule {rule.name!r} is for Conv/Linear layers, but {_module_label(name, module)} got it")
-        return LRPLinear(module, rule)
+        return LRPLinear(module, rule, input_nonnegative)
     if isinstance(rule, Pass):
         if isinstance(module, Sum):
             raise ModelError(f"rule 'pass' cannot be given to {_module_label(name, module)} (a sum of branches)")

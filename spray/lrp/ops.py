@@ -51,6 +51,8 @@ class LinearLayer:
             raise TypeError(f"expected one of {LINEAR_TYPES}, got {type(module).__name__}")
         self.weight: Tensor = module.weight
         self.bias: Optional[Tensor] = module.bias
+        # Set by the graph builder when the input is non-negative by construction (after a ReLU).
+        self.input_nonnegative = False
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -118,7 +120,9 @@ class LinearRelevance(torch.autograd.Function):
         ctx.input_shape = x.shape
         # Save only what the rule reads in the backward pass: that keeps peak memory near the gradient's.
         ctx.save_for_backward(x if rule.needs_input else None, z if rule.needs_output else None)
-        return z
+        # Under autocast z comes out in bf16/fp16; hand the next layer float32 so that the relevance
+        # autograd passes back between layers stays float32 (autograd casts gradients to input dtypes).
+        return z.to(x.dtype) if z.dtype != x.dtype else z
 
     @staticmethod
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
@@ -138,7 +142,8 @@ class PassRelevance(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
-        return fn(x)
+        out = fn(x)
+        return out.to(x.dtype) if out.dtype != x.dtype else out
 
     @staticmethod
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
@@ -155,6 +160,7 @@ class NormRelevance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], stabilizer: float) -> Tensor:  # type: ignore[override]
         z = fn(x)
+        z = z.to(x.dtype) if z.dtype != x.dtype else z
         ctx.fn = fn
         ctx.stabilizer = stabilizer
         ctx.save_for_backward(x, z)

@@ -133,3 +133,36 @@ def test_per_channel_bounds_broadcast_over_the_image() -> None:
     )
     targets = torch.tensor([0, 1, 2, 3])
     assert torch.allclose(per_channel(x, targets)[1], as_tensor(x, targets)[1])
+
+
+def test_autocast_keeps_relevance_float32_and_close_to_the_float32_run() -> None:
+    # bf16 autocast works on CPU too; on CUDA it is the same code path.
+    model, x = golden_models.make("batchnorm")
+    targets = torch.tensor([0, 1, 2, 3])
+    _, reference = LRP(model, "epsilon_plus_flat")(x, targets)
+    logits, relevance = LRP(model, "epsilon_plus_flat", autocast="bf16")(x, targets)
+    assert relevance.dtype == torch.float32 and logits.dtype == torch.float32
+    error = (relevance - reference).abs().max() / reference.abs().max()
+    assert error < 0.05, error  # bf16 keeps ~3 significant digits per layer
+
+
+def test_engine_follows_the_input_to_its_device() -> None:
+    model, x = golden_models.make("plain")
+    lrp = LRP(model, "epsilon_plus_flat")
+    lrp(x, torch.zeros(4, dtype=torch.long))
+    device = "cuda" if torch.cuda.is_available() else "meta"
+    if device == "meta":
+        pytest.skip("no CUDA device here; the device run of the benchmark covers it")
+    logits, relevance = lrp(x.to(device), torch.zeros(4, dtype=torch.long, device=device))
+    assert relevance.device.type == "cuda" and logits.device.type == "cuda"
+
+
+def test_engine_pickles_for_dask_workers() -> None:
+    import pickle
+
+    model, x = golden_models.make("batchnorm")
+    lrp = LRP(model, "epsilon_gamma_box", low=golden_models.LOW, high=golden_models.HIGH)
+    copy_ = pickle.loads(pickle.dumps(lrp))
+    targets = torch.tensor([3, 2, 1, 0])
+    assert copy_.rules == lrp.rules
+    assert torch.equal(copy_(x, targets)[1], lrp(x, targets)[1])
