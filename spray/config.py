@@ -92,7 +92,7 @@ class DataConfig(_Section):
         default=None, description="CSV with columns path,label; paths relative to the CSV's folder"
     )
     root: Optional[Path] = Field(default=None, description="ImageFolder layout: one sub-folder per class")
-    image: ImageConfig = Field(default_factory=ImageConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig, description="how images become model input")
     class_names: Optional[list[str]] = Field(
         default=None,
         description="names of the model's outputs in order; string labels are mapped through it "
@@ -252,16 +252,16 @@ class DemoConfig(_Section):
 class SprayConfig(_Section):
     """A whole audit: model, data, what to audit, how, and where the results go."""
 
-    model: ModelConfig
-    data: DataConfig
-    audit: AuditSection = Field(default_factory=AuditSection)
-    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
-    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
-    flagging: FlaggingConfig = Field(default_factory=FlaggingConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    dask: DaskConfig = Field(default_factory=DaskConfig)
+    model: ModelConfig = Field(description="the classifier to audit")
+    data: DataConfig = Field(description="the images and their labels")
+    audit: AuditSection = Field(default_factory=AuditSection, description="what to audit")
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig, description="stage 1: heatmaps")
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig, description="stage 2")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="stage 3: spectral clustering")
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="stage 3: 2-D views")
+    flagging: FlaggingConfig = Field(default_factory=FlaggingConfig, description="stage 4: evidence")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="intermediates on disk")
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")
     demo: Optional[DemoConfig] = Field(
         default=None, description="build the planted-watermark digits case before auditing (the demo)"

@@ -191,6 +191,39 @@ def score_clusters(
     return results
 
 
+def join_pattern_carriers(
+    pixels: np.ndarray, cluster_labels: np.ndarray, scored: list[ClusterEvidence]
+) -> np.ndarray:
+    """Move samples that carry a flagged cluster's pattern into that cluster; returns new (N,) labels.
+
+    Spectral clustering groups samples by *where the model looks*; a few samples that carry the artifact can
+    still land in other clusters when the model also reads their object well. A sample of an unflagged
+    cluster joins a flagged one when, inside the flagged region, its pixels are closer to the flagged
+    members' mean pattern than to the rest of the class's mean pattern, and no farther from it than 95 % of
+    the members are. The number that joined is recorded in the cluster's evidence (``joined_by_pattern``).
+    """
+    labels = cluster_labels.copy()
+    size = pixels.shape[1:3]
+    flagged = [s for s in sorted(scored, key=lambda s: -s.score) if s.flagged and s.region is not None]
+    taken = np.isin(cluster_labels, [s.id for s in flagged])
+    for cluster in flagged:
+        members = cluster_labels == cluster.id
+        mask = to_image_mask(cluster.region, size)
+        patterns = pixels[:, mask, :].reshape(len(pixels), -1)
+        to_members = ((patterns - patterns[members].mean(0)) ** 2).mean(1)
+        to_rest = ((patterns - patterns[~members].mean(0)) ** 2).mean(1)
+        carriers = ~taken & (to_members < to_rest) & (to_members <= np.quantile(to_members[members], 0.95))
+        labels[carriers] = cluster.id
+        taken |= carriers
+        cluster.evidence["joined_by_pattern"] = int(carriers.sum())
+        cluster.evidence["spectral_size"] = cluster.size
+        cluster.size += int(carriers.sum())
+    for cluster in scored:
+        if not cluster.flagged:
+            cluster.size = int((labels == cluster.id).sum())
+    return labels
+
+
 def _fill(pixels: np.ndarray, mask: np.ndarray, background: np.ndarray, how: str) -> np.ndarray:
     """Replacement values for the masked pixels: (N, n_masked, C)."""
     if how == "mean":

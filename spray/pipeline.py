@@ -139,11 +139,12 @@ def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipie
     model = load_model(model_config)
     scored = spray.flag.score_clusters(model, class_index, pixels, pre_arrays["maps"], analysis_arrays["labels"],
                             recipient_pixels, background, image, flagging, resolve_device(device))
+    labels = spray.flag.join_pattern_carriers(pixels, analysis_arrays["labels"], scored)
     regions = np.stack([s.region if s.region is not None else np.zeros(pre_arrays["maps"].shape[1:], bool)
                         for s in scored]) if scored else np.zeros((0, *pre_arrays["maps"].shape[1:]), bool)
     meta = {"clusters": [{"id": s.id, "size": s.size, "score": s.score, "flagged": s.flagged,
                           "evidence": s.evidence, "has_region": s.region is not None} for s in scored]}
-    return {"regions": regions}, meta
+    return {"regions": regions, "labels": labels}, meta
 
 
 def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_index, model_config, image,
@@ -316,7 +317,7 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dic
     tasks["_skipped"] = pre_meta["skipped"]
     ids = pre_meta["ids"]
     maps = pre_arrays["maps"]
-    labels = analysis_arrays["labels"]
+    labels = flag_arrays["labels"]  # the spectral clusters, with pattern carriers moved into flagged ones
     logits = pre_arrays["logits"]
     samples_by_id = {s.id: s for s in dataset.by_class()[index]}
     relevance_by_id = _relevance_lookup(tasks["shards"], dataset.by_class()[index], config)
