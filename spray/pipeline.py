@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 # Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
 # so they are part of the flag stage's key.
 _CODE = __version__
-_FLAG_CODE = (__version__, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+# Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels).
+_FLAG_CODE = (__version__, 2, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
 
