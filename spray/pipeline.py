@@ -252,8 +252,14 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     if config.demo is not None:
         from spray.demo import build_case
 
-        log.info("building the demo case in %s (once)", config.demo.directory)
-        build_case(config.demo)
+        log.info("demo case in %s (built once, then reused)", config.demo.directory)
+        record = build_case(config.demo)
+        if "artifact_flip_rate" in record:
+            log.info(
+                "demo model: held-out accuracy %.0f %%; pasting the %s into held-out images of other classes "
+                "turns %.0f %% of them into class %d (%.0f %% without it): the model uses the shortcut",
+                100 * record["test_accuracy"], config.demo.artifact, 100 * record["artifact_flip_rate"],
+                config.demo.target_class, 100 * record["flip_rate_without_artifact"])
     dataset = load_dataset(config.data)
     token = model_token(config.model)
     # Fail fast, before any task runs: the model must load and every layer must be explainable.
