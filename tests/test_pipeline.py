@@ -13,7 +13,7 @@ from spray.config import load_config
 from spray.errors import DataError, ModelError, RunError
 from spray.pipeline import run_audit
 
-from conftest import tiny_config, write_config
+from audit_cases import tiny_config, write_config
 
 
 def computed(outcome) -> dict[str, int]:
