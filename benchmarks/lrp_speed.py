@@ -5,8 +5,8 @@
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
 epsilon_alpha2_beta1. Every method of a case is timed once per round, rounds interleaved, so that
-background load hits all of them alike; the table reports medians and ratios to the gradient of the
-same round set. The gradient is the floor: one forward and one backward pass for the input gradient
+background load hits all of them alike; images/s come from the median time, ratios are the median over
+rounds of the within-round ratio to the gradient (or zennit). The gradient is the floor: one forward and one backward pass for the input gradient
 only (parameters frozen), seeded like LRP with one-hot * logit.
 
 Memory: on CUDA the peak allocated memory of the call (``torch.cuda.max_memory_allocated``); on CPU the
@@ -166,6 +166,13 @@ def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch
             times[key].append(seconds)
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
+
+    def ratio(key: str, reference: str) -> Optional[float]:
+        # Median over rounds of the within-round ratio: load that drifts between rounds cancels.
+        if key not in times or reference not in times:
+            return None
+        return statistics.median(a / b for a, b in zip(times[key], times[reference]))
+
     rows = []
     for composite in composites:
         key = f"spray:{composite}"
@@ -178,9 +185,9 @@ def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch
             "device": str(device),
             "images_per_s": x.shape[0] / median[key],
             "gradient_images_per_s": x.shape[0] / median["gradient"],
-            "time_vs_gradient": median[key] / median["gradient"],
-            "time_vs_zennit": median[key] / median[zennit_key] if zennit_key in median else None,
-            "zennit_time_vs_gradient": median[zennit_key] / median["gradient"] if zennit_key in median else None,
+            "time_vs_gradient": ratio(key, "gradient"),
+            "time_vs_zennit": ratio(key, zennit_key),
+            "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
             "peak_memory_vs_gradient": memory[key] / max(memory["gradient"], 1),
             "repeats": repeats,
         })
@@ -191,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="vgg16,resnet50,demo")
     parser.add_argument("--composites", default=",".join(COMPOSITES))
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per case (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case (medians reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="small inputs: a smoke test of the script")

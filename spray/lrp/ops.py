@@ -114,12 +114,12 @@ class LinearRelevance(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, wrapper: "nn.Module") -> Tensor:  # type: ignore[override]
         layer: LinearLayer = wrapper.layer
-        z = layer.forward(x, layer.weight, layer.bias)
         rule = wrapper.rule
+        z, for_rule = rule.forward(layer, x)
         ctx.wrapper = wrapper
         ctx.input_shape = x.shape
         # Save only what the rule reads in the backward pass: that keeps peak memory near the gradient's.
-        ctx.save_for_backward(x if rule.needs_input else None, z if rule.needs_output else None)
+        ctx.save_for_backward(x if rule.needs_input else None, for_rule)
         # Under autocast z comes out in bf16/fp16; hand the next layer float32 so that the relevance
         # autograd passes back between layers stays float32 (autograd casts gradients to input dtypes).
         return z.to(x.dtype) if z.dtype != x.dtype else z
