@@ -211,7 +211,7 @@ class FlaggingConfig(_Section):
         default=1.0, gt=0, description="flag when score >= this; 1.0: every line of evidence passes its threshold"
     )
     region_fraction: float = Field(
-        default=0.1, gt=0, le=0.5, description="largest share of the image the cluster's region may cover"
+        default=0.2, gt=0, le=0.5, description="largest share of the image the cluster's region may cover"
     )
     fill: Literal["blur", "mean"] = Field(default="mean", description="how the region is masked")
     transplant_images: int = Field(default=200, ge=1, description="images of other classes the region is pasted into")

@@ -41,8 +41,8 @@ from spray.config import FlaggingConfig, ImageConfig
 from spray.data import to_model_input
 
 CONSISTENCY = 0.9  # members' region pixels at most a tenth as spread as the rest of the class's
-NECESSITY = 0.2  # masking costs members 0.2 median logits more than the rest of the class
-SUFFICIENCY = 0.2  # pasting the members' region raises the class 0.2 median logits more than the control
+NECESSITY = 0.15  # masking costs members 0.15 median logits more than the rest of the class
+SUFFICIENCY = 0.15  # pasting the members' region raises the class 0.15 median logits more than the control
 REGION_MASS = 0.5  # share of the positive mean-map difference the region must hold
 
 

@@ -151,3 +151,27 @@ def test_an_unreachable_cluster_is_a_run_error(tiny_audit):
     config = load_config(tiny_audit(dask={"address": "tcp://127.0.0.1:9"}))
     with pytest.raises(RunError, match="dask.address"):
         run_audit(config, progress=False)
+
+
+def test_a_sample_with_a_nan_heatmap_is_skipped_and_named(tiny_audit, monkeypatch):
+    import spray.attribute
+
+    prepare = spray.attribute.prepare_attributor
+
+    def poisoned(*args, **kwargs):
+        engine = prepare(*args, **kwargs)
+
+        def explain(x, targets):
+            logits, relevance = engine(x, targets)
+            relevance[0, 0, 0, 0] = float("nan")  # the first image of every batch
+            return logits, relevance
+
+        explain.rules, explain.composite_name = engine.rules, engine.composite_name
+        return explain
+
+    monkeypatch.setattr(spray.attribute, "prepare_attributor", poisoned)
+    outcome = run_audit(load_config(tiny_audit()), progress=False)
+    summary = json.loads((outcome.report.parent / "summary.json").read_text())
+    skipped = {item["id"]: item["reason"] for item in summary["skipped_samples"]}
+    assert "c0/000.png" in skipped and "non-finite" in skipped["c0/000.png"]
+    assert all(c["n_samples"] < 24 for c in summary["classes"])
