@@ -15,16 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spray.errors import ConfigError
-
-COMPOSITE_NAMES = (
-    "epsilon",
-    "epsilon_plus",
-    "epsilon_plus_flat",
-    "epsilon_gamma_box",
-    "epsilon_alpha2_beta1",
-    "epsilon_alpha2_beta1_flat",
-)
-NORMALIZATIONS = ("sum_abs", "l2", "max_abs", "none")
+from spray.lrp.composites import COMPOSITES as COMPOSITE_NAMES
 
 
 class _Section(BaseModel):

@@ -22,10 +22,14 @@ sufficiency
 
 A cluster is flagged when all three pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
 ``SUFFICIENCY``). Its score is the weakest of the three ratios measured / threshold, so ``score >= 1``
-exactly when the cluster is flagged, and the report shows which line of evidence is the weakest.
-On planted-artifact digit models (watermark, tag, stripe, frame; 15-35 % of a class; with and without
-BatchNorm) the planted clusters measured consistency >= 0.9, necessity >= 0.45 and sufficiency >= 0.4,
-while clean clusters of the same and of clean models stayed below the consistency threshold.
+exactly when the cluster is flagged, and the report shows which line of evidence is the weakest. Samples of
+other clusters that carry a flagged cluster's pattern then join it (``join_pattern_carriers``).
+
+The thresholds were set from measurements on planted-artifact digit models (``benchmarks/planted_artifacts.py``:
+watermark, tag, stripe, frame; 15-35 % of one class; any corner; with and without BatchNorm): planted clusters
+measured consistency 0.96-0.99, while no clean cluster, of planted or of clean models, exceeded 0.81.
+Necessity and sufficiency separate less (clean clusters reach 0.75 and 0.5: the model needs its strokes,
+and pasting strokes adds some evidence), so they guard against a shared pattern the model does not use.
 """
 
 from __future__ import annotations
