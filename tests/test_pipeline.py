@@ -89,8 +89,11 @@ def test_an_interrupted_run_resumes_from_the_finished_shards(tiny_audit, monkeyp
     assert finished >= 1
     monkeypatch.undo()
     outcome = run_audit(config, progress=False)
-    assert outcome.stages["attribute"] == {"computed": 6 - finished, "cached": finished}
-    assert outcome.stages["flag"]["computed"] == 3
+    # Tasks already handed to a thread when the crash surfaced may still finish and store their entries, so
+    # at least the shards finished before the crash come from the cache.
+    assert outcome.stages["attribute"]["cached"] >= finished
+    assert sum(outcome.stages["attribute"].values()) == 6
+    assert len(outcome.classes) == 3
 
 
 def test_no_cache_stores_nothing(tiny_audit):
