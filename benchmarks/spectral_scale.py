@@ -1,0 +1,344 @@
+"""How spray's spectral analysis scales, against scikit-learn and CoRelAy, on heatmap-shaped data.
+
+    python benchmarks/spectral_scale.py [--sizes 1000 20000 100000] [--large] [--json PATH]
+        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--clusters 10] [--seed 0]
+
+Data: synthetic pooled heatmaps, N x 1024 (32 x 32) float32: ``--clusters`` groups, each a few Gaussian
+blobs of relevance (some negative) whose positions and amplitudes jitter per sample, plus spatially smooth
+noise, each map divided by its sum of absolute values (spray's default preprocessing). Every tool gets the
+same maps (same seed).
+
+Tools, each (tool, N) in a fresh process so that peak memory and imports are its own:
+
+- ``spray``: ``spray.analyse`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
+  affinity; exact up to ``EXACT_KNN_MAX_N``, approximate above, with measured recall), eigen (normalised
+  Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised eigenvectors),
+  and umap (``spray.analyse.embed`` with UMAP only, not part of ``seconds``).
+- ``sklearn``: what ``SpectralClustering(affinity="nearest_neighbors", n_neighbors=10,
+  eigen_solver="arpack", n_clusters=<planted>)`` runs, called step by step through the same public
+  functions (``kneighbors_graph``, ``spectral_embedding``, ``k_means``) so each step has a time.
+- ``corelay``: CoRelAy's ``SpectralEmbedding`` pipeline processors, in its order and with its defaults
+  (``SciPyPDist`` -> ``SparseKNN(10)`` -> ``SymmetricNormalLaplacian`` -> ``EigenDecomposition(32)``),
+  then its ``KMeans(n_clusters=<planted>)`` on the eigenvectors. CoRelAy is GPL and pins its own
+  dependencies, so it runs from a separate environment: ``--corelay-python`` (default: the
+  ``CORELAY_PYTHON`` environment variable) is a Python that can ``import corelay``; without one, the
+  CoRelAy runs are skipped and the output says so.
+
+sklearn and corelay run only up to ``--reference-max`` samples (20,000: beyond it they take many minutes,
+and CoRelAy's dense N x N matrices need tens of GB).
+
+Reported per run: ``seconds`` = knn + eigen + cluster (the spectral analysis; umap separate), each step's
+wall time, ``peak_memory_mb`` = the process's peak resident memory (VmHWM, including the input maps,
+``input_mb``), ``step_peak_mb`` = the highest resident memory sampled during each step, the number of
+clusters found, the ARI against the planted groups, and for spray the kNN recall.
+``--json PATH`` writes ``{"runs": [{"tool", "n", "seconds", "peak_memory_mb", "steps": {...}, ...}]}``.
+
+2 cores are shared with other work on the machines this was written on: compare tools within one run
+(runs of one N are back to back), not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+EIGENVALUES = 32
+NEIGHBORS = 10
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def synthetic_heatmaps(n: int, n_clusters: int = 10, size: int = 32, seed: int = 0, chunk: int = 20_000):
+    """``(maps (n, size * size) float32, labels (n,))``: clustered, heatmap-shaped, L1-normalised."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    blobs = []  # per cluster: rows of (x, y, width, amplitude)
+    for _ in range(n_clusters):
+        m = int(rng.integers(2, 5))
+        amplitude = rng.choice([1.0, 1.0, 1.0, -0.5], m) * rng.uniform(0.5, 1.5, m)
+        blobs.append(
+            np.column_stack(
+                [rng.uniform(4, size - 4, m), rng.uniform(4, size - 4, m), rng.uniform(1.5, 5, m), amplitude]
+            ).astype(np.float32)
+        )
+    weights = rng.uniform(0.5, 2.0, n_clusters)
+    labels = rng.choice(n_clusters, size=n, p=weights / weights.sum())
+    maps = np.empty((n, size * size), np.float32)
+    for start in range(0, n, chunk):
+        part = labels[start : start + chunk]
+        block = np.zeros((len(part), size, size), np.float32)
+        for c in np.unique(part):
+            members = np.flatnonzero(part == c)
+            for x, y, width, amplitude in blobs[c]:
+                jx = (x + rng.normal(0, 1.0, len(members))).astype(np.float32)[:, None, None]
+                jy = (y + rng.normal(0, 1.0, len(members))).astype(np.float32)[:, None, None]
+                scale = (amplitude * rng.lognormal(0, 0.25, len(members))).astype(np.float32)[:, None, None]
+                block[members] += scale * np.exp(-((xx - jx) ** 2 + (yy - jy) ** 2) / (2 * width * width))
+        block += 0.15 * gaussian_filter(rng.normal(size=block.shape).astype(np.float32), sigma=(0, 1.0, 1.0))
+        flat = block.reshape(len(part), -1)
+        flat /= np.abs(flat).sum(axis=1, keepdims=True)
+        maps[start : start + len(part)] = flat
+    return maps, labels
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Steps:
+    """Times each step and samples resident memory every 5 ms while it runs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    def run(self, name: str, function: Callable[[], Any]) -> Any:
+        peak = [_rss_mb()]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.005):
+                peak[0] = max(peak[0], _rss_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        try:
+            result = function()
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+            done.set()
+            sampler.join()
+            self.peak_mb[name] = max(peak[0], _rss_mb())
+        return result
+
+
+# ----------------------------------------------------------------------------------------------- tools
+
+
+def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+    sys.path.insert(0, str(REPOSITORY))
+    from spray import analyse
+    from spray.config import AnalysisConfig, EmbeddingConfig
+
+    config = AnalysisConfig(neighbors=NEIGHBORS, eigenvalues=EIGENVALUES, seed=seed)
+    steps = Steps()
+    extra: dict[str, Any] = {}
+
+    def knn():
+        indices, distances, description, recall = analyse._knn(maps, config.neighbors, "auto", config.seed)
+        extra.update(knn=description, knn_recall=recall)
+        return analyse._affinity_from_neighbors(indices, distances)
+
+    affinity = steps.run("knn", knn)
+
+    def eigen():
+        laplacian = analyse.normalized_laplacian(affinity)
+        return analyse.smallest_eigenpairs(laplacian, min(config.eigenvalues, len(maps) - 1), config.seed)
+
+    values, vectors = steps.run("eigen", eigen)
+
+    def cluster():
+        lower, upper = analyse._cluster_range(len(maps), len(values), config)
+        k = analyse.choose_n_clusters(values, lower, upper)
+        return analyse.spectral_clustering(vectors, k, config.seed)
+
+    labels = steps.run("cluster", cluster)
+    if umap:
+        steps.run("umap", lambda: analyse.embed(maps, EmbeddingConfig(methods=["umap"], seed=seed)))
+    extra["eigenvalues"] = values[:12].round(6).tolist()
+    return {"steps": steps, "labels": labels, **extra}
+
+
+def run_sklearn(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+    from sklearn.cluster import k_means
+    from sklearn.manifold import spectral_embedding
+    from sklearn.neighbors import kneighbors_graph
+    from sklearn.utils import check_random_state
+
+    # exactly SpectralClustering(affinity="nearest_neighbors", n_neighbors=10, eigen_solver="arpack").fit
+    random_state = check_random_state(seed)
+    steps = Steps()
+
+    def knn():
+        connectivity = kneighbors_graph(maps, n_neighbors=NEIGHBORS, include_self=True)
+        return 0.5 * (connectivity + connectivity.T)
+
+    affinity = steps.run("knn", knn)
+    embedding = steps.run(
+        "eigen",
+        lambda: spectral_embedding(
+            affinity, n_components=clusters, eigen_solver="arpack", random_state=random_state,
+            eigen_tol="auto", drop_first=False,
+        ),
+    )
+    labels = steps.run("cluster", lambda: k_means(embedding, clusters, random_state=random_state, n_init=10)[1])
+    return {"steps": steps, "labels": labels}
+
+
+def run_corelay(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+    import corelay
+    from corelay.processor.affinity import SparseKNN
+    from corelay.processor.clustering import KMeans
+    from corelay.processor.distance import SciPyPDist
+    from corelay.processor.embedding import EigenDecomposition
+    from corelay.processor.laplacian import SymmetricNormalLaplacian
+
+    # the processors of corelay.pipeline.spectral.SpectralEmbedding, with its defaults, in its order
+    steps = Steps()
+    affinity = steps.run(
+        "knn", lambda: SparseKNN(n_neighbors=NEIGHBORS, symmetric=True)(SciPyPDist(metric="euclidean")(maps))
+    )
+    values, vectors = steps.run(
+        "eigen", lambda: EigenDecomposition(n_eigval=EIGENVALUES)(SymmetricNormalLaplacian()(affinity))
+    )
+    labels = steps.run("cluster", lambda: KMeans(n_clusters=clusters, kwargs={"random_state": seed})(vectors))
+    order = np.argsort(values)
+    return {
+        "steps": steps,
+        "labels": np.asarray(labels),
+        "corelay_version": getattr(corelay, "__version__", "?"),
+        "eigenvalues": np.sort(values)[:12].round(6).tolist() if order.size else [],
+    }
+
+
+TOOLS = {"spray": run_spray, "sklearn": run_sklearn, "corelay": run_corelay}
+
+
+def worker(tool: str, n: int, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+    """One (tool, N) run in this process; returns the JSON record."""
+    from sklearn.metrics import adjusted_rand_score
+
+    maps, truth = synthetic_heatmaps(n, clusters, seed=seed)
+    input_mb = maps.nbytes / 2**20
+    outcome = TOOLS[tool](maps, clusters, seed, umap)
+    steps: Steps = outcome.pop("steps")
+    labels = outcome.pop("labels")
+    analysis = [name for name in ("knn", "eigen", "cluster") if name in steps.seconds]
+    return {
+        "tool": tool,
+        "n": n,
+        "seconds": round(sum(steps.seconds[name] for name in analysis), 3),
+        "peak_memory_mb": round(_peak_rss_mb(), 1),
+        "input_mb": round(input_mb, 1),
+        "steps": {name: round(value, 3) for name, value in steps.seconds.items()},
+        "step_peak_mb": {name: round(value, 1) for name, value in steps.peak_mb.items()},
+        "n_clusters": int(len(np.unique(labels))),
+        "ari": round(float(adjusted_rand_score(truth, labels)), 4),
+        **outcome,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _child(python: str, tool: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    command = [python, str(Path(__file__).resolve()), "--worker", tool, str(n),
+               "--clusters", str(args.clusters), "--seed", str(args.seed)]
+    if args.no_umap:
+        command.append("--no-umap")
+    environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # no busy-waiting threads on shared cores
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")]))
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if done.returncode != 0:
+        return {"tool": tool, "n": n, "error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"],
+                "wall_s": round(time.perf_counter() - started, 1)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _corelay_python(requested: str | None) -> str | None:
+    candidate = requested or os.environ.get("CORELAY_PYTHON")
+    if not candidate:
+        return None
+    check = subprocess.run([candidate, "-c", "import corelay"], capture_output=True)
+    return candidate if check.returncode == 0 else None
+
+
+def _print_run(record: dict[str, Any]) -> None:
+    if "error" in record:
+        print(f"{record['tool']:>8} {record['n']:>8}  failed: {record['error']}", flush=True)
+        return
+    steps = record["steps"]
+    cells = "  ".join(f"{name} {steps[name]:7.2f}s" for name in ("knn", "eigen", "cluster", "umap") if name in steps)
+    extra = f"  recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
+    print(
+        f"{record['tool']:>8} {record['n']:>8}  total {record['seconds']:8.2f}s  peak {record['peak_memory_mb']:8.0f} MB"
+        f"  (input {record['input_mb']:.0f} MB)  {cells}  k={record['n_clusters']} ARI {record['ari']:.3f}{extra}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 20_000, 100_000])
+    parser.add_argument("--large", action="store_true", help="also N = 1,000,000 (spray only; ~4 GB of maps)")
+    parser.add_argument("--json", type=Path, help="write the runs to this file")
+    parser.add_argument("--corelay-python", help="a Python that can import corelay (default: $CORELAY_PYTHON)")
+    parser.add_argument("--reference-max", type=int, default=20_000, help="largest N for sklearn and corelay")
+    parser.add_argument("--no-umap", action="store_true", help="skip spray's UMAP step")
+    parser.add_argument("--clusters", type=int, default=10, help="planted groups")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", nargs=2, metavar=("TOOL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        tool, n = args.worker[0], int(args.worker[1])
+        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap)))
+        return 0
+
+    sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
+    corelay_python = _corelay_python(args.corelay_python)
+    if corelay_python is None:
+        print("corelay: skipped (give --corelay-python or CORELAY_PYTHON, a Python that can import corelay)")
+    runs = []
+    for n in sizes:
+        plan = [("spray", sys.executable)]
+        if n <= args.reference_max:
+            plan.append(("sklearn", sys.executable))
+            if corelay_python:
+                plan.append(("corelay", corelay_python))
+        for tool, python in plan:
+            record = _child(python, tool, n, args)
+            _print_run(record)
+            runs.append(record)
+        by_tool = {record["tool"]: record for record in runs if record["n"] == n and "error" not in record}
+        if "spray" in by_tool:
+            for other in ("sklearn", "corelay"):
+                if other in by_tool:
+                    print(f"{'':>8} {n:>8}  {other} / spray time: {by_tool[other]['seconds'] / by_tool['spray']['seconds']:.1f} "
+                          "(knn + eigen + cluster)", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
