@@ -28,6 +28,11 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
 
+# Imported at module load, not inside the functions: task threads importing sklearn submodules for the first
+# time concurrently can see a partially initialised sklearn and fail with a circular-import error.
+from sklearn.cluster import KMeans
+from sklearn.manifold import TSNE
+
 from spray.config import AnalysisConfig, EmbeddingConfig
 from spray.errors import DataError, RunError
 
@@ -516,7 +521,6 @@ def spectral_clustering(eigenvectors: np.ndarray, n_clusters: int, seed: int = 0
     ``eigenvectors``: (N, m) of the normalised Laplacian, ascending eigenvalues, m >= n_clusters.
     Returns (N,) int64 labels in [0, n_clusters), 0 the largest cluster. k-means uses 10 seeded restarts.
     """
-    from sklearn.cluster import KMeans
 
     vectors = np.asarray(eigenvectors, dtype=np.float64)
     if vectors.ndim != 2:
@@ -676,7 +680,6 @@ def _nearest_reference(queries: np.ndarray, reference: np.ndarray, k: int) -> np
 
 
 def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
-    from sklearn.manifold import TSNE
 
     n_samples = maps.shape[0]
     tsne = TSNE(
