@@ -53,6 +53,7 @@ class LinearLayer:
         self.bias: Optional[Tensor] = module.bias
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
+        self._split: Optional[Tensor] = None
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -60,6 +61,29 @@ class LinearLayer:
             self.dilation = tuple(module.dilation)
             self.groups = module.groups
             self.padding = _explicit_padding(module)
+
+    @property
+    def can_stack(self) -> bool:
+        """Whether weights may be stacked on the output channels (not for grouped convs, whose output
+        channels are tied to input groups)."""
+        return not self.is_conv or self.groups == 1
+
+    def split_weight(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(w+, w-, [w+; w-])``, computed once per device: clamping all weights on every call costs
+        as much as an element-wise pass over a large activation. ``w+``/``w-`` are views of the stack."""
+        split = self._split
+        if split is None or split.device != self.weight.device or split.dtype != self.weight.dtype:
+            split = torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)])
+            self._split = split
+        out = self.weight.shape[0]
+        return split[:out], split[out:], split
+
+    def backward_pair(self, s_pos: Tensor, s_neg: Tensor, input_like: Tensor | Sequence[int]) -> Tensor:
+        """``s_pos * (w+)^T + s_neg * (w-)^T`` in one transposed product with the stacked weights."""
+        w_pos, w_neg, stacked = self.split_weight()
+        if not self.can_stack:
+            return self.backward(s_pos, input_like, w_pos).add_(self.backward(s_neg, input_like, w_neg))
+        return self.backward(torch.cat([s_pos, s_neg], dim=1 if self.is_conv else -1), input_like, stacked)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if not self.is_conv:

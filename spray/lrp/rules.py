@@ -139,14 +139,13 @@ class ZPlus(LinearRule):
         return {"stabilizer": self.stabilizer}
 
     def relevance(self, layer, a, z, relevance):
-        w_pos = layer.weight.clamp(min=0)
+        w_pos, w_neg, _ = layer.split_weight()
         b_pos = _positive(layer.bias)
         if not _has_negative(layer, a):
             # a >= 0, w+ >= 0, b+ >= 0: z+ >= 0, so stabilize(z+) = z+ + eps, folded into the bias.
             denominator = layer.forward(a, w_pos, _shifted_bias(b_pos, self.stabilizer, w_pos))
             s = torch.div(relevance, denominator, out=denominator)
             return layer.backward(s, a, w_pos).mul_(a)
-        w_neg = layer.weight.clamp(max=0)
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
         z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
         s = relevance / stabilize(z_pos, self.stabilizer)
@@ -187,20 +186,25 @@ class AlphaBeta(LinearRule):
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         stacked = layer.forward(
             a,
-            torch.cat([weight.clamp(min=0), weight.clamp(max=0)]),
+            layer.split_weight()[2],
             torch.cat([_shifted_bias(b_pos, self.stabilizer, weight), _shifted_bias(b_neg, -self.stabilizer, weight)]),
         )
         pos, neg = stacked.chunk(2, dim=1 if layer.is_conv else -1)
         return pos + neg, stacked  # (z+ + eps) + (z- - eps) = z
 
     def relevance(self, layer, a, z, relevance):
-        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        w_pos, w_neg, _ = layer.split_weight()
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         if z is not None and self._splits(layer):
-            pos_denominator, neg_denominator = z.chunk(2, dim=1 if layer.is_conv else -1)
-            back = layer.backward(relevance * self.alpha / pos_denominator, a, w_pos)
-            back += layer.backward(relevance * -self.beta / neg_denominator, a, w_neg)
-            return back.mul_(a)
+            # z holds [z+ + eps, z- - eps] stacked on the channels: one division gives both quotients.
+            factors = torch.tensor([self.alpha, -self.beta], dtype=relevance.dtype, device=relevance.device)
+            if layer.is_conv:  # relevance (B, C, ...) -> (B, 2, C, ...) -> (B, 2C, ...)
+                factors = factors.view(1, 2, *([1] * (relevance.ndim - 1)))
+                s = (relevance.unsqueeze(1) * factors).flatten(1, 2).div_(z)
+            else:  # relevance (..., C) -> (..., 2, C) -> (..., 2C)
+                factors = factors.view(*([1] * (relevance.ndim - 1)), 2, 1)
+                s = (relevance.unsqueeze(-2) * factors).flatten(-2).div_(z)
+            return layer.backward(s, a, layer.split_weight()[2]).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
             # z+ + eps and z- - eps, the eps folded into the bias. z- is computed, not taken as z - z+,
@@ -208,12 +212,11 @@ class AlphaBeta(LinearRule):
             # +eps rather than -eps; its numerators are then all zero, so the result is the same.)
             pos_denominator = layer.forward(a, w_pos, _shifted_bias(b_pos, self.stabilizer, w_pos))
             s_pos = torch.div(relevance * self.alpha, pos_denominator, out=pos_denominator)
-            back = layer.backward(s_pos, a, w_pos)
-            if self.beta:
-                neg_denominator = layer.forward(a, w_neg, _shifted_bias(b_neg, -self.stabilizer, w_neg))
-                s_neg = torch.div(relevance * -self.beta, neg_denominator, out=neg_denominator)
-                back += layer.backward(s_neg, a, w_neg)
-            return back.mul_(a)
+            if not self.beta:
+                return layer.backward(s_pos, a, w_pos).mul_(a)
+            neg_denominator = layer.forward(a, w_neg, _shifted_bias(b_neg, -self.stabilizer, w_neg))
+            s_neg = torch.div(relevance * -self.beta, neg_denominator, out=neg_denominator)
+            return layer.backward_pair(s_pos, s_neg, a).mul_(a)
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
         z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
         z_neg = layer.forward(a_pos, w_neg, b_neg) + layer.forward(a_neg, w_pos, None)
@@ -243,7 +246,7 @@ class Gamma(LinearRule):
 
     def relevance(self, layer, a, z, relevance):
         g = self.gamma
-        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        w_pos, w_neg, _ = layer.split_weight()
         bias = layer.bias
         if not _has_negative(layer, a):
             return self._nonnegative_input(layer, a, z, relevance, w_pos, w_neg)
@@ -282,9 +285,7 @@ class Gamma(LinearRule):
         denominator += torch.where(up, eps, torch.where(down, -eps, math.inf))  # z = 0: s = R / inf = 0
         s = torch.div(relevance, denominator, out=denominator)
         scaled = s * (1 + g)
-        back = layer.backward(torch.where(up, scaled, s), a, w_pos)
-        back += layer.backward(torch.where(up, s, scaled), a, w_neg)
-        return back.mul_(a)
+        return layer.backward_pair(torch.where(up, scaled, s), torch.where(up, s, scaled), a).mul_(a)
 
 
 class Flat(LinearRule):
@@ -361,7 +362,7 @@ class ZBox(LinearRule):
     def relevance(self, layer, a, z, relevance):
         low = _expand_bound(self.low, a)
         high = _expand_bound(self.high, a)
-        w_pos, w_neg = layer.weight.clamp(min=0), layer.weight.clamp(max=0)
+        w_pos, w_neg, _ = layer.split_weight()
         # Biases included as zennit does: b - b^+ - b^- = 0, so they cancel in the denominator.
         z_box = (
             z

@@ -75,3 +75,14 @@ def test_every_composite_runs_on_every_graph(name: str, composite: str) -> None:
     _, _, _, _, logits, relevance, expected = _explain(name, composite, low=-3.0, high=3.0)
     assert torch.isfinite(relevance).all()
     assert torch.allclose(logits, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_conservation_figure_exposes_a_skip_explained_by_the_plain_gradient() -> None:
+    # What zennit does on a hand-built ResNet: the gradient of `a + b` copies the relevance to both
+    # branches, so every skip multiplies the total. The per-batch figure makes that visible.
+    from spray.lrp import custom_composite
+
+    naive = custom_composite([{"layers": ["sum"], "rule": "gradient"}], base="epsilon", epsilon=1e-9, stabilizer=1e-9)
+    lrp, *_ = _explain("resnet18", naive)
+    assert lrp.rules["add"] == "gradient"
+    assert torch.all(lrp.conservation > 1.5), lrp.conservation
