@@ -20,34 +20,35 @@ import torch
 from torch import nn
 
 
-def build(n_classes: int = 3) -> nn.Module:
+def build(n_classes: int = 3, channels: int = 1) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(4 * 8 * 8, n_classes),
     )
 '''
 
 
-def make_tiny_case(folder: Path, per_class: int = 24, seed: int = 0) -> Path:
-    """Three classes of 16x16 greyscale PNGs (a bar at a class-specific place, plus noise), a manifest,
-    a factory file and seeded untrained weights. Returns the folder."""
+def make_tiny_case(folder: Path, per_class: int = 24, seed: int = 0, rgb: bool = False) -> Path:
+    """Three classes of 16x16 PNGs (a bar at a class-specific place, plus noise; greyscale, or RGB with the
+    bar in the class's colour channel), a manifest, a factory file and seeded untrained weights."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = ["path,label"]
     for label in range(3):
         for number in range(per_class):
-            image = rng.uniform(0, 0.3, size=(16, 16))
-            image[2 + 5 * label : 5 + 5 * label, 2 + int(rng.integers(0, 8)) :][:, :6] = 1.0
+            image = rng.uniform(0, 0.3, size=(16, 16, 3 if rgb else 1))
+            image[2 + 5 * label : 5 + 5 * label, 2 + int(rng.integers(0, 8)) :][:, :6, label % image.shape[2]] = 1.0
             name = f"c{label}/{number:03d}.png"
             (folder / "images" / name).parent.mkdir(exist_ok=True)
-            Image.fromarray((image * 255).astype(np.uint8)).save(folder / "images" / name)
+            pixels = (image * 255).astype(np.uint8)
+            Image.fromarray(pixels if rgb else pixels[..., 0]).save(folder / "images" / name)
             rows.append(f"{name},{label}")
     (folder / "images" / "manifest.csv").write_text("\n".join(rows) + "\n")
     (folder / "models.py").write_text(TINY_MODEL)
     namespace: dict[str, Any] = {}
     exec(TINY_MODEL, namespace)
     torch.manual_seed(seed)
-    torch.save(namespace["build"]().state_dict(), folder / "model.pt")
+    torch.save(namespace["build"](channels=3 if rgb else 1).state_dict(), folder / "model.pt")
     return folder
 
 

@@ -178,3 +178,19 @@ def test_a_sample_with_a_nan_heatmap_is_skipped_and_named(tiny_audit, monkeypatc
     skipped = {item["id"]: item["reason"] for item in summary["skipped_samples"]}
     assert "c0/000.png" in skipped and "non-finite" in skipped["c0/000.png"]
     assert all(c["n_samples"] < 24 for c in summary["classes"])
+
+
+def test_an_rgb_folder_layout_audits_end_to_end(tmp_path):
+    from audit_cases import make_tiny_case
+
+    case = make_tiny_case(tmp_path / "rgb", rgb=True)
+    config = tiny_config(case, model={"factory": "models.py:build", "kwargs": {"channels": 3}, "weights": "model.pt"},
+                         data={"root": "images", "image": {"mode": "RGB", "size": [16, 16], "mean": [0.5, 0.4, 0.3],
+                                                           "std": [0.2, 0.2, 0.2]}},
+                         attribution={"composite": "epsilon_gamma_box", "shard_size": 16, "batch_size": 8},
+                         audit={"classes": ["c1"]})
+    outcome = run_audit(load_config(write_config(case, config)), progress=False)
+    (result,) = outcome.classes
+    assert result.class_name == "c1" and result.n_samples == 24
+    assert result.ids[0] == "c1/000.png"
+    assert np.all(np.isfinite(result.conservation))
