@@ -1,7 +1,8 @@
 """How spray's spectral analysis scales, against scikit-learn and CoRelAy, on heatmap-shaped data.
 
     python benchmarks/spectral_scale.py [--sizes 1000 20000 100000] [--large] [--json PATH]
-        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--clusters 10] [--seed 0]
+        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--approximate-too]
+        [--clusters 10] [--noise 0.15] [--seed 0]
 
 Data: synthetic pooled heatmaps, N x 1024 (32 x 32) float32: ``--clusters`` groups, each a few Gaussian
 blobs of relevance (some negative) whose positions and amplitudes jitter per sample, plus spatially smooth
@@ -13,7 +14,9 @@ Tools, each (tool, N) in a fresh process so that peak memory and imports are its
 - ``spray``: ``spray.analyse`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
   affinity; exact up to ``EXACT_KNN_MAX_N``, approximate above, with measured recall), eigen (normalised
   Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised eigenvectors),
-  and umap (``spray.analyse.embed`` with UMAP only, not part of ``seconds``).
+  and umap (``spray.analyse.embed`` with UMAP only, not part of ``seconds``). With ``--approximate-too``,
+  a second spray run per N up to ``--reference-max`` forces the approximate kNN graph (shown as
+  ``spray~``; in the JSON ``"tool": "spray"`` with ``"knn_method": "approximate"``).
 - ``sklearn``: what ``SpectralClustering(affinity="nearest_neighbors", n_neighbors=10,
   eigen_solver="arpack", n_clusters=<planted>)`` runs, called step by step through the same public
   functions (``kneighbors_graph``, ``spectral_embedding``, ``k_means``) so each step has a time.
@@ -59,8 +62,14 @@ NEIGHBORS = 10
 # ----------------------------------------------------------------------------------------------- data
 
 
-def synthetic_heatmaps(n: int, n_clusters: int = 10, size: int = 32, seed: int = 0, chunk: int = 20_000):
-    """``(maps (n, size * size) float32, labels (n,))``: clustered, heatmap-shaped, L1-normalised."""
+def synthetic_heatmaps(
+    n: int, n_clusters: int = 10, size: int = 32, seed: int = 0, noise: float = 0.15, chunk: int = 20_000
+):
+    """``(maps (n, size * size) float32, labels (n,))``: clustered, heatmap-shaped, L1-normalised.
+
+    ``noise`` scales the smooth noise added to every map: at 0.15 the groups share no kNN edges (the
+    graph has about one component per group), at 1.0 they do (one component: measured at N = 3,000).
+    """
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
@@ -87,7 +96,7 @@ def synthetic_heatmaps(n: int, n_clusters: int = 10, size: int = 32, seed: int =
                 jy = (y + rng.normal(0, 1.0, len(members))).astype(np.float32)[:, None, None]
                 scale = (amplitude * rng.lognormal(0, 0.25, len(members))).astype(np.float32)[:, None, None]
                 block[members] += scale * np.exp(-((xx - jx) ** 2 + (yy - jy) ** 2) / (2 * width * width))
-        block += 0.15 * gaussian_filter(rng.normal(size=block.shape).astype(np.float32), sigma=(0, 1.0, 1.0))
+        block += noise * gaussian_filter(rng.normal(size=block.shape).astype(np.float32), sigma=(0, 1.0, 1.0))
         flat = block.reshape(len(part), -1)
         flat /= np.abs(flat).sum(axis=1, keepdims=True)
         maps[start : start + len(part)] = flat
@@ -141,7 +150,9 @@ class Steps:
 # ----------------------------------------------------------------------------------------------- tools
 
 
-def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method: str = "auto") -> dict[str, Any]:
+    import scipy.sparse.csgraph
+
     sys.path.insert(0, str(REPOSITORY))
     from spray import analyse
     from spray.config import AnalysisConfig, EmbeddingConfig
@@ -151,8 +162,8 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[st
     extra: dict[str, Any] = {}
 
     def knn():
-        indices, distances, description, recall = analyse._knn(maps, config.neighbors, "auto", config.seed)
-        extra.update(knn=description, knn_recall=recall)
+        indices, distances, description, recall = analyse._knn(maps, config.neighbors, knn_method, config.seed)
+        extra.update(knn=description, knn_recall=recall, knn_method=description.split(" ")[0])
         return analyse._affinity_from_neighbors(indices, distances)
 
     affinity = steps.run("knn", knn)
@@ -169,6 +180,7 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[st
         return analyse.spectral_clustering(vectors, k, config.seed)
 
     labels = steps.run("cluster", cluster)
+    extra["n_components"] = int(scipy.sparse.csgraph.connected_components(affinity, directed=False)[0])
     if umap:
         steps.run("umap", lambda: analyse.embed(maps, EmbeddingConfig(methods=["umap"], seed=seed)))
     extra["eigenvalues"] = values[:12].round(6).tolist()
@@ -227,22 +239,28 @@ def run_corelay(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[
     }
 
 
-TOOLS = {"spray": run_spray, "sklearn": run_sklearn, "corelay": run_corelay}
+def run_spray_approximate(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+    """spray with the approximate kNN graph forced at any N (recorded as tool "spray", knn_method)."""
+    return run_spray(maps, clusters, seed, umap, knn_method="approximate")
 
 
-def worker(tool: str, n: int, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+TOOLS = {"spray": run_spray, "spray-approximate": run_spray_approximate, "sklearn": run_sklearn, "corelay": run_corelay}
+
+
+def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float) -> dict[str, Any]:
     """One (tool, N) run in this process; returns the JSON record."""
     from sklearn.metrics import adjusted_rand_score
 
-    maps, truth = synthetic_heatmaps(n, clusters, seed=seed)
+    maps, truth = synthetic_heatmaps(n, clusters, seed=seed, noise=noise)
     input_mb = maps.nbytes / 2**20
     outcome = TOOLS[tool](maps, clusters, seed, umap)
     steps: Steps = outcome.pop("steps")
     labels = outcome.pop("labels")
     analysis = [name for name in ("knn", "eigen", "cluster") if name in steps.seconds]
     return {
-        "tool": tool,
+        "tool": "spray" if tool.startswith("spray") else tool,
         "n": n,
+        "noise": noise,
         "seconds": round(sum(steps.seconds[name] for name in analysis), 3),
         "peak_memory_mb": round(_peak_rss_mb(), 1),
         "input_mb": round(input_mb, 1),
@@ -259,7 +277,7 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool) -> dict[str,
 
 def _child(python: str, tool: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     command = [python, str(Path(__file__).resolve()), "--worker", tool, str(n),
-               "--clusters", str(args.clusters), "--seed", str(args.seed)]
+               "--clusters", str(args.clusters), "--seed", str(args.seed), "--noise", str(args.noise)]
     if args.no_umap:
         command.append("--no-umap")
     environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # no busy-waiting threads on shared cores
@@ -285,10 +303,12 @@ def _print_run(record: dict[str, Any]) -> None:
         print(f"{record['tool']:>8} {record['n']:>8}  failed: {record['error']}", flush=True)
         return
     steps = record["steps"]
+    name = record["tool"] + ("~" if record.get("knn_method") == "approximate" else "")
     cells = "  ".join(f"{name} {steps[name]:7.2f}s" for name in ("knn", "eigen", "cluster", "umap") if name in steps)
     extra = f"  recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
+    extra += f"  components {record['n_components']}" if "n_components" in record else ""
     print(
-        f"{record['tool']:>8} {record['n']:>8}  total {record['seconds']:8.2f}s  peak {record['peak_memory_mb']:8.0f} MB"
+        f"{name:>8} {record['n']:>8}  total {record['seconds']:8.2f}s  peak {record['peak_memory_mb']:8.0f} MB"
         f"  (input {record['input_mb']:.0f} MB)  {cells}  k={record['n_clusters']} ARI {record['ari']:.3f}{extra}",
         flush=True,
     )
@@ -302,23 +322,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corelay-python", help="a Python that can import corelay (default: $CORELAY_PYTHON)")
     parser.add_argument("--reference-max", type=int, default=20_000, help="largest N for sklearn and corelay")
     parser.add_argument("--no-umap", action="store_true", help="skip spray's UMAP step")
+    parser.add_argument(
+        "--approximate-too", action="store_true",
+        help="up to --reference-max, also run spray with its approximate kNN forced (tool spray, knn_method approximate)",
+    )
     parser.add_argument("--clusters", type=int, default=10, help="planted groups")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.15, help="smooth noise per map (1.0: groups share edges)")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         tool, n = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap)))
+        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap, args.noise)))
         return 0
 
     sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
+    print(f"synthetic heatmaps: {args.clusters} groups, N x 1024, noise {args.noise}, seed {args.seed}")
     corelay_python = _corelay_python(args.corelay_python)
     if corelay_python is None:
         print("corelay: skipped (give --corelay-python or CORELAY_PYTHON, a Python that can import corelay)")
     runs = []
     for n in sizes:
         plan = [("spray", sys.executable)]
+        if args.approximate_too and n <= args.reference_max:
+            plan.append(("spray-approximate", sys.executable))
         if n <= args.reference_max:
             plan.append(("sklearn", sys.executable))
             if corelay_python:
@@ -327,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             record = _child(python, tool, n, args)
             _print_run(record)
             runs.append(record)
-        by_tool = {record["tool"]: record for record in runs if record["n"] == n and "error" not in record}
+        by_tool = {
+            record["tool"]: record
+            for record in runs
+            if record["n"] == n and "error" not in record and record.get("knn_method") != "approximate"
+        }
         if "spray" in by_tool:
             for other in ("sklearn", "corelay"):
                 if other in by_tool:

@@ -53,8 +53,9 @@ __all__ = [
 # sparse Lanczos solver (ARPACK) is both faster and the only option that does not grow as N^2.
 DENSE_EIGEN_MAX_N = 1000
 
-# Memory the float32 distance block of the brute-force kNN may take (rows x N x 4 bytes).
-_KNN_BLOCK_BYTES = 256 * 2**20
+# Memory the float32 distance block of the brute-force kNN may take (rows x N x 4 bytes); selecting
+# from it takes twice that again (int64 indices). Blocks of this size keep BLAS at full speed.
+_KNN_BLOCK_BYTES = 128 * 2**20
 
 # Up to this many samples the kNN graph is exact (brute force). Its cost grows as N^2 D: ~3 s at
 # N = 20,000 x 1024 on 2 cores when they are free, ~50 s (and rising as N^2) at 100,000. Above it,
@@ -162,7 +163,8 @@ def _exact_knn(maps: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarr
         scores[rows, rows + start] = np.inf
         # numpy's selection, not torch.topk (1.6x faster): torch's OpenMP threads keep spinning after it
         # and slowed the next LAPACK call on 2 cores from 0.03 s to 3-4 s
-        cand = np.argpartition(scores, candidates - 1, axis=1)[:, :candidates]
+        # (the copy lets the full int64 index array go: it is twice the size of the scores block)
+        cand = np.argpartition(scores, candidates - 1, axis=1)[:, :candidates].copy()
         del scores
         # re-rank by exact distances: float32 differences are exact to one rounding, squares are summed
         # in float64 (relative error ~1e-8, against ~1e-4 of the expanded float32 formula)
