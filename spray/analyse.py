@@ -211,26 +211,33 @@ def _approximate_knn(maps: np.ndarray, n_neighbors: int, seed: int) -> tuple[np.
 
 def _estimate_recall(maps: np.ndarray, indices: np.ndarray, seed: int, sample: int = RECALL_SAMPLE) -> float:
     """Share of the true k nearest neighbours that ``indices`` contains, on a seeded sample of rows
-    whose exact neighbours are computed by brute force (``sample x N`` distances)."""
+    whose exact neighbours are found by brute force against all N rows, in blocks of rows (memory stays
+    at ``_KNN_BLOCK_BYTES`` whatever N; no copy of ``maps``)."""
     n, k = indices.shape
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
-    centred = maps - maps.mean(axis=0, dtype=np.float64).astype(np.float32)
-    sq_norms = np.einsum("ij,ij->i", centred, centred)
-    hits = 0
-    for start in range(0, len(rows), 256):
-        chunk = rows[start : start + 256]
-        scores = centred[chunk] @ centred.T
-        scores *= -2.0
-        scores += sq_norms
-        scores += sq_norms[chunk, None]  # squared distances now
-        scores[np.arange(len(chunk)), chunk] = np.inf
-        # the k-th smallest distance per row; a found neighbour at most that far is a true one (so ties
-        # count), up to the float32 round-off of the expanded formula
-        kth = np.partition(scores, k - 1, axis=1)[:, k - 1]
-        slack = 1e-5 * (sq_norms[chunk] + sq_norms.mean())
-        found = np.take_along_axis(scores, indices[chunk], axis=1)
-        hits += int((found <= (kth + slack)[:, None]).sum())
-    return hits / (len(rows) * k)
+    centre = maps.mean(axis=0, dtype=np.float64).astype(np.float32)
+    queries = maps[rows] - centre
+    query_norms = np.einsum("ij,ij->i", queries, queries)
+    nearest = np.full((len(rows), k), np.inf, dtype=np.float32)  # k smallest squared distances so far
+    block = int(max(k, _KNN_BLOCK_BYTES // (4 * len(rows))))
+    for start in range(0, n, block):
+        reference = maps[start : start + block] - centre
+        d2 = queries @ reference.T
+        d2 *= -2.0
+        d2 += np.einsum("ij,ij->i", reference, reference)
+        d2 += query_norms[:, None]
+        own = np.flatnonzero((rows >= start) & (rows < start + len(reference)))
+        d2[own, rows[own] - start] = np.inf
+        if d2.shape[1] > k:
+            d2 = np.partition(d2, k - 1, axis=1)[:, :k]
+        nearest = np.partition(np.hstack([nearest, d2]), k - 1, axis=1)[:, :k]
+    kth = nearest.max(axis=1)
+    # distances to the neighbours found, computed directly; a found neighbour at most as far as the true
+    # k-th is a true one (so ties count), up to the float32 round-off of the expanded formula above
+    diff = maps[indices[rows]] - maps[rows][:, None, :]
+    found = np.square(diff).sum(axis=2, dtype=np.float64)
+    slack = 1e-5 * (query_norms + query_norms.mean())
+    return float((found <= (kth + slack)[:, None]).sum()) / (len(rows) * k)
 
 
 def _knn(
