@@ -1,13 +1,16 @@
 """Stage 1: logits and input relevance of the audited class for one shard of samples.
 
 A shard is the unit of caching and of distribution: it is computed in batches of
-``attribution.batch_size`` on the configured device and stored as one cache entry. Images that cannot be
-read, and samples whose relevance is not finite, are skipped with a reason instead of failing the shard.
+``attribution.batch_size`` on the configured device and stored as one cache entry, its full-resolution
+relevance in a chunked on-disk array written batch by batch (never the whole shard in memory). Images that
+cannot be read, and samples whose relevance is not finite, are skipped with a reason instead of failing the
+shard.
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,7 +18,8 @@ import torch
 from dask.base import tokenize
 
 from spray.config import AttributionConfig, ImageConfig, ModelConfig
-from spray.data import Sample, load_pixels, to_model_input
+from spray.cache import create_stored_array
+from spray.data import Sample, iter_pixel_batches, to_model_input
 from spray.lrp import conservation
 from spray.lrp.methods import attributor_from_config
 from spray.model import load_model
@@ -51,7 +55,7 @@ def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig
     ModelError here, before any image is read.
     """
     low, high = z_box_bounds(image, attribution)
-    key = tokenize(token, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}), low, high)
+    key = tokenize(token, attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}), low, high)
     with _prepared_lock:
         if key not in _prepared:
             engine = attributor_from_config(load_model(model_config), attribution, low=low, high=high)
@@ -61,7 +65,19 @@ def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig
         return _prepared[key]
 
 
+# Relevance is stored in chunks of about this many bytes: a few rows of large images, a batch of small ones,
+# so that the report reading one prototype's heatmap reads little, and a shard is not thousands of files.
+CHUNK_BYTES = 4 << 20
+
+
+def relevance_chunk_rows(image: ImageConfig, batch_size: int) -> int:
+    """Rows per chunk of the stored (n, C, H, W) float32 relevance: at most a batch, at most CHUNK_BYTES."""
+    row_bytes = 4 * image.channels * image.size[0] * image.size[1]
+    return max(1, min(batch_size, CHUNK_BYTES // row_bytes))
+
+
 def attribute_shard(
+    folder: Path,
     samples: Sequence[Sample],
     class_index: int,
     model_config: ModelConfig,
@@ -69,42 +85,51 @@ def attribute_shard(
     attribution: AttributionConfig,
     image: ImageConfig,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Relevance of ``class_index``'s logit for every readable sample of the shard.
+    """Relevance of ``class_index``'s logit for every readable sample of the shard, streamed to disk.
 
-    Returns arrays ``index`` (n,) positions in ``samples`` that were explained, ``logits`` (n, K),
-    ``relevance`` (n, C, H, W) float32, ``conservation`` (n,) sum of relevance / explained logit; and
-    meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule).
+    Images are decoded ``attribution.batch_size`` at a time by ``attribution.loader_workers`` threads while
+    the model runs, and each batch's relevance is written to the chunked array ``<folder>/relevance.zarr``
+    ``(n, C, H, W)`` float32 before the next batch is explained, so memory holds a few batches whatever the
+    shard size. Returns the small arrays ``index`` (n,) positions in ``samples`` that were explained (rows
+    of the stored relevance, in order), ``logits`` (n, K) float32, ``conservation`` (n,) sum of relevance /
+    explained logit; and meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule).
     """
     engine = prepare_attributor(model_config, attribution, image, model_token)
     device = resolve_device(attribution.device)
-    pixels, loaded, failed = load_pixels(samples, image)
-    skipped = [list(item) for item in failed]
-    logits, relevance, ratios = [], [], []
-    for start in range(0, len(pixels), attribution.batch_size):
-        x = to_model_input(pixels[start : start + attribution.batch_size], image).to(device)
+    store = create_stored_array(folder, "relevance", (len(samples), image.channels, *image.size),
+                                relevance_chunk_rows(image, attribution.batch_size))
+    skipped: list[list[str]] = []
+    index, logits, ratios = [], [], []
+    written = 0
+    batches = iter_pixel_batches(samples, image, attribution.batch_size, attribution.loader_workers)
+    for batch in batches:
+        skipped += [list(item) for item in batch.failed]
+        if not batch.ok:
+            continue
+        x = to_model_input(batch.pixels, image).to(device)
         targets = torch.full((len(x),), class_index, dtype=torch.long, device=device)
         batch_logits, batch_relevance = engine(x, targets)
-        ratios.append(conservation(batch_relevance, batch_logits, targets).cpu())
-        logits.append(batch_logits.cpu())
-        relevance.append(batch_relevance.cpu())
+        batch_ratios = conservation(batch_relevance, batch_logits, targets).cpu().numpy()
+        batch_logits = batch_logits.detach().float().cpu().numpy()
+        batch_relevance = batch_relevance.detach().float().cpu().numpy()
+        finite = (np.isfinite(batch_relevance.reshape(len(x), -1)).all(1) & np.isfinite(batch_logits).all(1))
+        for position in np.flatnonzero(~finite):
+            skipped.append([samples[batch.ok[position]].id,
+                            "non-finite (NaN or inf) relevance or logits for this image"])
+        kept = int(finite.sum())
+        if kept:
+            store[written : written + kept] = batch_relevance[finite]
+            written += kept
+        index += [batch.ok[i] for i in np.flatnonzero(finite)]
+        logits.append(batch_logits[finite])
+        ratios.append(batch_ratios[finite])
+    store.resize((written, image.channels, *image.size))
     n_outputs = logits[0].shape[1] if logits else 0
-    logits_array = torch.cat(logits).numpy() if logits else np.zeros((0, n_outputs), np.float32)
-    relevance_array = (
-        torch.cat(relevance).numpy()
-        if relevance
-        else np.zeros((0, image.channels, *image.size), np.float32)
-    )
-    ratio_array = torch.cat(ratios).numpy() if ratios else np.zeros(0, np.float32)
-    index = np.asarray(loaded, dtype=np.int64)
-    finite = np.isfinite(relevance_array.reshape(len(index), -1)).all(1) & np.isfinite(logits_array).all(1)
-    for position in np.flatnonzero(~finite):
-        skipped.append([samples[index[position]].id, "non-finite (NaN or inf) relevance or logits for this image"])
     return (
         {
-            "index": index[finite],
-            "logits": logits_array[finite].astype(np.float32),
-            "relevance": relevance_array[finite].astype(np.float32),
-            "conservation": ratio_array[finite].astype(np.float32),
+            "index": np.asarray(index, dtype=np.int64),
+            "logits": (np.concatenate(logits) if logits else np.zeros((0, n_outputs))).astype(np.float32),
+            "conservation": (np.concatenate(ratios) if ratios else np.zeros(0)).astype(np.float32),
         },
         {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name,
          "method": attribution.method},

@@ -101,6 +101,11 @@ class AuditSection(_Section):
     classes: Optional[list[Union[int, str]]] = Field(
         default=None, description="labels to audit (indices or class names); default: every class"
     )
+    cross_class: bool = Field(
+        default=False,
+        description="also run one spectral analysis (and the embeddings) of the heatmaps of all audited "
+        "classes together, shown as its own report section",
+    )
 
 
 class AttributionConfig(_Section):
@@ -139,6 +144,11 @@ class AttributionConfig(_Section):
     )
     batch_size: int = Field(default=64, ge=1, description="images per forward/backward pass")
     shard_size: int = Field(default=512, ge=1, description="images per cached Dask task")
+    loader_workers: int = Field(
+        default=4, ge=0,
+        description="threads decoding the next batches while the model runs (0: decode in the attributing "
+        "thread); at most two batches are decoded ahead, so memory stays bounded",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
 
     @field_validator("composite")

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,6 +335,78 @@ def load_pixels(
     else:
         pixels = np.zeros((0, height, width, image.channels), dtype=np.float32)
     return pixels, ok, failed
+
+
+@dataclass
+class PixelBatch:
+    """One decoded batch of ``iter_pixel_batches``: ``pixels`` (n_ok, H, W, C) float32 in [0, 1] for the
+    samples at positions ``ok`` of the whole sequence (ascending), ``failed`` (sample id, reason) for the
+    batch's samples that could not be decoded."""
+
+    pixels: np.ndarray
+    ok: list[int]
+    failed: list[tuple[str, str]]
+
+
+def iter_pixel_batches(
+    samples: Sequence[Sample], image: ImageConfig, batch_size: int, workers: int, prefetch: int = 2
+) -> Iterator[PixelBatch]:
+    """Decode ``samples`` batch by batch, in order, with ``workers`` decoding threads.
+
+    At most ``prefetch`` batches are decoded ahead of the consumer, so memory holds ``prefetch + 1`` batches
+    whatever the number of samples. Threads rather than processes: Pillow releases the GIL while it decodes
+    and resizes, so threads decode in parallel, and they can be started inside Dask's worker processes,
+    which are daemons and may not start processes of their own. ``workers=0`` decodes in the calling thread.
+    """
+    starts = range(0, len(samples), batch_size)
+    if workers <= 0:
+        for start in starts:
+            yield _decode_batch(samples, start, batch_size, image)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spray-decode")
+    try:
+        pending: deque = deque()
+        for start in starts:
+            # one task per image, so that one batch uses every thread
+            pending.append((start, [pool.submit(_decode_one, samples[i], image)
+                                    for i in range(start, min(start + batch_size, len(samples)))]))
+            if len(pending) > prefetch:
+                yield _collect(*pending.popleft(), samples, image)
+        while pending:
+            yield _collect(*pending.popleft(), samples, image)
+    finally:
+        # a consumer that stops early (an error downstream) does not wait for batches nobody will read
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_one(sample: Sample, image: ImageConfig) -> np.ndarray | str:
+    try:
+        return _decode(sample.path, image)
+    except _DecodeProblem as problem:
+        return str(problem)
+
+
+def _collect(start: int, futures: list, samples: Sequence[Sample], image: ImageConfig) -> PixelBatch:
+    return _assemble(start, [future.result() for future in futures], samples, image)
+
+
+def _decode_batch(samples: Sequence[Sample], start: int, batch_size: int, image: ImageConfig) -> PixelBatch:
+    decoded = [_decode_one(samples[i], image) for i in range(start, min(start + batch_size, len(samples)))]
+    return _assemble(start, decoded, samples, image)
+
+
+def _assemble(start: int, decoded: list[np.ndarray | str], samples: Sequence[Sample],
+              image: ImageConfig) -> PixelBatch:
+    arrays, ok, failed = [], [], []
+    for offset, item in enumerate(decoded):
+        if isinstance(item, str):
+            failed.append((samples[start + offset].id, item))
+        else:
+            arrays.append(item)
+            ok.append(start + offset)
+    height, width = image.size
+    pixels = np.stack(arrays) if arrays else np.zeros((0, height, width, image.channels), dtype=np.float32)
+    return PixelBatch(pixels, ok, failed)
 
 
 def to_model_input(pixels: np.ndarray, image: ImageConfig) -> torch.Tensor:

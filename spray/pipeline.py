@@ -7,7 +7,13 @@ Every task is a cached computation (``spray.cache.cached``) whose key is the tok
 - preprocess: the preprocessing section and the shard keys;
 - analyse / embed: their own section and the preprocess key;
 - flag: the flagging section, the analyse and preprocess keys, the model token and the digests of the
-  transplant images.
+  transplant images;
+- cross_class (with ``audit.cross_class``): the analysis and embedding sections and every class's
+  preprocess key.
+
+Attribution entries stream their full-resolution relevance to a chunked zarr array (``cached_stream``);
+every later stage holds only what it needs (preprocess: one chunk at a time; the report: the prototypes).
+On a distributed cluster whose workers declare the resource "GPU", attribution tasks ask for one.
 
 So an unchanged config recomputes nothing, an analysis-only change recomputes analysis and flagging, and a
 changed weight file or image recomputes what depends on it. The report is always rewritten from the entries.
@@ -33,7 +39,7 @@ from dask.base import tokenize
 
 from spray import __version__
 from spray.attribute import attribute_shard, prepare_attributor, resolve_device
-from spray.cache import Entry, cached, read_entry
+from spray.cache import Entry, cached, cached_stream
 from spray.config import SprayConfig
 from spray.data import Dataset, Sample, dataset_token, load_dataset, load_pixels, read_pixels
 from spray.errors import DataError, RunError
@@ -42,14 +48,16 @@ from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_
 from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
 from spray.preprocess import preprocess
 from spray.model import load_model, model_token
-from spray.results import ClassResult, ClusterResult, RunInfo, SkippedClass
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
 # Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
 # so they are part of the flag stage's key.
 _CODE = __version__
-# Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels).
+# Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels;
+# attribute 2: relevance in a chunked zarr array beside the npz).
 _FLAG_CODE = (__version__, 2, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+_ATTRIBUTE_CODE = (__version__, 2)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
 
@@ -61,6 +69,7 @@ class AuditOutcome:
     classes: list[ClassResult]
     stages: dict[str, dict[str, int]]
     skipped_classes: list[SkippedClass] = field(default_factory=list)
+    cross_class: CrossClassResult | None = None
 
     @property
     def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
@@ -72,23 +81,29 @@ class AuditOutcome:
 
 
 def _attribute_task(directory, key, samples, class_index, model_config, token, attribution, image) -> Entry:
-    return cached(directory, "attribute", key, attribute_shard, samples, class_index, model_config, token,
-                  attribution, image)
+    return cached_stream(directory, "attribute", key, attribute_shard, samples, class_index, model_config, token,
+                         attribution, image)
 
 
 def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) -> tuple[dict, dict]:
-    ids, logits, conservation, relevance, skipped = [], [], [], [], []
+    """Preprocessed maps of every explained sample, reading each shard's relevance chunk by chunk, so that
+    memory holds one chunk of full-resolution relevance and the (N, h, w) maps."""
+    ids, logits, conservation, maps, skipped = [], [], [], [], []
     for entry, samples in zip(shards, shard_samples):
         arrays, meta = entry.read()
-        ids += [samples[i].id for i in arrays["index"]]
+        shard_ids = [samples[i].id for i in arrays["index"]]
+        relevance = entry.open_array("relevance")
+        step = relevance.chunks[0]
+        for start in range(0, relevance.shape[0], step):
+            # each map is normalised on its own, so chunk by chunk gives the same maps as all at once
+            maps.append(preprocess(relevance[start : start + step], config, shard_ids[start : start + step]))
+        ids += shard_ids
         logits.append(arrays["logits"])
         conservation.append(arrays["conservation"])
-        relevance.append(arrays["relevance"])
         skipped += meta["skipped"]
-    relevance_array = np.concatenate(relevance)
-    maps = preprocess(relevance_array, config, ids) if len(ids) else np.zeros((0, *config.size), np.float32)
     return (
-        {"maps": maps, "logits": np.concatenate(logits), "conservation": np.concatenate(conservation)},
+        {"maps": np.concatenate(maps) if maps else np.zeros((0, *config.size), np.float32),
+         "logits": np.concatenate(logits), "conservation": np.concatenate(conservation)},
         {"ids": ids, "skipped": skipped},
     )
 
@@ -154,6 +169,29 @@ def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_i
                   model_config, image, flagging, device)
 
 
+def _cross_class(pres: list[Entry], classes: list[int], analysis, embedding) -> tuple[dict, dict]:
+    """One spectral analysis and the embeddings of the maps of every audited class together."""
+    maps, ids, labels = [], [], []
+    for entry, index in zip(pres, classes):
+        arrays, meta = entry.read()
+        maps.append(arrays["maps"].reshape(len(arrays["maps"]), -1))
+        ids += meta["ids"]
+        labels.append(np.full(len(meta["ids"]), index, dtype=np.int64))
+    all_maps = np.concatenate(maps)
+    try:
+        result = spectral_analysis(all_maps, analysis)
+    except DataError as error:
+        raise DataError(f"cross-class analysis: {error}") from None
+    arrays = {"eigenvalues": result.eigenvalues, "labels": result.labels, "classes": np.concatenate(labels)}
+    arrays.update({f"embedding_{name}": coords for name, coords in embed(all_maps, embedding).items()})
+    return arrays, {"ids": ids, "n_clusters": result.n_clusters, "notes": list(result.notes),
+                    "embeddings": list(embedding.methods)}
+
+
+def _cross_class_task(directory, key, pres, classes, analysis, embedding) -> Entry:
+    return cached(directory, "cross_class", key, _cross_class, pres, classes, analysis, embedding)
+
+
 # ------------------------------------------------------------------------------------------------------
 # the graph
 
@@ -185,8 +223,13 @@ def audited_classes(config: SprayConfig, dataset: Dataset) -> tuple[list[int], l
 
 
 def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], directory: str,
-                token: str) -> dict[int, dict[str, Any]]:
-    """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"}."""
+                token: str, gpu_resource: bool = False) -> dict[int, dict[str, Any]]:
+    """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"}.
+
+    ``gpu_resource``: attribution tasks ask the distributed scheduler for one unit of the worker resource
+    "GPU", so that each GPU explains one shard at a time and shards go only to workers that have one.
+    """
+    attribute_annotation = {"resources": {"GPU": 1}} if gpu_resource else {}
     by_class = dataset.by_class()
     rng = np.random.default_rng(config.flagging.seed)
     attribution, image = config.attribution, config.data.image
@@ -197,12 +240,14 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
         shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
         shard_keys, shards = [], []
         for number, shard in enumerate(shard_samples):
-            key = tokenize("attribute", _CODE, token, index, attribution.model_dump(exclude={"batch_size", "shard_size", "device"}),
+            key = tokenize("attribute", _ATTRIBUTE_CODE, token, index,
+                           attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}),
                            image.model_dump(), dataset_token(shard))
             shard_keys.append(key)
-            shards.append(dask.delayed(_attribute_task, pure=True)(
-                directory, key, shard, index, config.model, token, attribution, image,
-                dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
+            with dask.annotate(**attribute_annotation):
+                shards.append(dask.delayed(_attribute_task, pure=True)(
+                    directory, key, shard, index, config.model, token, attribution, image,
+                    dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
         pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
         pre = dask.delayed(_preprocess_task, pure=True)(
             directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
@@ -222,8 +267,25 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
             directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
             image, config.flagging, attribution.device, dask_key_name=f"flag-{index}-{flag_key[:8]}")
         graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
-                        "flag": flagged}
+                        "flag": flagged, "_pre_key": pre_key}
     return graph
+
+
+def build_cross_class(config: SprayConfig, graph: dict[int, dict[str, Any]], directory: str) -> Any:
+    """The cross-class task: one analysis of every audited class's preprocessed maps, keyed by them."""
+    classes = sorted(graph)
+    key = tokenize("cross_class", _CODE, config.analysis.model_dump(), config.embedding.model_dump(),
+                   [graph[index]["_pre_key"] for index in classes], classes)
+    return dask.delayed(_cross_class_task, pure=True)(
+        directory, key, [graph[index]["preprocess"] for index in classes], classes, config.analysis,
+        config.embedding, dask_key_name=f"cross_class-{key[:8]}")
+
+
+def workers_declare_gpu(client: Any) -> bool:
+    """Whether a worker of the distributed cluster declares the resource "GPU" (``dask worker --resources
+    GPU=1``). Only then do attribution tasks ask for it: a resource no worker has would never be granted."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any("GPU" in (worker.get("resources") or {}) for worker in workers.values())
 
 
 @contextlib.contextmanager
@@ -242,7 +304,21 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
     options: dict[str, Any] = {"scheduler": config.dask.scheduler}
     if config.dask.workers and config.dask.scheduler != "synchronous":
         options["num_workers"] = config.dask.workers
-    yield options
+    if config.dask.scheduler != "threads":
+        # the processes scheduler makes its own pool and waits for it when the run ends, even on error
+        yield options
+        return
+    from dask.system import CPU_COUNT
+    from dask.threaded import ContextAwareThreadPoolExecutor
+
+    # A pool of this run's own, waited for when the run ends: when one task fails, dask raises at once while
+    # the other running tasks go on in the background; waiting for them means that when run_audit returns,
+    # no task of it is still writing to the cache (or racing a re-run for the same entries).
+    pool = ContextAwareThreadPoolExecutor(config.dask.workers or CPU_COUNT, thread_name_prefix="spray-task")
+    try:
+        yield {**options, "pool": pool}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = True) -> AuditOutcome:
@@ -276,14 +352,19 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
         temporary = directory = Path(tempfile.mkdtemp(prefix="spray-run-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        graph = build_graph(config, dataset, classes, str(directory), token)
         with _scheduler(config) as options, _progress(progress and not config.dask.address):
-            (computed,) = dask.compute(graph, **options)
+            gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
+            graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
+            cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
+            computed, cross_entry = dask.compute(graph, cross, **options)
         results = [assemble_class(config, dataset, index, computed[index]) for index in classes]
+        cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
     stages = _stage_counts(computed)
+    if cross_entry is not None:
+        stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
     skipped_samples = [(i, r) for i, r in dataset.missing]
     for index in classes:
         skipped_samples += [tuple(item) for item in computed[index]["_skipped"]]
@@ -302,8 +383,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     )
     from spray.report import write_report
 
-    report = write_report(Path(config.output), results, run)
-    return AuditOutcome(report, results, stages, skipped_classes)
+    report = write_report(Path(config.output), results, run, cross_result)
+    return AuditOutcome(report, results, stages, skipped_classes, cross_result)
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -352,20 +433,32 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dic
         class_mean_map=maps.mean(0), notes=notes)
 
 
+def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:
+    """Read the cross-class entry back as the CrossClassResult the report is drawn from."""
+    arrays, meta = entry.read()
+    classes = arrays["classes"]
+    return CrossClassResult(
+        ids=meta["ids"], classes=classes,
+        class_names={int(i): dataset.class_names[int(i)] for i in np.unique(classes)},
+        eigenvalues=arrays["eigenvalues"], n_clusters=int(meta["n_clusters"]), cluster_labels=arrays["labels"],
+        embeddings={name: arrays[f"embedding_{name}"] for name in meta["embeddings"]}, notes=meta["notes"])
+
+
 def _relevance_lookup(shards: list[Entry], samples: list[Sample], config: SprayConfig):
-    """sample id -> (H, W) channel-summed full-resolution relevance, reading each shard once."""
+    """sample id -> (H, W) channel-summed full-resolution relevance, reading only that sample's chunk."""
     shard_size = config.attribution.shard_size
-    loaded: dict[int, tuple[dict[str, int], np.ndarray]] = {}
+    position_of = {s.id: i for i, s in enumerate(samples)}
+    opened: dict[int, tuple[dict[int, int], Any]] = {}
 
     def lookup(sample_id: str) -> np.ndarray:
-        position = next(i for i, s in enumerate(samples) if s.id == sample_id)
-        number = position // shard_size
-        if number not in loaded:
+        number, offset = divmod(position_of[sample_id], shard_size)
+        if number not in opened:
             arrays, _ = shards[number].read()
-            offsets = {int(i): row for row, i in enumerate(arrays["index"])}
-            loaded[number] = (offsets, arrays["relevance"].sum(1))
-        offsets, summed = loaded[number]
-        return summed[offsets[position - number * shard_size]]
+            opened[number] = ({int(i): row for row, i in enumerate(arrays["index"])},
+                              shards[number].open_array("relevance"))
+        rows, relevance = opened[number]
+        row = rows[offset]
+        return np.asarray(relevance[row : row + 1])[0].sum(0)
 
     return lookup
 

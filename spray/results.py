@@ -62,6 +62,29 @@ class ClassResult:
 
 
 @dataclass
+class CrossClassResult:
+    """One spectral analysis of the heatmaps of every audited class together (``audit.cross_class``).
+
+    Per-sample arrays are aligned with ``ids``. A cluster that gathers samples of many classes around one
+    relevance pattern points at a strategy the model shares across classes (a watermark in every class);
+    it is described, not scored: the evidence of ``spray.flag`` is measured per class.
+    """
+
+    ids: list[str]  # (N,) sample ids, class by class
+    classes: np.ndarray  # (N,) int, the audited class of each sample
+    class_names: dict[int, str]  # class index -> name
+    eigenvalues: np.ndarray  # (m,) ascending
+    n_clusters: int
+    cluster_labels: np.ndarray  # (N,) int in [0, n_clusters), by decreasing size
+    embeddings: dict[str, np.ndarray]  # name -> (N, 2)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
 class SkippedClass:
     class_index: int
     class_name: str

@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -21,19 +21,24 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from spray.report import figures, images
 from spray.report.summary import (
     class_order_key,
+    cross_class_clusters,
     cluster_order_key,
     conservation_stats,
     finite_or_nan,
     max_score,
     to_jsonable,
 )
-from spray.results import ClassResult, ClusterResult, RunInfo
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
 PROTOTYPE_SIDE = 72  # pixels per prototype tile, as shown: keeps 1,200 tiles near 7 MB of HTML
 MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
 EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
+# Above this many classes each class gets a page of its own (classes/<index>.html): one page of 1,000
+# classes' figures would be gigabytes that no browser opens; 20 classes of 10 clusters stay near 16 MB.
+MAX_CLASSES_ON_ONE_PAGE = 20
+CLASS_PAGES = "classes"
 
 
 def format_number(value: Any) -> str:
@@ -169,6 +174,17 @@ def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
     return views
 
 
+def class_page(index: int) -> str:
+    """Where a class's own page is, relative to index.html."""
+    return f"{CLASS_PAGES}/{int(index)}.html"
+
+
+def _class_href(index: int, paged: bool, anchor: str = "") -> str:
+    """Link from index.html to a class (or a cluster of it): an anchor on this page, or on its own page."""
+    anchor = anchor or f"class-{int(index)}"
+    return f"{class_page(index)}#{anchor}" if paged else f"#{anchor}"
+
+
 def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> dict[str, Any]:
     has_region = cluster.region is not None and bool(np.any(cluster.region))
     return {
@@ -184,6 +200,27 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "has_region": has_region,
         "region_missing": cluster.region is None,
         "prototypes": _prototype_views(cluster),
+    }
+
+
+def _summary_row(result: ClassResult, rank: int, paged: bool) -> dict[str, Any]:
+    """What the summary table shows of a class: cheap numbers only, no figure (many classes, one page)."""
+    labels = np.asarray(result.labels)
+    predictions = np.asarray(result.predictions)
+    n_correct = int(np.sum(predictions == labels)) if labels.size else 0
+    n_flagged = sum(bool(cluster.flagged) for cluster in result.clusters)
+    return {
+        "rank": rank,
+        "index": int(result.class_index),
+        "title": class_title(result.class_index, result.class_name),
+        "href": _class_href(result.class_index, paged),
+        "n_samples": int(result.n_samples),
+        "n_clusters": int(result.n_clusters),
+        "flagged": bool(result.flagged),
+        "n_flagged": n_flagged,
+        "max_score": max_score(result),
+        "accuracy": n_correct / result.n_samples if result.n_samples else math.nan,
+        "conservation": conservation_stats(result.conservation),
     }
 
 
@@ -206,6 +243,7 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
         "name": str(result.class_name),
         "title": class_title(result.class_index, result.class_name),
         "anchor": f"class-{int(result.class_index)}",
+        "href": f"#class-{int(result.class_index)}",
         "n_samples": int(result.n_samples),
         "n_clusters": int(result.n_clusters),
         "flagged": bool(result.flagged),
@@ -231,7 +269,38 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
     }
 
 
-def _verdict(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
+def _cross_class_view(result: CrossClassResult, paged: bool) -> dict[str, Any]:
+    embeddings = {str(name): np.asarray(coords) for name, coords in result.embeddings.items()}
+    clusters = cross_class_clusters(result)
+    colours = figures.cluster_colours([c["id"] for c in clusters], [])
+    views = []
+    for cluster in sorted(clusters, key=lambda c: (-c["size"], c["id"])):
+        shown = cluster["classes"][:5]
+        views.append({
+            "id": cluster["id"], "colour": colours[cluster["id"]], "size": cluster["size"],
+            "share": cluster["size"] / result.n_samples if result.n_samples else math.nan,
+            "n_classes": len(cluster["classes"]),
+            "largest_share": shown[0]["count"] / cluster["size"] if shown else math.nan,
+            "classes": [{"title": class_title(c["class"], c["name"]), "href": _class_href(c["class"], paged),
+                         "count": c["count"]} for c in shown],
+            "more": len(cluster["classes"]) - len(shown),
+        })
+    return {
+        "n_samples": int(result.n_samples),
+        "n_classes": len(result.class_names),
+        "n_clusters": int(result.n_clusters),
+        "notes": [str(note) for note in result.notes],
+        "spectrum": figures.spectrum_figure(result.eigenvalues, result.n_clusters),
+        "embedding_names": [EMBEDDING_TITLES.get(name, name) for name in embeddings],
+        "embedding_width": figures.embedding_display_width(len(embeddings)),
+        "embedding": figures.embedding_figure(
+            embeddings, result.cluster_labels, [], titles={n: EMBEDDING_TITLES.get(n, n) for n in embeddings},
+        ) if embeddings else None,
+        "clusters": views,
+    }
+
+
+def _verdict(classes: list[ClassResult], run: RunInfo, paged: bool = False) -> dict[str, Any]:
     flagged_classes = [result for result in sorted(classes, key=class_order_key) if result.flagged]
     n_flagged = sum(cluster.flagged for result in classes for cluster in result.clusters)
     return {
@@ -243,11 +312,12 @@ def _verdict(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
                 "index": int(result.class_index),
                 "name": str(result.class_name),
                 "title": class_title(result.class_index, result.class_name),
-                "anchor": f"class-{int(result.class_index)}",
+                "href": _class_href(result.class_index, paged),
                 "clusters": [
                     {
                         "id": int(cluster.id),
-                        "anchor": f"class-{int(result.class_index)}-cluster-{int(cluster.id)}",
+                        "href": _class_href(result.class_index, paged,
+                                            f"class-{int(result.class_index)}-cluster-{int(cluster.id)}"),
                         "size": int(cluster.size),
                         "score": finite_or_nan(cluster.score),
                     }
@@ -325,15 +395,41 @@ def _environment() -> Environment:
 
 
 def render_html(classes: list[ClassResult], run: RunInfo) -> str:
-    """The report page as one string of self-contained HTML."""
+    """The report as one page of self-contained HTML (every class's section on it)."""
+    return dict(iter_pages(classes, run, paged=False))["index.html"]
+
+
+def is_paged(classes: list[ClassResult]) -> bool:
+    """Whether the report gives each class a page of its own (more than MAX_CLASSES_ON_ONE_PAGE classes)."""
+    return len(classes) > MAX_CLASSES_ON_ONE_PAGE
+
+
+def iter_pages(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
+               cross_class: CrossClassResult | None = None) -> Iterator[tuple[str, str]]:
+    """The report's pages as ``(path relative to the output folder, html)``, index.html last.
+
+    With ``paged`` (default: ``is_paged(classes)``) every class gets a self-contained ``classes/<index>.html``
+    that index.html's summary table and verdict link to, each linking back; index.html then holds the
+    verdict, the ranked summary table, the skipped items and the run. Pages are made one at a time, so a
+    many-class report holds one class's figures in memory, not all of them.
+    """
     from spray import __version__
 
+    paged = is_paged(classes) if paged is None else paged
     ranked = sorted(classes, key=class_order_key)
-    context = {
-        "classes": [_class_view(result, rank) for rank, result in enumerate(ranked, start=1)],
-        "verdict": _verdict(classes, run),
-        "run": _run_view(run),
-        "colorbar": images.colorbar_tile(),
-        "spray_version": __version__,
-    }
-    return _environment().get_template("report.html.j2").render(**context)
+    environment = _environment()
+    run_view = _run_view(run)
+    colorbar = images.colorbar_tile()
+    if paged:
+        class_page_template = environment.get_template("class_page.html.j2")
+        for rank, result in enumerate(ranked, start=1):
+            yield class_page(result.class_index), class_page_template.render(
+                c=_class_view(result, rank), n_classes=len(ranked), run=run_view, colorbar=colorbar,
+                summary_href="../index.html#summary", spray_version=__version__)
+        rows = [_summary_row(result, rank, paged=True) for rank, result in enumerate(ranked, start=1)]
+    else:
+        rows = [_class_view(result, rank) for rank, result in enumerate(ranked, start=1)]
+    yield "index.html", environment.get_template("report.html.j2").render(
+        classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=run_view, colorbar=colorbar,
+        summary_href="#summary", spray_version=__version__,
+        cross=_cross_class_view(cross_class, paged) if cross_class is not None else None)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.results import ClassResult, ClusterResult, RunInfo
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 
 
 def to_jsonable(value: Any) -> Any:
@@ -166,4 +166,33 @@ def build_summary(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
         "flagged": bool(flagged_clusters),
         "n_flagged_clusters": int(flagged_clusters),
         "run": run_summary(run),
+    }
+
+
+def cross_class_clusters(result: CrossClassResult) -> list[dict[str, Any]]:
+    """Per cross-class cluster, by id: its size and how many of its samples each class gave, largest first."""
+    labels = np.asarray(result.cluster_labels)
+    classes = np.asarray(result.classes)
+    clusters = []
+    for cluster in np.unique(labels):
+        member_classes, counts = np.unique(classes[labels == cluster], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        clusters.append({
+            "id": int(cluster),
+            "size": int(counts.sum()),
+            "classes": [{"class": int(member_classes[i]), "name": str(result.class_names.get(int(member_classes[i]), "")),
+                         "count": int(counts[i])} for i in order],
+        })
+    return clusters
+
+
+def cross_class_summary(result: CrossClassResult) -> dict[str, Any]:
+    """The ``cross_class`` entry of summary.json: the analysis of every audited class's heatmaps together."""
+    return {
+        "n_samples": int(result.n_samples),
+        "classes": sorted(int(index) for index in result.class_names),
+        "eigenvalues": to_jsonable(np.asarray(result.eigenvalues, dtype=np.float64)),
+        "n_clusters": int(result.n_clusters),
+        "notes": [str(note) for note in result.notes],
+        "clusters": cross_class_clusters(result),
     }
