@@ -35,8 +35,9 @@ MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
 PROTOTYPE_SIDE = 72  # pixels per prototype tile, as shown: keeps 1,200 tiles near 7 MB of HTML
 MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
 EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
-# Above this many classes each class gets a page of its own (classes/<index>.html): one page of 1,000
-# classes' figures would be gigabytes that no browser opens; 20 classes of 10 clusters stay near 16 MB.
+# Above this many classes each class gets a page of its own (classes/<index>.html): the figures of a class
+# of 10 clusters take up to 0.8 MB (tests/test_report.py), so 1,000 classes on one page would be near 1 GB,
+# which browsers do not open; 20 stay near 16 MB.
 MAX_CLASSES_ON_ONE_PAGE = 20
 CLASS_PAGES = "classes"
 
