@@ -18,6 +18,7 @@ what is wrong, so that the caller can prefix the class (``"class 7: " + message`
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ import scipy.sparse.linalg
 # time concurrently can see a partially initialised sklearn and fail with a circular-import error.
 from sklearn.cluster import KMeans
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 from spray.config import AnalysisConfig, EmbeddingConfig
 from spray.errors import DataError, RunError
@@ -443,8 +445,6 @@ def smallest_eigenpairs(laplacian: Any, n: int, seed: int = 0) -> tuple[np.ndarr
     n = int(n)
     if not 1 <= n <= size:
         raise ValueError(f"expected 1 <= n <= N = {size} eigenpairs, got n = {n}")
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
     n_components, component = scipy.sparse.csgraph.connected_components(lap, directed=False)
     # One BLAS thread: ARPACK's work is many small, memory-bound BLAS-2 calls, and these dense problems
     # are small; with 2 threads on 2 shared cores most time went to waking threads (measured: eigsh on
@@ -531,7 +531,6 @@ def spectral_clustering(eigenvectors: np.ndarray, n_clusters: int, seed: int = 0
     ``eigenvectors``: (N, m) of the normalised Laplacian, ascending eigenvalues, m >= n_clusters.
     Returns (N,) int64 labels in [0, n_clusters), 0 the largest cluster. k-means uses 10 seeded restarts.
     """
-
     vectors = np.asarray(eigenvectors, dtype=np.float64)
     if vectors.ndim != 2:
         raise ValueError(f"expected eigenvectors of shape (N, m), got shape {vectors.shape}")
@@ -690,7 +689,6 @@ def _nearest_reference(queries: np.ndarray, reference: np.ndarray, k: int) -> np
 
 
 def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
-
     n_samples = maps.shape[0]
     tsne = TSNE(
         n_components=2,
@@ -712,6 +710,9 @@ def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
 
 
 _CACHED_PACKAGES: set[str] = set()
+# umap-learn and pynndescent stay lazy (imported only when asked for), so their first import can happen in
+# several task threads at once; one lock makes it happen once (see the sklearn imports at the top)
+_IMPORT_LOCK = threading.RLock()
 
 
 def _cache_numba_functions(package: str) -> None:
@@ -751,7 +752,7 @@ def _import_pynndescent() -> Any:
     # would only add a new entry on every run (measured: one ~230 kB file per function per process) and
     # never hit. They compile once per process (~15-20 s here), which only the approximate path above
     # EXACT_KNN_MAX_N samples pays, next to a minute of work.
-    with warnings.catch_warnings():
+    with _IMPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba threading-layer notices
         import pynndescent
     return pynndescent
@@ -759,15 +760,16 @@ def _import_pynndescent() -> Any:
 
 def _import_umap() -> Any:
     """Import umap-learn (only when an embedding asks for it) with numba's on-disk cache switched on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # umap's import warns about optional TensorFlow
-        import umap
-        import umap.layouts
-        import umap.sparse
-        import umap.spectral
-        import umap.umap_
-        import umap.utils
-    _cache_numba_functions("umap")
+    with _IMPORT_LOCK:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # umap's import warns about optional TensorFlow
+            import umap
+            import umap.layouts
+            import umap.sparse
+            import umap.spectral
+            import umap.umap_
+            import umap.utils
+        _cache_numba_functions("umap")
     return umap
 
 
