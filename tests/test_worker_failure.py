@@ -101,7 +101,9 @@ def test_a_worker_killed_in_the_middle_of_attribution_is_survived(tiny_audit):
             remote = run.result(timeout=90)
 
     assert restrictions == {(("GPU", 1),)}  # the workers declare a GPU, so every shard asked for one
-    assert remote.stages["attribute"] == {"computed": 6, "cached": 0}  # the killed shard re-ran elsewhere
+    # the killed shard re-ran elsewhere (had the kill landed just after its entry was renamed into place, the
+    # re-run would find that entry whole and count it as cached: both keep the cache consistent)
+    assert sum(remote.stages["attribute"].values()) == 6 and remote.stages["attribute"]["computed"] >= 5
     # the cache has whole entries only: the killed worker's staging folder was swept when its key finished
     assert list(cache.parent.rglob("*.tmp")) == []
     entries = list(cache.iterdir())
