@@ -366,8 +366,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     if cross_entry is not None:
         stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
     skipped_samples = [(i, r) for i, r in dataset.missing]
-    for index in classes:
-        skipped_samples += [tuple(item) for item in computed[index]["_skipped"]]
+    for result in results:
+        skipped_samples += result.skipped_samples
     run = RunInfo(
         config_path=str(config.path) if config.path else "",
         config=config.model_dump(mode="json", exclude={"path"}),
@@ -402,7 +402,6 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dic
     analysis_arrays, analysis_meta = tasks["analyse"].read()
     embeddings, _ = tasks["embed"].read()
     flag_arrays, flag_meta = tasks["flag"].read()
-    tasks["_skipped"] = pre_meta["skipped"]
     ids = pre_meta["ids"]
     maps = pre_arrays["maps"]
     labels = flag_arrays["labels"]  # the spectral clusters, with pattern carriers moved into flagged ones
@@ -430,7 +429,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dic
         logits=logits[:, index] if len(logits) else np.zeros(0), conservation=pre_arrays["conservation"],
         eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
         cluster_labels=labels, embeddings=dict(embeddings), clusters=clusters,
-        class_mean_map=maps.mean(0), notes=notes)
+        class_mean_map=maps.mean(0), notes=notes,
+        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
 
 
 def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:

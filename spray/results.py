@@ -51,6 +51,7 @@ class ClassResult:
     clusters: list[ClusterResult]  # flagged first, then by score
     class_mean_map: np.ndarray  # (h, w) mean preprocessed relevance of the whole class
     notes: list[str] = field(default_factory=list)  # what a reviewer should know (e.g. components)
+    skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): not explained
 
     @property
     def n_samples(self) -> int:
