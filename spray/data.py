@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import sqlite3
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,16 +441,68 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_token(samples: Sequence[Sample]) -> str:
+class DigestIndex:
+    """File digests remembered by (path, size, modification time), so unchanged files are not re-read.
+
+    Hashing every image on every run re-reads the whole dataset. Like git's index, a file whose size and
+    modification time (in ns) are unchanged keeps the digest stored for it in a SQLite file; any write to the
+    file changes its modification time and so its digest is computed afresh. ``DigestIndex(None)``
+    remembers digests only in this process. Use from one thread.
+    """
+
+    def __init__(self, database: Path | None) -> None:
+        self._memory: dict[tuple[str, int, int], str] = {}
+        self._database = None
+        if database is not None:
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                self._database = sqlite3.connect(str(database), timeout=60)
+                self._database.execute(
+                    "CREATE TABLE IF NOT EXISTS digests "
+                    "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)"
+                )
+            except (OSError, sqlite3.Error):
+                # A read-only or odd filesystem only costs re-reading the files; the digests stay correct.
+                self._database = None
+
+    def __call__(self, path: Path) -> str:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise DataError(f"file not found: {path}") from None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key in self._memory:
+            return self._memory[key]
+        row = None
+        if self._database is not None:
+            row = self._database.execute(
+                "SELECT digest FROM digests WHERE path = ? AND size = ? AND mtime_ns = ?", key
+            ).fetchone()
+        digest = row[0] if row else file_digest(path)
+        if row is None and self._database is not None:
+            self._database.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?)", (*key, digest))
+        self._memory[key] = digest
+        return digest
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.commit()
+            self._database.close()
+            self._database = None
+
+
+def dataset_token(samples: Sequence[Sample], digest: Callable[[Path], str] | None = None) -> str:
     """Hash of ``(id, label, file digest)`` of the given samples, in their order, for cache keys.
 
-    Order matters because the cached intermediates are arrays in sample order.
+    Order matters because the cached intermediates are arrays in sample order. ``digest`` computes a file's
+    digest (default: :func:`file_digest`; a :class:`DigestIndex` avoids re-reading unchanged files).
     """
-    digest = hashlib.blake2b(digest_size=16)
+    digest_of = digest or file_digest
+    token = hashlib.blake2b(digest_size=16)
     for sample in samples:
         # separators that cannot occur in an id line keep ("a", 12) and ("a1", 2) apart
-        digest.update(f"{sample.id}\0{sample.label}\0{file_digest(sample.path)}\n".encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+        token.update(f"{sample.id}\0{sample.label}\0{digest_of(sample.path)}\n".encode("utf-8", "surrogatepass"))
+    return token.hexdigest()
 
 
 def _listing(names: Sequence[str]) -> str:

@@ -41,7 +41,7 @@ from spray import __version__
 from spray.attribute import attribute_shard, prepare_attributor, resolve_device
 from spray.cache import Entry, cached, cached_stream
 from spray.config import SprayConfig
-from spray.data import Dataset, Sample, dataset_token, load_dataset, load_pixels, read_pixels
+from spray.data import Dataset, DigestIndex, Sample, dataset_token, load_dataset, load_pixels, read_pixels
 from spray.errors import DataError, RunError
 import spray.flag
 from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
@@ -234,40 +234,46 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
     rng = np.random.default_rng(config.flagging.seed)
     attribution, image = config.attribution, config.data.image
     graph: dict[int, dict[str, Any]] = {}
-    for index in classes:
-        samples = by_class[index]
-        name = dataset.class_names[index]
-        shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
-        shard_keys, shards = [], []
-        for number, shard in enumerate(shard_samples):
-            key = tokenize("attribute", _ATTRIBUTE_CODE, token, index,
-                           attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}),
-                           image.model_dump(), dataset_token(shard))
-            shard_keys.append(key)
-            with dask.annotate(**attribute_annotation):
-                shards.append(dask.delayed(_attribute_task, pure=True)(
-                    directory, key, shard, index, config.model, token, attribution, image,
-                    dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
-        pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
-        pre = dask.delayed(_preprocess_task, pure=True)(
-            directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-        analyse_key = tokenize("analyse", _CODE, config.analysis.model_dump(), pre_key)
-        analysis = dask.delayed(_analyse_task, pure=True)(
-            directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
-        embed_key = tokenize("embed", _CODE, config.embedding.model_dump(), pre_key)
-        embedding = dask.delayed(_embed_task, pure=True)(
-            directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
-        others = [s for s in dataset.samples if s.label != index]
-        chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
-                                   replace=False)) if others else []
-        recipients = [others[i] for i in chosen]
-        flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
-                            dataset_token(recipients))
-        flagged = dask.delayed(_flag_task, pure=True)(
-            directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
-            image, config.flagging, attribution.device, dask_key_name=f"flag-{index}-{flag_key[:8]}")
-        graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
-                        "flag": flagged, "_pre_key": pre_key}
+    # Unchanged images keep their stored digests, so a re-run does not read the whole dataset again.
+    digests = DigestIndex(Path(directory) / "digests.sqlite")
+    all_labels = np.array([sample.label for sample in dataset.samples])
+    try:
+        for index in classes:
+            samples = by_class[index]
+            name = dataset.class_names[index]
+            shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
+            shard_keys, shards = [], []
+            for number, shard in enumerate(shard_samples):
+                key = tokenize("attribute", _ATTRIBUTE_CODE, token, index,
+                               attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}),
+                               image.model_dump(), dataset_token(shard, digests))
+                shard_keys.append(key)
+                with dask.annotate(**attribute_annotation):
+                    shards.append(dask.delayed(_attribute_task, pure=True)(
+                        directory, key, shard, index, config.model, token, attribution, image,
+                        dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
+            pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
+            pre = dask.delayed(_preprocess_task, pure=True)(
+                directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
+            analyse_key = tokenize("analyse", _CODE, config.analysis.model_dump(), pre_key)
+            analysis = dask.delayed(_analyse_task, pure=True)(
+                directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
+            embed_key = tokenize("embed", _CODE, config.embedding.model_dump(), pre_key)
+            embedding = dask.delayed(_embed_task, pure=True)(
+                directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
+            others = np.flatnonzero(all_labels != index)
+            chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
+                                       replace=False)) if len(others) else []
+            recipients = [dataset.samples[others[i]] for i in chosen]
+            flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
+                                dataset_token(recipients, digests))
+            flagged = dask.delayed(_flag_task, pure=True)(
+                directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
+                image, config.flagging, attribution.device, dask_key_name=f"flag-{index}-{flag_key[:8]}")
+            graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
+                            "flag": flagged, "_pre_key": pre_key}
+    finally:
+        digests.close()
     return graph
 
 

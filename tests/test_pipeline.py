@@ -194,3 +194,15 @@ def test_an_rgb_folder_layout_audits_end_to_end(tmp_path):
     assert result.class_name == "c1" and result.n_samples == 24
     assert result.ids[0] == "c1/000.png"
     assert np.all(np.isfinite(result.conservation))
+
+
+def test_unchanged_images_are_not_read_again_to_build_the_cache_keys(tiny_audit, monkeypatch):
+    config = load_config(tiny_audit())
+    run_audit(config, progress=False)
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr("spray.data.file_digest", no_reading)
+    outcome = run_audit(config, progress=False)
+    assert set(computed(outcome).values()) == {0}

@@ -36,7 +36,7 @@ def test_attribution_asks_for_a_gpu_only_when_a_worker_declares_one(tiny_audit):
     config = load_config(tiny_audit())
     dataset = load_dataset(config.data)
     for gpu, expected in ((True, {"resources": {"GPU": 1}}), (False, None)):
-        graph = build_graph(config, dataset, [0], "cache", model_token(config.model), gpu_resource=gpu)
+        graph = build_graph(config, dataset, [0], str(config.cache.directory), model_token(config.model), gpu_resource=gpu)
         for shard in graph[0]["shards"]:
             assert shard.__dask_graph__().layers[shard.key].annotations == expected
         for stage in ("preprocess", "analyse", "embed", "flag"):
