@@ -52,6 +52,16 @@ class Rule:
         return hash((type(self).__name__, tuple(sorted((k, str(v)) for k, v in self.params().items()))))
 
 
+class _Stabilized:
+    """Mixin for rules whose only parameter is the small constant that keeps their denominators off zero."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = float(stabilizer)
+
+    def params(self) -> dict[str, Any]:
+        return {"stabilizer": self.stabilizer}
+
+
 class LinearRule(Rule):
     """A rule for Conv/Linear layers.
 
@@ -124,19 +134,13 @@ class Zero(LinearRule):
         return a * layer.backward(safe_divide(relevance, z), a, layer.weight)
 
 
-class ZPlus(LinearRule):
+class ZPlus(_Stabilized, LinearRule):
     """z+ (alpha=1, beta=0): ``R_j = sum_k (a_j^+ w_jk^+ + a_j^- w_jk^-) / z_k^+ R_k``.
 
     ``z_k^+ = sum_j a_j^+ w_jk^+ + a_j^- w_jk^- + b_k^+``, stabilised.
     """
 
     name = "zplus"
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, Any]:
-        return {"stabilizer": self.stabilizer}
 
     def relevance(self, layer, a, z, relevance):
         w_pos, w_neg, _ = layer.split_weight()
@@ -288,7 +292,7 @@ class Gamma(LinearRule):
         return layer.backward_pair(torch.where(up, scaled, s), torch.where(up, s, scaled), a).mul_(a)
 
 
-class Flat(LinearRule):
+class Flat(_Stabilized, LinearRule):
     """flat: every input in a neuron's receptive field gets an equal share, ``R_j = sum_k R_k / n_k``.
 
     ``n_k`` counts the inputs that reach output ``k`` (padding excluded), as zennit computes it: the layer
@@ -297,12 +301,6 @@ class Flat(LinearRule):
 
     name = "flat"
     needs_input = False
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, Any]:
-        return {"stabilizer": self.stabilizer}
 
     def relevance(self, layer, a, z, relevance):
         shape = tuple(a)
@@ -320,7 +318,7 @@ class Flat(LinearRule):
         return layer.backward(s, shape, ones_w)
 
 
-class WSquare(LinearRule):
+class WSquare(_Stabilized, LinearRule):
     """w^2: ``R_j = sum_k w_jk^2 / sum_j' w_j'k^2 R_k`` (first layer on unbounded inputs).
 
     As in zennit 0.5.1 the squared bias joins the denominator.
@@ -328,12 +326,6 @@ class WSquare(LinearRule):
 
     name = "wsquare"
     needs_input = False
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, Any]:
-        return {"stabilizer": self.stabilizer}
 
     def relevance(self, layer, a, z, relevance):
         shape = tuple(a)
@@ -406,17 +398,11 @@ class Pass(Rule):
     name = "pass"
 
 
-class Norm(Rule):
+class Norm(_Stabilized, Rule):
     """Proportional split for parameter-free linear maps (average pooling, sums of branches, means):
     ``R_j = a_j * d/da_j [f(a) . R / stabilize(f(a))]``, i.e. each input gets its share of the output."""
 
     name = "norm"
-
-    def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = float(stabilizer)
-
-    def params(self) -> dict[str, Any]:
-        return {"stabilizer": self.stabilizer}
 
 
 class Gradient(Rule):
