@@ -192,13 +192,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
 
 
-def _add_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> str:
+def _add_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, unary: bool = False) -> str:
+    """Replace ``node`` by a call of ``module`` on the node's arguments (``unary``: on its first only, for
+    functions whose further arguments, like a dim or a slope, the module already holds)."""
     name = node.name
     while hasattr(gm, name):
         name = name + "_"
     gm.add_submodule(name, module)
     with gm.graph.inserting_before(node):
-        new = gm.graph.call_module(name, tuple(a for a in node.args), {})
+        new = gm.graph.call_module(name, (node.args[0],) if unary else tuple(node.args), {})
     new.meta = dict(node.meta)
     new.stack_trace = node.stack_trace
     node.replace_all_uses_with(new)
@@ -247,12 +249,12 @@ def canonicalize(gm: fx.GraphModule) -> None:
                 _scalar_mul(gm, node, divide=target in (operator.truediv, operator.itruediv, torch.div))
             elif target in _ACTIVATION_FUNCTIONS:
                 module = _ACTIVATION_FUNCTIONS[target](*node.args[1:], **node.kwargs)
-                _add_module_unary(gm, node, module)
+                _add_module(gm, node, module, unary=True)
             elif target in _POOL_FUNCTIONS:
                 module = _POOL_FUNCTIONS[target](*node.args[1:], **node.kwargs)
-                _add_module_unary(gm, node, module)
+                _add_module(gm, node, module, unary=True)
             elif target is torch.mean:
-                _add_module_unary(gm, node, _mean_module(node))
+                _add_module(gm, node, _mean_module(node), unary=True)
             elif target in _ROUTING_FUNCTIONS:
                 continue
             else:
@@ -265,9 +267,9 @@ def canonicalize(gm: fx.GraphModule) -> None:
             elif target in ("mul", "mul_", "div", "div_"):
                 _scalar_mul(gm, node, divide=target.startswith("div"))
             elif target in _ACTIVATION_METHODS:
-                _add_module_unary(gm, node, _ACTIVATION_METHODS[target]())
+                _add_module(gm, node, _ACTIVATION_METHODS[target](), unary=True)
             elif target == "mean":
-                _add_module_unary(gm, node, _mean_module(node))
+                _add_module(gm, node, _mean_module(node), unary=True)
             elif target in _ROUTING_METHODS:
                 continue
             else:
@@ -279,19 +281,6 @@ def canonicalize(gm: fx.GraphModule) -> None:
 def _callable_name(target: Any) -> str:
     module = getattr(target, "__module__", None) or ""
     return f"{module}.{getattr(target, '__name__', repr(target))}".lstrip(".")
-
-
-def _add_module_unary(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
-    name = node.name
-    while hasattr(gm, name):
-        name = name + "_"
-    gm.add_submodule(name, module)
-    with gm.graph.inserting_before(node):
-        new = gm.graph.call_module(name, (node.args[0],), {})
-    new.meta = dict(node.meta)
-    new.stack_trace = node.stack_trace
-    node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
 
 
 def _mean_module(node: fx.Node) -> nn.Module:
