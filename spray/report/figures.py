@@ -89,6 +89,13 @@ def _to_data_uri(figure: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def _say_empty(axes, message: str) -> None:
+    """An axes with nothing to draw says why, instead of showing empty ticks."""
+    axes.text(0.5, 0.5, message, ha="center", va="center", color=MUTED, transform=axes.transAxes)
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
 def _style_axes(axes) -> None:
     axes.tick_params(labelsize=7.5, colors="#52606d")
     axes.grid(True, color=GRID, linewidth=0.6)
@@ -120,10 +127,7 @@ def spectrum_figure(eigenvalues: np.ndarray, n_clusters: int) -> str:
     axes = figure.add_subplot()
     _style_axes(axes)
     if values.size == 0:
-        axes.text(0.5, 0.5, "no eigenvalues recorded", ha="center", va="center", color=MUTED,
-                  transform=axes.transAxes)
-        axes.set_xticks([])
-        axes.set_yticks([])
+        _say_empty(axes, "no eigenvalues recorded")
     else:
         index = np.arange(1, values.size + 1)
         axes.plot(index, values, color="#9aa5b1", linewidth=1.0, zorder=2)
@@ -236,10 +240,7 @@ def conservation_figure(conservation: np.ndarray) -> str:
     axes = figure.add_subplot()
     _style_axes(axes)
     if finite.size == 0:
-        axes.text(0.5, 0.5, "conservation not recorded", ha="center", va="center", color=MUTED,
-                  transform=axes.transAxes)
-        axes.set_xticks([])
-        axes.set_yticks([])
+        _say_empty(axes, "conservation not recorded")
     else:
         low, high, median = float(finite.min()), float(finite.max()), float(np.median(finite))
         # A few broken samples (a logit near zero makes the ratio explode) must not squash the histogram of
