@@ -47,6 +47,15 @@ def z_box_bounds(image: ImageConfig, attribution: AttributionConfig) -> tuple[li
     return low, high
 
 
+# Settings that change how attribution runs but not what it computes: not part of any cache key.
+RUNTIME_SETTINGS = frozenset({"batch_size", "shard_size", "device", "loader_workers"})
+
+
+def attribution_settings(attribution: AttributionConfig) -> dict[str, Any]:
+    """The attribution settings that determine the heatmaps (for cache keys)."""
+    return attribution.model_dump(exclude=set(RUNTIME_SETTINGS))
+
+
 def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig, image: ImageConfig,
                        token: str) -> Any:
     """The configured attributor (LRP or another method) for this model, prepared once per process.
@@ -55,7 +64,7 @@ def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig
     ModelError here, before any image is read.
     """
     low, high = z_box_bounds(image, attribution)
-    key = tokenize(token, attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}), low, high)
+    key = tokenize(token, attribution_settings(attribution), low, high)
     with _prepared_lock:
         if key not in _prepared:
             engine = attributor_from_config(load_model(model_config), attribution, low=low, high=high)

@@ -38,7 +38,7 @@ import numpy as np
 from dask.base import tokenize
 
 from spray import __version__
-from spray.attribute import attribute_shard, prepare_attributor, resolve_device
+from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
 from spray.cache import Entry, cached, cached_stream
 from spray.config import SprayConfig
 from spray.data import Dataset, DigestIndex, Sample, dataset_token, load_dataset, load_pixels, read_pixels
@@ -245,7 +245,7 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
             shard_keys, shards = [], []
             for number, shard in enumerate(shard_samples):
                 key = tokenize("attribute", _ATTRIBUTE_CODE, token, index,
-                               attribution.model_dump(exclude={"batch_size", "shard_size", "device", "loader_workers"}),
+                               attribution_settings(attribution),
                                image.model_dump(), dataset_token(shard, digests))
                 shard_keys.append(key)
                 with dask.annotate(**attribute_annotation):
@@ -363,7 +363,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
             graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
             cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
             computed, cross_entry = dask.compute(graph, cross, **options)
-        results = [assemble_class(config, dataset, index, computed[index]) for index in classes]
+        by_class = dataset.by_class()
+        results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
         cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
     finally:
         if temporary is not None:
@@ -402,8 +403,10 @@ def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, in
     return counts
 
 
-def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dict[str, Any]) -> ClassResult:
-    """Read one class's entries back and build the ClassResult the report is drawn from."""
+def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: list[Sample],
+                   tasks: dict[str, Any]) -> ClassResult:
+    """Read one class's entries back (``samples``: the class's samples, in shard order) and build the
+    ClassResult the report is drawn from."""
     pre_arrays, pre_meta = tasks["preprocess"].read()
     analysis_arrays, analysis_meta = tasks["analyse"].read()
     embeddings, _ = tasks["embed"].read()
@@ -412,8 +415,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, tasks: dic
     maps = pre_arrays["maps"]
     labels = flag_arrays["labels"]  # the spectral clusters, with pattern carriers moved into flagged ones
     logits = pre_arrays["logits"]
-    samples_by_id = {s.id: s for s in dataset.by_class()[index]}
-    relevance_by_id = _relevance_lookup(tasks["shards"], dataset.by_class()[index], config)
+    samples_by_id = {s.id: s for s in samples}
+    relevance_by_id = _relevance_lookup(tasks["shards"], samples, config)
     clusters = []
     for position, cluster in enumerate(flag_meta["clusters"]):
         member_index = np.flatnonzero(labels == cluster["id"])
