@@ -106,6 +106,17 @@ class _Scorer:
         out = torch.cat(logits).numpy() if logits else np.zeros((0, 1), np.float32)
         return out[:, self.class_index], out.argmax(1) == self.class_index
 
+    def masked(self, pixels: np.ndarray, mask: np.ndarray, replacement: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Audited logits with the ``mask`` (H, W) pixels replaced from ``replacement`` ((H, W, C) or like
+        ``pixels``), one batch at a time so that no masked copy of the whole class is held."""
+        logits = []
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start : start + batch_size].copy()
+            source = replacement if replacement.ndim == 3 else replacement[start : start + batch_size]
+            batch[:, mask, :] = source[..., mask, :]
+            logits.append(self(batch, batch_size)[0])
+        return np.concatenate(logits) if logits else np.zeros(0, np.float32)
+
 
 def score_clusters(
     model: torch.nn.Module,
@@ -133,6 +144,7 @@ def score_clusters(
     scale = float(np.median(np.abs(logits))) or 1.0
     recipient_logits, recipient_is_class = scorer(recipients) if len(recipients) else (np.zeros(0), np.zeros(0, bool))
     size = pixels.shape[1:3]
+    replacement = background if config.fill == "mean" else _blurred(pixels)
     results = []
     for cluster in np.unique(cluster_labels):
         members = cluster_labels == cluster
@@ -158,9 +170,7 @@ def score_clusters(
         spread_rest = float(spread[~members].mean())
         evidence["consistency"] = float(1.0 - spread[members].mean() / spread_rest) if spread_rest > 0 else 0.0
 
-        masked = pixels.copy()
-        masked[:, mask, :] = _fill(pixels, mask, background, config.fill)
-        drop = (logits - scorer(masked)[0]) / scale
+        drop = (logits - scorer.masked(pixels, mask, replacement)) / scale
         evidence["masking_drop"] = float(drop[members].mean())
         evidence["masking_drop_rest"] = float(drop[~members].mean())
         evidence["necessity"] = evidence["masking_drop"] - evidence["masking_drop_rest"]
@@ -228,12 +238,9 @@ def join_pattern_carriers(
     return labels
 
 
-def _fill(pixels: np.ndarray, mask: np.ndarray, background: np.ndarray, how: str) -> np.ndarray:
-    """Replacement values for the masked pixels: (N, n_masked, C)."""
-    if how == "mean":
-        return np.broadcast_to(background[mask], (len(pixels),) + background[mask].shape)
+def _blurred(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) pixels blurred with a Gaussian of 1/16 of the image side: what ``fill: blur`` masks with."""
     from scipy.ndimage import gaussian_filter
 
     sigma = max(pixels.shape[1], pixels.shape[2]) / 16
-    blurred = gaussian_filter(pixels, sigma=(0, sigma, sigma, 0))
-    return blurred[:, mask, :]
+    return gaussian_filter(pixels, sigma=(0, sigma, sigma, 0))
