@@ -209,12 +209,11 @@ def audited_classes(config: SprayConfig, dataset: Dataset) -> tuple[list[int], l
         if count >= needed:
             chosen.append(index)
             continue
-        reason = (f"{count} sample(s); the kNN affinity needs at least analysis.neighbors + 1 = {needed}")
+        reason = (f"no sample in {dataset.source}" if count == 0 else
+                  f"{count} sample(s); the kNN affinity needs at least analysis.neighbors + 1 = {needed}")
         if explicit:
-            raise DataError(
-                f"class {dataset.class_names[index]!r} (label {index}) has {reason}: lower analysis.neighbors "
-                f"or remove it from audit.classes"
-            )
+            fix = "remove it from audit.classes" if count == 0 else "lower analysis.neighbors or remove it from audit.classes"
+            raise DataError(f"class {dataset.class_names[index]!r} (label {index}) has {reason}: {fix}")
         skipped.append(SkippedClass(index, dataset.class_names[index], reason))
     if not chosen:
         raise DataError("no class has enough samples to audit: " + "; ".join(
