@@ -34,8 +34,8 @@ and pasting strokes adds some evidence), so they guard against a shared pattern 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -60,6 +60,10 @@ class ClusterEvidence:
     flagged: bool
     evidence: dict[str, Any]
     region: np.ndarray | None
+    # (N,) mean squared distance of each sample's region pattern to the members' and to the rest's mean
+    # pattern; what join_pattern_carriers decides from. None when the cluster was not scored.
+    distance_to_members: np.ndarray | None = field(default=None, repr=False)
+    distance_to_rest: np.ndarray | None = field(default=None, repr=False)
 
 
 def distinctive_region(maps: np.ndarray, members: np.ndarray, max_fraction: float) -> np.ndarray:
@@ -91,6 +95,15 @@ def to_image_mask(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size[1], size[0]), Image.NEAREST)) > 127
 
 
+PixelBatches = Callable[[], Iterable[np.ndarray]]
+"""Called once per pass over a class: yields its images in order as (n, H, W, C) float32 batches in [0, 1]."""
+
+
+def array_batches(pixels: np.ndarray, batch_size: int = 256) -> PixelBatches:
+    """PixelBatches over an (N, H, W, C) array already in memory (small classes, tests)."""
+    return lambda: (pixels[start : start + batch_size] for start in range(0, len(pixels), batch_size))
+
+
 class _Scorer:
     """Batched audited-class logits of pixel images (n, H, W, C) in [0, 1]."""
 
@@ -106,83 +119,141 @@ class _Scorer:
         out = torch.cat(logits).numpy() if logits else np.zeros((0, 1), np.float32)
         return out[:, self.class_index], out.argmax(1) == self.class_index
 
-    def masked(self, pixels: np.ndarray, mask: np.ndarray, replacement: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Audited logits with the ``mask`` (H, W) pixels replaced from ``replacement`` ((H, W, C) or like
-        ``pixels``), one batch at a time so that no masked copy of the whole class is held."""
-        logits = []
-        for start in range(0, len(pixels), batch_size):
-            batch = pixels[start : start + batch_size].copy()
-            source = replacement if replacement.ndim == 3 else replacement[start : start + batch_size]
-            batch[:, mask, :] = source[..., mask, :]
-            logits.append(self(batch, batch_size)[0])
-        return np.concatenate(logits) if logits else np.zeros(0, np.float32)
+
+@dataclass
+class _Plan:
+    """One scorable cluster while the class streams past: its region and what the passes accumulate."""
+
+    cluster: int
+    members: np.ndarray  # (N,) bool
+    region: np.ndarray  # (h, w) bool, preprocessing resolution
+    mask: np.ndarray  # (H, W) bool, image resolution
+    donors: tuple[np.ndarray, np.ndarray]  # (M,) sample positions: members', the rest's (the control)
+    member_sum: np.ndarray  # region pattern sums over the members (float64), then their mean
+    rest_sum: np.ndarray
+    pasted_logits: tuple[np.ndarray, np.ndarray]  # (M,) recipients' logits with the donors' region pasted
+    pasted_is_class: tuple[np.ndarray, np.ndarray]  # (M,) ... and whether they then are the audited class
+    to_members: np.ndarray  # (N,) mean squared distance of each sample's pattern to the members' mean
+    to_rest: np.ndarray  # (N,) ... to the rest's mean
+    masked_logits: np.ndarray  # (N,) audited logit with the region filled
 
 
 def score_clusters(
     model: torch.nn.Module,
     class_index: int,
-    pixels: np.ndarray,
+    batches: PixelBatches,
     maps: np.ndarray,
     cluster_labels: np.ndarray,
     recipients: np.ndarray,
-    background: np.ndarray,
     image: ImageConfig,
     config: FlaggingConfig,
     device: torch.device | str = "cpu",
 ) -> list[ClusterEvidence]:
     """Evidence, score and flag for every cluster of one class.
 
-    pixels: (N, H, W, C) the class's images in [0, 1]; maps: (N, h, w) preprocessed relevance;
-    cluster_labels: (N,) int; recipients: (M, H, W, C) images of other classes (M may be 0: no transplant
-    test, so nothing can be flagged); background: (H, W, C) the mean image used to fill masked regions.
+    batches: the class's images, streamed twice (see ``PixelBatches``), so memory holds a batch and a few
+    (N,) arrays per cluster, never the class; maps: (N, h, w) preprocessed relevance; cluster_labels: (N,)
+    int; recipients: (M, H, W, C) images of other classes (M may be 0: no transplant test, so nothing can be
+    flagged). Masked regions are filled with the mean image of the class and the recipients
+    (``fill: mean``) or with each image blurred (``fill: blur``).
+
+    Raises ValueError when ``batches`` yields a different number of images than ``maps`` holds.
     """
     device = torch.device(device)
     model = model.to(device).eval()
     scorer = _Scorer(model, class_index, image, device)
     rng = np.random.default_rng(config.seed)
-    logits, _ = scorer(pixels)
-    scale = float(np.median(np.abs(logits))) or 1.0
-    recipient_logits, recipient_is_class = scorer(recipients) if len(recipients) else (np.zeros(0), np.zeros(0, bool))
-    size = pixels.shape[1:3]
-    replacement = background if config.fill == "mean" else _blurred(pixels)
-    results = []
+    n = len(maps)
+    size = tuple(image.size)
+    results: dict[int, ClusterEvidence] = {}
+    plans: list[_Plan] = []
     for cluster in np.unique(cluster_labels):
         members = cluster_labels == cluster
         n_members = int(members.sum())
-        if n_members < config.min_cluster_size or n_members == len(members):
+        if n_members < config.min_cluster_size or n_members == n:
             reason = "smaller than flagging.min_cluster_size" if n_members < config.min_cluster_size else (
                 "the whole class: nothing to compare with"
             )
-            results.append(ClusterEvidence(int(cluster), n_members, 0.0, False, {"not_scored": reason}, None))
+            results[int(cluster)] = ClusterEvidence(int(cluster), n_members, 0.0, False, {"not_scored": reason}, None)
             continue
         region = distinctive_region(maps, members, config.region_fraction)
         mask = to_image_mask(region, size)
-        evidence: dict[str, Any] = {"region_area": float(mask.mean())}
+        donors = (
+            rng.choice(np.flatnonzero(members), size=len(recipients)),
+            rng.choice(np.flatnonzero(~members), size=len(recipients)),
+        ) if len(recipients) else (np.zeros(0, int), np.zeros(0, int))
+        pattern_size = int(mask.sum()) * image.channels
+        m = len(recipients)
+        plans.append(_Plan(int(cluster), members, region, mask, donors, np.zeros(pattern_size), np.zeros(pattern_size),
+                           (np.zeros(m, np.float32), np.zeros(m, np.float32)), (np.zeros(m, bool), np.zeros(m, bool)),
+                           np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)))
 
-        absolute = np.abs(maps).reshape(len(maps), -1)
-        in_region = absolute[:, region.ravel()].sum(1) / np.maximum(absolute.sum(1), 1e-12)
+    # Pass 1: logits, the mean image, the members' and the rest's mean region patterns, and the transplants:
+    # each recipient gets its donor's region when the donor's batch passes, so no donor is held.
+    logits = np.zeros(n, np.float32)
+    image_sum = np.zeros((*size, image.channels))
+    seen = 0
+    for pixels in batches():
+        positions = np.arange(seen, seen + len(pixels))
+        seen += len(pixels)
+        if seen > n:
+            break  # reported below
+        logits[positions] = scorer(pixels)[0]
+        image_sum += pixels.sum(0, dtype=np.float64)
+        for plan in plans:
+            patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
+            inside = plan.members[positions]
+            plan.member_sum += patterns[inside].sum(0, dtype=np.float64)
+            plan.rest_sum += patterns[~inside].sum(0, dtype=np.float64)
+            for donors, pasted_logits, pasted_is_class in zip(plan.donors, plan.pasted_logits, plan.pasted_is_class):
+                slots = np.flatnonzero((donors >= positions[0]) & (donors <= positions[-1]))
+                if len(slots):
+                    pasted = recipients[slots]
+                    pasted[:, plan.mask, :] = pixels[donors[slots] - positions[0]][:, plan.mask, :]
+                    pasted_logits[slots], pasted_is_class[slots] = scorer(pasted)
+    if seen != n:
+        raise ValueError(f"{'more' if seen > n else 'fewer'} images ({seen}{'+' if seen > n else ''}) than "
+                         f"relevance maps ({n}): they must be the same samples, in the same order")
+    scale = float(np.median(np.abs(logits))) or 1.0
+    recipient_logits, recipient_is_class = scorer(recipients) if len(recipients) else (np.zeros(0), np.zeros(0, bool))
+    background = ((image_sum + recipients.sum(0, dtype=np.float64)) / (n + len(recipients))).astype(np.float32)
+    for plan in plans:
+        plan.member_sum = (plan.member_sum / plan.members.sum()).astype(np.float32)
+        plan.rest_sum = (plan.rest_sum / (~plan.members).sum()).astype(np.float32)
+
+    # Pass 2: each sample's distances to those mean patterns, and its logit with each cluster's region filled.
+    seen = 0
+    for pixels in batches():
+        positions = slice(seen, seen + len(pixels))
+        seen += len(pixels)
+        replacement = np.broadcast_to(background, pixels.shape) if config.fill == "mean" else _blurred(pixels)
+        for plan in plans:
+            patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
+            plan.to_members[positions] = ((patterns - plan.member_sum) ** 2).mean(1)
+            plan.to_rest[positions] = ((patterns - plan.rest_sum) ** 2).mean(1)
+            masked = pixels.copy()
+            masked[:, plan.mask, :] = replacement[:, plan.mask, :]
+            plan.masked_logits[positions] = scorer(masked)[0]
+
+    absolute = np.abs(maps).reshape(n, -1)
+    for plan in plans:
+        members = plan.members
+        evidence: dict[str, Any] = {"region_area": float(plan.mask.mean())}
+        in_region = absolute[:, plan.region.ravel()].sum(1) / np.maximum(absolute.sum(1), 1e-12)
         evidence["relevance_in_region"] = float(in_region[members].mean())
         evidence["relevance_in_region_rest"] = float(in_region[~members].mean())
 
-        patterns = pixels[:, mask, :].reshape(len(pixels), -1)
-        mean_pattern = patterns[members].mean(0)
-        spread = ((patterns - mean_pattern) ** 2).mean(1)
-        spread_rest = float(spread[~members].mean())
-        evidence["consistency"] = float(1.0 - spread[members].mean() / spread_rest) if spread_rest > 0 else 0.0
+        spread_rest = float(plan.to_members[~members].mean())
+        evidence["consistency"] = float(1.0 - plan.to_members[members].mean() / spread_rest) if spread_rest > 0 else 0.0
 
-        drop = (logits - scorer.masked(pixels, mask, replacement)) / scale
+        drop = (logits - plan.masked_logits) / scale
         evidence["masking_drop"] = float(drop[members].mean())
         evidence["masking_drop_rest"] = float(drop[~members].mean())
         evidence["necessity"] = evidence["masking_drop"] - evidence["masking_drop_rest"]
 
         if len(recipients):
-            member_donors = rng.choice(np.flatnonzero(members), size=len(recipients))
-            control_donors = rng.choice(np.flatnonzero(~members), size=len(recipients))
             gains, flips = [], []
-            for donors in (member_donors, control_donors):
-                pasted = recipients.copy()
-                pasted[:, mask, :] = pixels[donors][:, mask, :]
-                pasted_logits, pasted_is_class = scorer(pasted)
+            for pasted_logits, pasted_is_class in zip(plan.pasted_logits, plan.pasted_is_class):
                 gains.append(float(((pasted_logits - recipient_logits) / scale).mean()))
                 flips.append(float((pasted_is_class & ~recipient_is_class).mean()))
             evidence["transplant_gain"], evidence["transplant_gain_control"] = gains
@@ -201,31 +272,27 @@ def score_clusters(
         score = float(ratios[weakest])
         evidence["weakest_evidence"] = weakest
         evidence["thresholds"] = {"consistency": CONSISTENCY, "necessity": NECESSITY, "sufficiency": SUFFICIENCY}
-        results.append(ClusterEvidence(int(cluster), n_members, score, score >= config.threshold, evidence, region))
-    return results
+        results[plan.cluster] = ClusterEvidence(plan.cluster, int(members.sum()), score, score >= config.threshold,
+                                                evidence, plan.region, plan.to_members, plan.to_rest)
+    return [results[cluster] for cluster in sorted(results)]
 
 
-def join_pattern_carriers(
-    pixels: np.ndarray, cluster_labels: np.ndarray, scored: list[ClusterEvidence]
-) -> np.ndarray:
+def join_pattern_carriers(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> np.ndarray:
     """Move samples that carry a flagged cluster's pattern into that cluster; returns new (N,) labels.
 
     Spectral clustering groups samples by *where the model looks*; a few samples that carry the artifact can
     still land in other clusters when the model also reads their object well. A sample of an unflagged
     cluster joins a flagged one when, inside the flagged region, its pixels are closer to the flagged
     members' mean pattern than to the rest of the class's mean pattern, and no farther from it than 95 % of
-    the members are. The number that joined is recorded in the cluster's evidence (``joined_by_pattern``).
+    the members are (distances measured by ``score_clusters``). The number that joined is recorded in the
+    cluster's evidence (``joined_by_pattern``).
     """
     labels = cluster_labels.copy()
-    size = pixels.shape[1:3]
     flagged = [s for s in sorted(scored, key=lambda s: -s.score) if s.flagged and s.region is not None]
     taken = np.isin(cluster_labels, [s.id for s in flagged])
     for cluster in flagged:
         members = cluster_labels == cluster.id
-        mask = to_image_mask(cluster.region, size)
-        patterns = pixels[:, mask, :].reshape(len(pixels), -1)
-        to_members = ((patterns - patterns[members].mean(0)) ** 2).mean(1)
-        to_rest = ((patterns - patterns[~members].mean(0)) ** 2).mean(1)
+        to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
         carriers = ~taken & (to_members < to_rest) & (to_members <= np.quantile(to_members[members], 0.95))
         labels[carriers] = cluster.id
         taken |= carriers
@@ -239,7 +306,7 @@ def join_pattern_carriers(
 
 
 def _blurred(pixels: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) pixels blurred with a Gaussian of 1/16 of the image side: what ``fill: blur`` masks with."""
+    """(n, H, W, C) pixels, each image blurred with a Gaussian of 1/16 of the image side: what ``fill: blur`` masks with."""
     from scipy.ndimage import gaussian_filter
 
     sigma = max(pixels.shape[1], pixels.shape[2]) / 16

@@ -41,7 +41,8 @@ from spray import __version__
 from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
 from spray.cache import Entry, cached, cached_stream
 from spray.config import SprayConfig
-from spray.data import Dataset, DigestIndex, Sample, dataset_token, load_dataset, load_pixels, read_pixels
+from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
+                        read_pixels)
 from spray.errors import DataError, RunError
 import spray.flag
 from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 _CODE = __version__
 # Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels;
 # attribute 2: relevance in a chunked zarr array beside the npz).
-_FLAG_CODE = (__version__, 2, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+_FLAG_CODE = (__version__, 3, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
 _ATTRIBUTE_CODE = (__version__, 2)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
@@ -143,19 +144,27 @@ def _embed_task(directory, key, pre, config) -> Entry:
 
 
 def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipients: list[Sample],
-          class_index: int, model_config, image, flagging, device: str) -> tuple[dict, dict]:
+          class_index: int, model_config, image, flagging, device: str, batch_size: int = 256,
+          loader_workers: int = 2) -> tuple[dict, dict]:
     pre_arrays, pre_meta = pre.read()
     analysis_arrays, _ = analysis.read()
     members = [samples_by_id[i] for i in pre_meta["ids"]]
-    pixels, loaded, _ = load_pixels(members, image)
-    if len(loaded) != len(members):
-        raise RunError(f"class {class_index}: images changed while auditing; re-run")
+
+    def batches() -> Iterator[np.ndarray]:
+        # the class streams past twice (spray.flag.score_clusters); an image that decoded for attribution
+        # and fails now has changed on disk since
+        for batch in iter_pixel_batches(members, image, batch_size, loader_workers):
+            if batch.failed:
+                sample, reason = batch.failed[0]
+                raise RunError(f"class {class_index}: sample {sample} can no longer be read ({reason}); "
+                               "the images changed while auditing: re-run")
+            yield batch.pixels
+
     recipient_pixels, _, _ = load_pixels(recipients, image)
-    background = np.concatenate([pixels, recipient_pixels]).mean(0)
     model = load_model(model_config)
-    scored = spray.flag.score_clusters(model, class_index, pixels, pre_arrays["maps"], analysis_arrays["labels"],
-                            recipient_pixels, background, image, flagging, resolve_device(device))
-    labels = spray.flag.join_pattern_carriers(pixels, analysis_arrays["labels"], scored)
+    scored = spray.flag.score_clusters(model, class_index, batches, pre_arrays["maps"], analysis_arrays["labels"],
+                                       recipient_pixels, image, flagging, resolve_device(device))
+    labels = spray.flag.join_pattern_carriers(analysis_arrays["labels"], scored)
     regions = np.stack([s.region if s.region is not None else np.zeros(pre_arrays["maps"].shape[1:], bool)
                         for s in scored]) if scored else np.zeros((0, *pre_arrays["maps"].shape[1:]), bool)
     meta = {"clusters": [{"id": s.id, "size": s.size, "score": s.score, "flagged": s.flagged,
@@ -164,9 +173,9 @@ def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipie
 
 
 def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_index, model_config, image,
-               flagging, device) -> Entry:
+               flagging, device, batch_size, loader_workers) -> Entry:
     return cached(directory, "flag", key, _flag, pre, analysis, samples_by_id, recipients, class_index,
-                  model_config, image, flagging, device)
+                  model_config, image, flagging, device, batch_size, loader_workers)
 
 
 def _cross_class(pres: list[Entry], classes: list[int], analysis, embedding) -> tuple[dict, dict]:
@@ -268,7 +277,8 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
                                 dataset_token(recipients, digests))
             flagged = dask.delayed(_flag_task, pure=True)(
                 directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
-                image, config.flagging, attribution.device, dask_key_name=f"flag-{index}-{flag_key[:8]}")
+                image, config.flagging, attribution.device, attribution.batch_size, attribution.loader_workers,
+                dask_key_name=f"flag-{index}-{flag_key[:8]}")
             graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
                             "flag": flagged, "_pre_key": pre_key}
     finally:

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spray.config import config_from_dict
-from spray.flag import distinctive_region
+import torch
+
+from spray.config import FlaggingConfig, ImageConfig, config_from_dict
+from spray.flag import array_batches, distinctive_region, join_pattern_carriers, score_clusters
 from spray.pipeline import run_audit
 
 
@@ -31,6 +33,85 @@ def test_the_distinctive_region_is_capped_in_area():
     members = np.arange(20) < 10
     maps[members] += 1.0  # members differ everywhere
     assert distinctive_region(maps, members, max_fraction=0.1).sum() == 6
+
+
+class _CornerReader(torch.nn.Module):
+    """A stand-in classifier whose class-0 logit reads the top-left 4 x 4 corner (a planted shortcut) and,
+    more weakly, the centre."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corner = x[:, 0, :4, :4].mean((1, 2))
+        centre = x[:, 0, 6:10, 6:10].mean((1, 2))
+        return torch.stack([4 * corner + centre, 1 - corner], 1)
+
+
+def _planted_class(n: int = 60, carriers: int = 20, seed: int = 0):
+    """Images (n, 16, 16, 1) of one class whose first ``carriers`` have a bright top-left corner, maps that
+    put relevance there for them, and spectral labels: 0 for the carriers, 1 and 2 for the rest."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.uniform(0, 0.3, size=(n, 16, 16, 1)).astype(np.float32)
+    pixels[:, 6:10, 6:10] += 0.5
+    pixels[:carriers, :4, :4] = 1.0
+    maps = rng.uniform(0, 0.1, size=(n, 16, 16)).astype(np.float32)
+    maps[:, 6:10, 6:10] += 0.5
+    maps[:carriers, :4, :4] += 1.0
+    labels = np.where(np.arange(n) < carriers, 0, 1 + np.arange(n) % 2)
+    recipients = rng.uniform(0, 0.3, size=(30, 16, 16, 1)).astype(np.float32)
+    return pixels, maps, labels, recipients
+
+
+IMAGE = ImageConfig(mode="L", size=(16, 16), mean=[0.0], std=[1.0])
+
+
+def test_a_cluster_that_shares_a_pattern_the_model_needs_is_flagged():
+    pixels, maps, labels, recipients = _planted_class()
+    scored = score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients, IMAGE,
+                            FlaggingConfig(min_cluster_size=5))
+    by_id = {s.id: s for s in scored}
+    assert by_id[0].flagged and by_id[0].region[:4, :4].sum() == by_id[0].region.sum() > 0  # inside the corner
+    assert by_id[0].evidence["consistency"] > 0.9 and by_id[0].evidence["necessity"] > 0.15
+    assert not by_id[1].flagged and not by_id[2].flagged
+
+
+def test_the_class_streams_past_in_batches_and_the_batch_size_does_not_change_the_evidence():
+    pixels, maps, labels, recipients = _planted_class()
+    config = FlaggingConfig(min_cluster_size=5, fill="blur")
+    largest, passes = [], []
+
+    def batches(size):
+        def read():
+            passes.append(size)
+            for batch in array_batches(pixels, size)():
+                largest.append(len(batch))
+                yield batch
+        return read
+
+    whole = score_clusters(_CornerReader(), 0, batches(len(pixels)), maps, labels, recipients, IMAGE, config)
+    largest.clear()
+    streamed = score_clusters(_CornerReader(), 0, batches(7), maps, labels, recipients, IMAGE, config)
+    assert max(largest) == 7 and passes.count(7) == 2  # two passes, one batch at a time
+    for a, b in zip(whole, streamed):
+        assert a.flagged == b.flagged
+        for key, value in a.evidence.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b.evidence[key], abs=1e-5), key
+
+
+def test_images_and_maps_of_different_samples_are_refused():
+    pixels, maps, labels, recipients = _planted_class()
+    with pytest.raises(ValueError, match=r"fewer images \(59\) than relevance maps \(60\)"):
+        score_clusters(_CornerReader(), 0, array_batches(pixels[:-1]), maps, labels, recipients, IMAGE,
+                       FlaggingConfig(min_cluster_size=5))
+
+
+def test_samples_carrying_the_flagged_pattern_join_the_flagged_cluster():
+    pixels, maps, labels, recipients = _planted_class()
+    labels[:3] = 1  # three carriers that spectral clustering put elsewhere
+    scored = score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients, IMAGE,
+                            FlaggingConfig(min_cluster_size=5))
+    joined = join_pattern_carriers(labels, scored)
+    assert (joined[:20] == 0).all() and (joined[20:] != 0).all()
+    assert {s.id: s for s in scored}[0].evidence["joined_by_pattern"] == 3
 
 
 def audit(folder: Path, classes: list[int] | None, **demo) -> tuple[dict[str, bool], set[str], list]:

@@ -214,3 +214,20 @@ def test_an_audited_class_without_samples_is_named(tiny_case):
                                "class_names": ["a", "b", "c", "d"]})
     with pytest.raises(DataError, match=r"class 'd' \(label 3\) has no sample in .*manifest.csv"):
         run_audit(load_config(write_config(tiny_case, config)), progress=False)
+
+
+def test_an_image_that_breaks_during_the_run_stops_flagging_and_is_named(tiny_audit, monkeypatch):
+    import spray.flag
+    from spray.data import load_dataset
+
+    config = load_config(tiny_audit(audit={"classes": [1]}))
+    victim = load_dataset(config.data).by_class()[1][0]
+    measured = spray.flag.score_clusters
+
+    def break_an_image_then_score(*args, **kwargs):
+        victim.path.write_bytes(b"not an image any more")  # flagging reads the class again, after attribution
+        return measured(*args, **kwargs)
+
+    monkeypatch.setattr(spray.flag, "score_clusters", break_an_image_then_score)
+    with pytest.raises(RunError, match=f"class 1: sample {victim.id} can no longer be read .* re-run"):
+        run_audit(config, use_cache=False, progress=False)
