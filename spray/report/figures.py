@@ -22,6 +22,9 @@ from PIL import Image
 
 # Rendered at 1.5x the size they are shown at (96 CSS pixels per inch), sharp on high-density screens.
 DPI = 144
+# zlib level of the figures' PNGs. Level 9 took 3x the time of 8 on these flat plots for 2 % fewer bytes
+# (measured: 35 vs 13 ms and 37.7 vs 38.4 KB for a class page's three figures); the pixels are the same.
+PNG_COMPRESS_LEVEL = 8
 CSS_DPI = 96
 EMBEDDING_PANEL_IN = (3.6, 3.2)  # width and height of one embedding panel, in inches
 FLAG_RED = "#c62828"
@@ -85,7 +88,7 @@ def _to_data_uri(figure: Figure) -> str:
         colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
     )
     out = io.BytesIO()
-    palette.save(out, format="PNG", optimize=True)
+    palette.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 

@@ -19,6 +19,9 @@ from PIL import Image
 HEATMAP_CMAP = "bwr"
 OUTLINE_RGB = (17, 17, 17)
 PALETTE_COLOURS = 128
+# zlib level of the tiles' PNGs: zlib's default. Level 9 (what Pillow's optimize=True sets) took half as long
+# again for 0.1 % fewer bytes (measured on a class page's tiles: 9 vs 6 ms, 93.4 vs 93.5 KB).
+PNG_COMPRESS_LEVEL = 6
 # How faded the photo is under the heatmap overlay: keeps the image legible while the colour carries relevance.
 _OVERLAY_BASE_LOW, _OVERLAY_BASE_HIGH = 0.35, 0.95
 
@@ -42,7 +45,7 @@ def png_data_uri(pixels: np.ndarray) -> str:
         # No dithering: it adds noise that PNG cannot compress.
         image = image.quantize(colors=PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
