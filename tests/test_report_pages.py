@@ -48,13 +48,14 @@ def paged_report(tmp_path_factory) -> Path:
             cluster.score = 0.95 if result.class_index == 12 and cluster.id == 1 else min(cluster.score, 0.5)
     (out / "classes").mkdir(parents=True)
     (out / "classes" / "99.html").write_text("a page of an earlier run")
+    (out / "classes" / ".3.html.k2j4x9.tmp").write_text("left by a writer killed in an earlier run")
     write_report(out, classes, synthetic_run())
     return out
 
 
 def test_more_classes_than_fit_on_one_page_get_a_page_each(paged_report):
     pages = sorted(p.name for p in (paged_report / "classes").iterdir())
-    assert pages == sorted(f"{i}.html" for i in range(N_CLASSES))  # the stale 99.html is gone
+    assert pages == sorted(f"{i}.html" for i in range(N_CLASSES))  # the stale 99.html and .tmp are gone
     index = (paged_report / "index.html").read_text(encoding="utf-8")
     assert 'class="card class-section"' not in index  # the sections are on the class pages only
 

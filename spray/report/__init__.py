@@ -9,7 +9,9 @@
 - ``samples.csv``: one row per audited sample (see ``spray.report.samples``).
 
 Each file is written atomically, so an interrupted run never leaves a truncated report behind. The data
-files are written before the HTML: if drawing a figure fails, the numbers are still on disk.
+files are written before the HTML: if drawing a figure fails, the numbers are still on disk. The class
+pages are drawn by worker processes, each writing its own pages (see ``spray.report._pages``), and
+index.html, which links to them, is written last, once they all exist.
 """
 
 from __future__ import annotations
@@ -24,16 +26,23 @@ __all__ = ["write_report"]
 
 
 def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
-                 cross_class: CrossClassResult | None = None) -> Path:
+                 cross_class: CrossClassResult | None = None, *, workers: int | None = None) -> Path:
     """Write index.html, summary.json and samples.csv into ``output_dir`` (created); return the HTML's path.
 
     ``cross_class``: the analysis of all audited classes together, shown in its own section of index.html
     and under the key ``cross_class`` of summary.json.
 
-    Raises ValueError when a class's per-sample arrays are not aligned with its sample ids.
+    ``workers``: how many processes draw the class pages of a report with pages (more than 20 classes) at
+    once; default: one per CPU this process may use; 1 draws them in this process. The pages are the same
+    bytes whatever the number. Each worker holds one class's figures at a time (about 100-150 MB resident
+    with matplotlib). A report on one page is always drawn in this process.
+
+    Raises ValueError when a class's per-sample arrays are not aligned with its sample ids, and RunError
+    naming the class whose page or section cannot be drawn (index.html is then not written).
     """
     # Imported here so that `import spray.report` stays cheap for code that only needs the name.
-    from spray.report.html import CLASS_PAGES, class_page, is_paged, iter_pages
+    from spray.report._pages import write_class_pages
+    from spray.report.html import CLASS_PAGES, PageContext, class_page, index_html, is_paged, ranked
     from spray.report.samples import samples_csv
     from spray.report.summary import build_summary, cross_class_summary
 
@@ -46,16 +55,30 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
     summary = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
     write_atomic(output_dir / "summary.json", summary + "\n")
     write_atomic(output_dir / "samples.csv", csv_text)
-    written = {class_page(result.class_index) for result in classes} if is_paged(classes) else set()
+    paged = is_paged(classes)
+    written = {class_page(result.class_index) for result in classes} if paged else set()
     pages_dir = output_dir / CLASS_PAGES
-    # Class pages of an earlier run into the same folder would be stale: remove those not written now.
+    # Class pages of an earlier run into the same folder would be stale: remove those not written now, and
+    # the temporary file of a page whose writer was killed (write_atomic's ".<index>.html.*.tmp").
     if pages_dir.is_dir():
         for stale in pages_dir.glob("*.html"):
             if stale.stem.isdigit() and f"{CLASS_PAGES}/{stale.name}" not in written:
                 stale.unlink()
+        for leftover in pages_dir.glob(".*.html.*.tmp"):
+            if leftover.name.split(".")[1].isdigit():
+                leftover.unlink(missing_ok=True)
+    context = PageContext.of(classes, run)
+
+    def draw_index() -> str:
+        return index_html(classes, run, paged, cross_class, context)
+
+    if paged:
+        pages_dir.mkdir(parents=True, exist_ok=True)
+        # index.html is drawn here while the workers draw the class pages
+        index = write_class_pages(output_dir, ranked(classes), context, workers, while_drawing=draw_index)
+    else:
+        index = draw_index()
     html_path = output_dir / "index.html"
     # index.html comes last: it links to the class pages, which exist by then
-    for relative, text in iter_pages(classes, run, cross_class=cross_class):
-        (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(output_dir / relative, text)
+    write_atomic(html_path, index)
     return html_path

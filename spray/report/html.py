@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ import numpy as np
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from spray.errors import RunError
 from spray.report import figures, images
 from spray.report.summary import (
     class_order_key,
@@ -405,32 +407,92 @@ def is_paged(classes: list[ClassResult]) -> bool:
     return len(classes) > MAX_CLASSES_ON_ONE_PAGE
 
 
+def ranked(classes: list[ClassResult]) -> list[ClassResult]:
+    """The classes in the report's order: flagged first, then by evidence (rank 1 is the first)."""
+    return sorted(classes, key=class_order_key)
+
+
+def drawing_failed(result: ClassResult, error: BaseException) -> RunError:
+    """The error for a class whose part of the report could not be drawn: it names the class."""
+    return RunError(f"the report of class {class_title(result.class_index, result.class_name)} could not be "
+                    f"drawn: {type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What every class page shows besides its class, made once per report (and sent once to each worker
+    process that draws pages): the number of ranked classes, the run's metadata and the colour scale."""
+
+    n_classes: int
+    run: dict[str, Any]
+    colorbar: str
+    spray_version: str
+
+    @classmethod
+    def of(cls, classes: list[ClassResult], run: RunInfo) -> "PageContext":
+        from spray import __version__
+
+        return cls(len(classes), _run_view(run), images.colorbar_tile(), __version__)
+
+
+class ClassPageRenderer:
+    """Draws the self-contained page ``classes/<index>.html`` of one class (the template is compiled once)."""
+
+    def __init__(self, context: PageContext) -> None:
+        self.context = context
+        self._template = _environment().get_template("class_page.html.j2")
+
+    def __call__(self, result: ClassResult, rank: int) -> str:
+        context = self.context
+        return self._template.render(
+            c=_class_view(result, rank), n_classes=context.n_classes, run=context.run,
+            colorbar=context.colorbar, summary_href="../index.html#summary", spray_version=context.spray_version)
+
+
+def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
+               cross_class: CrossClassResult | None = None, context: PageContext | None = None) -> str:
+    """index.html: with ``paged`` (default: ``is_paged(classes)``) the verdict, the ranked summary table
+    linking to the class pages, the skipped items and the run; otherwise every class's section as well.
+
+    Raises RunError naming the class whose section cannot be drawn.
+    """
+    paged = is_paged(classes) if paged is None else paged
+    context = context or PageContext.of(classes, run)
+    order = ranked(classes)
+    if paged:
+        rows = [_summary_row(result, rank, paged=True) for rank, result in enumerate(order, start=1)]
+    else:
+        rows = []
+        for rank, result in enumerate(order, start=1):
+            try:
+                rows.append(_class_view(result, rank))
+            except Exception as error:
+                raise drawing_failed(result, error) from error
+    return _environment().get_template("report.html.j2").render(
+        classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=context.run,
+        colorbar=context.colorbar, summary_href="#summary", spray_version=context.spray_version,
+        cross=_cross_class_view(cross_class, paged) if cross_class is not None else None)
+
+
 def iter_pages(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
                cross_class: CrossClassResult | None = None) -> Iterator[tuple[str, str]]:
-    """The report's pages as ``(path relative to the output folder, html)``, index.html last.
+    """The report's pages as ``(path relative to the output folder, html)``, index.html last, drawn in this
+    process one at a time (``spray.report.write_report`` can draw the class pages in worker processes).
 
     With ``paged`` (default: ``is_paged(classes)``) every class gets a self-contained ``classes/<index>.html``
     that index.html's summary table and verdict link to, each linking back; index.html then holds the
     verdict, the ranked summary table, the skipped items and the run. Pages are made one at a time, so a
-    many-class report holds one class's figures in memory, not all of them.
+    many-class report holds one class's figures in memory, not all of them. Raises RunError naming the class
+    whose page cannot be drawn.
     """
-    from spray import __version__
-
     paged = is_paged(classes) if paged is None else paged
-    ranked = sorted(classes, key=class_order_key)
-    environment = _environment()
-    run_view = _run_view(run)
-    colorbar = images.colorbar_tile()
+    context = PageContext.of(classes, run)
     if paged:
-        class_page_template = environment.get_template("class_page.html.j2")
-        for rank, result in enumerate(ranked, start=1):
-            yield class_page(result.class_index), class_page_template.render(
-                c=_class_view(result, rank), n_classes=len(ranked), run=run_view, colorbar=colorbar,
-                summary_href="../index.html#summary", spray_version=__version__)
-        rows = [_summary_row(result, rank, paged=True) for rank, result in enumerate(ranked, start=1)]
-    else:
-        rows = [_class_view(result, rank) for rank, result in enumerate(ranked, start=1)]
-    yield "index.html", environment.get_template("report.html.j2").render(
-        classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=run_view, colorbar=colorbar,
-        summary_href="#summary", spray_version=__version__,
-        cross=_cross_class_view(cross_class, paged) if cross_class is not None else None)
+        render = ClassPageRenderer(context)
+        for rank, result in enumerate(ranked(classes), start=1):
+            try:
+                page = render(result, rank)
+            except Exception as error:
+                raise drawing_failed(result, error) from error
+            yield class_page(result.class_index), page
+    yield "index.html", index_html(classes, run, paged, cross_class, context)
