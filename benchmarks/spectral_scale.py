@@ -12,11 +12,14 @@ same maps (same seed).
 Tools, each (tool, N) in a fresh process so that peak memory and imports are its own:
 
 - ``spray``: ``spray.analyse`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
-  affinity; exact up to ``EXACT_KNN_MAX_N``, approximate above, with measured recall), eigen (normalised
-  Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised eigenvectors),
-  and umap (``spray.analyse.embed`` with UMAP only, not part of ``seconds``). With ``--approximate-too``,
-  a second spray run per N up to ``--reference-max`` forces the approximate kNN graph (shown as
-  ``spray~``; in the JSON ``"tool": "spray"`` with ``"knn_method": "approximate"``).
+  affinity; exact up to ``EXACT_KNN_MAX_N``, projected on principal components up to
+  ``PROJECTED_KNN_MAX_N`` with its recall measured first, NN-descent above; the table shows which, e.g.
+  ``knn pca48``), eigen (normalised Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the
+  row-normalised eigenvectors), and umap (``spray.analyse.embed`` with UMAP only, not part of
+  ``seconds``). Everything a fresh process pays on first use counts: importing numba and loading spray's
+  compiled kernels is in knn. With ``--approximate-too``, a second spray run per N up to
+  ``--reference-max`` forces the NN-descent graph (shown as ``spray~``; in the JSON ``"tool": "spray"``
+  with ``"knn_method": "approximate"``).
 - ``sklearn``: what ``SpectralClustering(affinity="nearest_neighbors", n_neighbors=10,
   eigen_solver="arpack", n_clusters=<planted>)`` runs, called step by step through the same public
   functions (``kneighbors_graph``, ``spectral_embedding``, ``k_means``) so each step has a time.
@@ -45,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -163,7 +167,8 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
 
     def knn():
         indices, distances, description, recall = analyse._knn(maps, config.neighbors, knn_method, config.seed)
-        extra.update(knn=description, knn_recall=recall, knn_method=description.split(" ")[0])
+        # knn_method: what was asked for ("auto", or "approximate" forced); knn: what was done
+        extra.update(knn=description, knn_recall=recall, knn_method=knn_method)
         return analyse._affinity_from_neighbors(indices, distances)
 
     affinity = steps.run("knn", knn)
@@ -298,6 +303,14 @@ def _corelay_python(requested: str | None) -> str | None:
     return candidate if check.returncode == 0 else None
 
 
+def _knn_tag(description: str) -> str:
+    """"exact", "pca48" (projected on 48 principal components) or "nndescent", from spray's description."""
+    if description.startswith("exact"):
+        return "exact"
+    found = re.search(r"in (\d+) principal components", description)
+    return f"pca{found.group(1)}" if found else "nndescent"
+
+
 def _print_run(record: dict[str, Any]) -> None:
     if "error" in record:
         print(f"{record['tool']:>8} {record['n']:>8}  failed: {record['error']}", flush=True)
@@ -305,7 +318,7 @@ def _print_run(record: dict[str, Any]) -> None:
     steps = record["steps"]
     name = record["tool"] + ("~" if record.get("knn_method") == "approximate" else "")
     cells = "  ".join(f"{name} {steps[name]:7.2f}s" for name in ("knn", "eigen", "cluster", "umap") if name in steps)
-    extra = f"  recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
+    extra = f"  knn {_knn_tag(record['knn'])} recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
     extra += f"  components {record['n_components']}" if "n_components" in record else ""
     print(
         f"{name:>8} {record['n']:>8}  total {record['seconds']:8.2f}s  peak {record['peak_memory_mb']:8.0f} MB"
@@ -324,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-umap", action="store_true", help="skip spray's UMAP step")
     parser.add_argument(
         "--approximate-too", action="store_true",
-        help="up to --reference-max, also run spray with its approximate kNN forced (tool spray, knn_method approximate)",
+        help="up to --reference-max, also run spray with its NN-descent kNN forced (tool spray, knn_method approximate)",
     )
     parser.add_argument("--clusters", type=int, default=10, help="planted groups")
     parser.add_argument("--seed", type=int, default=0)

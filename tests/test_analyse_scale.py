@@ -1,10 +1,13 @@
 """Stage 3 at scale (spray.analyse): the large-N paths give what the exact small-N path gives.
 
 The large-N paths are switched on at small N by lowering their thresholds. Apart from the test file of
-the small-N path because the first approximate kNN graph in a process pays pynndescent's JIT (~15-20 s).
+the small-N path because the first projected or NN-descent kNN graph in a process loads compiled numba code
+(compiles it on a machine's first run: under a second for spray's kernels, ~20 s for pynndescent's).
 """
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 import pytest
@@ -70,7 +73,14 @@ def test_repeated_eigenvalues_of_identical_components_are_all_found():
     np.testing.assert_allclose(values, np.clip(np.repeat(single, 3), 0, None), atol=1e-9)
 
 
-def test_the_approximate_knn_path_matches_the_exact_path_at_2000_samples(monkeypatch):
+def test_n_2000_takes_the_exact_path():
+    maps, _ = heatmap_mixture(2000, 5)
+    result = spectral_analysis(maps, AnalysisConfig())
+    assert result.knn.startswith("exact") and result.knn_recall == 1.0
+
+
+@pytest.mark.parametrize("path", ["projected", "pynndescent"])
+def test_the_approximate_knn_paths_match_the_exact_path_at_2000_samples(monkeypatch, path):
     maps, truth = heatmap_mixture(2000, 5)
     config = AnalysisConfig()
     exact = spectral_analysis(maps, config)
@@ -78,14 +88,110 @@ def test_the_approximate_knn_path_matches_the_exact_path_at_2000_samples(monkeyp
 
     monkeypatch.setattr(analyse, "EXACT_KNN_MAX_N", 500)
     monkeypatch.setattr(analyse, "DENSE_EIGEN_MAX_N", 500)
+    if path == "pynndescent":
+        monkeypatch.setattr(analyse, "PROJECTED_KNN_MAX_N", 500)
     scaled = spectral_analysis(maps, config)
-    assert scaled.knn.startswith("approximate (pynndescent") and "recall@10 1.000" in scaled.knn
+    expected = {
+        "projected": "approximate (40 nearest in 48 principal components",
+        "pynndescent": "approximate (pynndescent",
+    }[path]
+    assert scaled.knn.startswith(expected) and "recall@10 1.000" in scaled.knn
     assert scaled.knn_recall == 1.0
     assert scaled.eigensolver.startswith("ARPACK")
     np.testing.assert_allclose(scaled.eigenvalues, exact.eigenvalues, rtol=0, atol=1e-6)
     assert scaled.n_clusters == exact.n_clusters == 5
     assert adjusted_rand_score(exact.labels, scaled.labels) >= 0.99
     assert adjusted_rand_score(truth, scaled.labels) >= 0.99
+
+
+def test_the_projected_path_clusters_planted_mixtures_as_the_exact_path_does(monkeypatch):
+    # Gaussian groups in 256 dimensions: unlike heatmaps, most of each map's variance is noise spread over
+    # all components, so the projected search needs many of them (192 here) and may still miss a few
+    # neighbours; the clustering must not change
+    maps, truth = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
+    config = AnalysisConfig()
+    exact = spectral_analysis(maps, config)
+    monkeypatch.setattr(analyse, "EXACT_KNN_MAX_N", 500)
+    scaled = spectral_analysis(maps, config)
+    assert scaled.knn.startswith("approximate (") and "principal components" in scaled.knn
+    assert scaled.knn_recall >= analyse.PROJECTED_KNN_MIN_RECALL
+    assert scaled.n_clusters == exact.n_clusters == 4
+    assert adjusted_rand_score(exact.labels, scaled.labels) >= 0.99
+    np.testing.assert_allclose(scaled.eigenvalues[:8], exact.eigenvalues[:8], rtol=0, atol=5e-3)
+
+
+def test_projected_candidates_are_the_exact_nearest_in_principal_coordinates(monkeypatch):
+    monkeypatch.setattr(analyse, "PROJECTED_GROUP_SIZE", 64)  # many groups, most of them skipped
+    rng = np.random.default_rng(3)
+    points = (rng.normal(size=(12, 16)) * 4)[rng.integers(0, 12, 3000)] + rng.normal(size=(3000, 16))
+    points = points.astype(np.float32)
+    partition = analyse._Partition.build(points, seed=0)
+    found = partition.order[analyse._projected_candidates(partition, 25)][np.argsort(partition.order)]
+    d2 = ((points[:, None, :].astype(np.float64) - points[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d2, np.inf)
+    expected = np.argsort(d2, axis=1)[:, :25]
+    assert all(set(a) == set(b) for a, b in zip(found, expected))
+
+
+def test_the_measured_recall_is_the_recall_of_the_projected_search():
+    maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
+    rows = analyse._recall_sample(len(maps), seed=0, sample=300)
+    coordinates = analyse._principal_coordinates(maps, 16, seed=0)
+    recall, _ = analyse._projected_recall(maps, coordinates, rows, 10, 20)
+    indices, _ = analyse._projected_knn(maps, coordinates, 10, 20, seed=0)
+    assert 0 < recall < 0.95  # 16 components of 256 lose neighbours here
+    assert recall == analyse._estimate_recall(maps, indices, seed=0, sample=300)
+
+
+def test_the_projected_search_widens_until_its_recall_is_reached(monkeypatch):
+    maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
+    monkeypatch.setattr(analyse, "PROJECTED_KNN_STEPS", ((8, 2), (256, 4)))
+    indices, distances, description, recall = analyse._knn(maps, 10, "projected")
+    assert "40 nearest in 256 principal components" in description and recall == 1.0
+    expected_indices, expected_distances = analyse._exact_knn(maps, 10)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fallback", ["exact", "pynndescent"])
+def test_a_projected_search_below_the_recall_threshold_falls_back(monkeypatch, fallback):
+    maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
+    monkeypatch.setattr(analyse, "PROJECTED_KNN_STEPS", ((8, 2), (16, 2)))
+    if fallback == "pynndescent":
+        monkeypatch.setattr(analyse, "EXACT_KNN_FALLBACK_MAX_N", 1000)
+    indices, distances, description, recall = analyse._knn(maps, 10, "projected")
+    assert "recall@10 was 0." in description and "with 8 components, 0." in description
+    assert f"with 16 components (below {analyse.PROJECTED_KNN_MIN_RECALL})" in description
+    if fallback == "exact":
+        assert description.startswith("exact (brute force") and recall == 1.0
+        np.testing.assert_array_equal(indices, analyse._exact_knn(maps, 10)[0])
+    else:
+        assert description.startswith("approximate (pynndescent") and 0 < recall <= 1
+
+
+def test_the_candidate_selection_keeps_the_smallest():
+    from spray import _knn_kernels
+
+    rng = np.random.default_rng(0)
+    for size, keep in ((10, 1), (80, 40), (81, 40), (200, 7)):
+        values = rng.integers(0, 20, size).astype(np.float32)  # many ties
+        indices = np.arange(size, dtype=np.int64)
+        original = values.copy()
+        _knn_kernels.keep_smallest(values, indices, size, keep)
+        assert np.array_equal(np.sort(values[:keep]), np.sort(original)[:keep])
+        assert np.array_equal(original[indices], values)  # indices moved along
+
+
+def test_pynndescent_gets_stable_numba_identities_and_its_cache():
+    from numba.core.caching import NullCache
+
+    analyse._import_pynndescent()
+    import pynndescent.distances
+    import pynndescent.pynndescent_
+
+    distance = pynndescent.distances.squared_euclidean
+    assert distance._uuid == str(uuid.uuid5(uuid.NAMESPACE_URL, "spray-numba:pynndescent.distances.squared_euclidean"))
+    assert not isinstance(pynndescent.pynndescent_.process_candidates._cache, NullCache)
 
 
 def test_t_sne_of_many_samples_embeds_a_sample_and_places_the_rest(monkeypatch):
