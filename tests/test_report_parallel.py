@@ -1,5 +1,6 @@
-"""The class pages of a many-class report are drawn by worker processes: same bytes as drawn in-process,
-a failure names its class, index.html is written last and a one-page report starts no process."""
+"""A many-class report in bounded memory: class pages drawn by worker processes (same bytes as drawn
+in-process, a failure names its class, index.html written last, no process for a one-page report) and
+samples.csv written class by class."""
 
 from __future__ import annotations
 
@@ -104,3 +105,14 @@ def test_a_report_on_one_page_or_with_one_worker_starts_no_process(tmp_path, mon
     (tmp_path / "one-worker" / "classes").mkdir(parents=True)
     _pages.write_class_pages(tmp_path / "one-worker", classes, PageContext.of(classes, synthetic_run()), workers=1)
     assert (tmp_path / "one-worker" / "classes" / "0.html").is_file()
+
+
+def test_samples_csv_written_class_by_class_is_the_text_of_the_whole_table(tmp_path):
+    from spray.report.samples import samples_csv, write_samples_csv
+
+    classes = small_classes(3)
+    classes[0].ids[0] = 'a, "quoted"\nid'
+    classes[1].embeddings = {}  # empty tsne columns for this class
+    for chosen in (classes, []):
+        write_samples_csv(tmp_path / "samples.csv", chosen)
+        assert (tmp_path / "samples.csv").read_bytes() == samples_csv(chosen).encode("utf-8")

@@ -43,18 +43,21 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
     # Imported here so that `import spray.report` stays cheap for code that only needs the name.
     from spray.report._pages import write_class_pages
     from spray.report.html import CLASS_PAGES, PageContext, class_page, index_html, is_paged, ranked
-    from spray.report.samples import samples_csv
+    from spray.report.samples import check_aligned, write_samples_csv
     from spray.report.summary import build_summary, cross_class_summary
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    csv_text = samples_csv(classes)  # validates the alignment of every class first
+    for result in classes:  # before anything is written
+        check_aligned(result)
     document = build_summary(classes, run)
     if cross_class is not None:
         document["cross_class"] = cross_class_summary(cross_class)
     summary = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    del document
     write_atomic(output_dir / "summary.json", summary + "\n")
-    write_atomic(output_dir / "samples.csv", csv_text)
+    del summary
+    write_samples_csv(output_dir / "samples.csv", classes)  # class by class, not the whole table at once
     paged = is_paged(classes)
     written = {class_page(result.class_index) for result in classes} if paged else set()
     pages_dir = output_dir / CLASS_PAGES

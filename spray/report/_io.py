@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 
 def _process_umask() -> int:
@@ -18,20 +20,20 @@ def _process_umask() -> int:
 _FILE_MODE = 0o666 & ~_process_umask()
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write in parts that becomes ``path`` when the block ends, and vanishes on an error.
 
-    The temporary file lives next to the target so that ``os.replace`` is a rename on one file system,
-    which POSIX and Windows both make atomic.
+    It is a temporary file next to the target, renamed with ``os.replace``: on one file system, POSIX and
+    Windows both make the rename atomic.
     """
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):  # POSIX; on Windows the default permissions are fine
             os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -42,4 +44,11 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` (str as UTF-8) to ``path`` atomically (see ``atomic_writer``)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_writer(path) as handle:
+        handle.write(payload)
+    return Path(path)

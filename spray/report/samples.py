@@ -8,9 +8,13 @@ flagged. Read ids with ``pd.read_csv(path, dtype={"id": str})`` so that ids such
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from spray.report._io import atomic_writer
 from spray.results import ClassResult
 
 BASE_COLUMNS = ["id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation"]
@@ -53,34 +57,40 @@ def embedding_names(classes: list[ClassResult]) -> list[str]:
     return preferred + sorted(names - set(preferred))
 
 
+def _columns(classes: list[ClassResult]) -> tuple[list[str], list[str]]:
+    names = embedding_names(classes)
+    return names, BASE_COLUMNS + [f"{name}_{axis}" for name in names for axis in ("x", "y")]
+
+
+def _class_frame(result: ClassResult, names: list[str], columns: list[str]) -> pd.DataFrame:
+    check_aligned(result)
+    cluster_labels = np.asarray(result.cluster_labels, dtype=np.int64)
+    flagged_ids = {int(cluster.id) for cluster in result.clusters if cluster.flagged}
+    data: dict[str, object] = {
+        "id": [str(sample_id) for sample_id in result.ids],
+        "class": np.full(result.n_samples, int(result.class_index), dtype=np.int64),
+        "label": np.asarray(result.labels, dtype=np.int64),
+        "prediction": np.asarray(result.predictions, dtype=np.int64),
+        "logit": np.asarray(result.logits, dtype=np.float64),
+        "cluster": cluster_labels,
+        "flagged": np.isin(cluster_labels, sorted(flagged_ids)),
+        "conservation": np.asarray(result.conservation, dtype=np.float64),
+    }
+    for name in names:
+        coords = result.embeddings.get(name)
+        for axis, column in (("x", 0), ("y", 1)):
+            data[f"{name}_{axis}"] = (
+                np.asarray(coords, dtype=np.float64)[:, column]
+                if coords is not None
+                else np.full(result.n_samples, np.nan)
+            )
+    return pd.DataFrame(data, columns=columns)
+
+
 def samples_frame(classes: list[ClassResult]) -> pd.DataFrame:
     """The rows of samples.csv as a DataFrame (also empty, with its columns, when no class was audited)."""
-    names = embedding_names(classes)
-    columns = BASE_COLUMNS + [f"{name}_{axis}" for name in names for axis in ("x", "y")]
-    frames = []
-    for result in classes:
-        check_aligned(result)
-        cluster_labels = np.asarray(result.cluster_labels, dtype=np.int64)
-        flagged_ids = {int(cluster.id) for cluster in result.clusters if cluster.flagged}
-        data: dict[str, object] = {
-            "id": [str(sample_id) for sample_id in result.ids],
-            "class": np.full(result.n_samples, int(result.class_index), dtype=np.int64),
-            "label": np.asarray(result.labels, dtype=np.int64),
-            "prediction": np.asarray(result.predictions, dtype=np.int64),
-            "logit": np.asarray(result.logits, dtype=np.float64),
-            "cluster": cluster_labels,
-            "flagged": np.isin(cluster_labels, sorted(flagged_ids)),
-            "conservation": np.asarray(result.conservation, dtype=np.float64),
-        }
-        for name in names:
-            coords = result.embeddings.get(name)
-            for axis, column in (("x", 0), ("y", 1)):
-                data[f"{name}_{axis}"] = (
-                    np.asarray(coords, dtype=np.float64)[:, column]
-                    if coords is not None
-                    else np.full(result.n_samples, np.nan)
-                )
-        frames.append(pd.DataFrame(data, columns=columns))
+    names, columns = _columns(classes)
+    frames = [_class_frame(result, names, columns) for result in classes]
     if not frames:
         return pd.DataFrame({column: [] for column in columns}, columns=columns)
     return pd.concat(frames, ignore_index=True)
@@ -89,3 +99,23 @@ def samples_frame(classes: list[ClassResult]) -> pd.DataFrame:
 def samples_csv(classes: list[ClassResult]) -> str:
     """samples.csv as text (full float precision; missing values as empty fields)."""
     return samples_frame(classes).to_csv(index=False, lineterminator="\n")
+
+
+def write_samples_csv(path: Path, classes: list[ClassResult]) -> Path:
+    """Write samples.csv (the text of ``samples_csv``) atomically, class by class: a million-sample audit
+    does not build its whole table, nor its text, in memory.
+
+    Raises ValueError, before anything is written, when a class's per-sample arrays are misaligned.
+    """
+    for result in classes:
+        check_aligned(result)
+    names, columns = _columns(classes)
+    with atomic_writer(path) as handle:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        pd.DataFrame({column: [] for column in columns}, columns=columns).to_csv(
+            text, index=False, lineterminator="\n")
+        for result in classes:
+            _class_frame(result, names, columns).to_csv(text, index=False, header=False, lineterminator="\n")
+        text.flush()
+        text.detach()  # the handle is closed by atomic_writer
+    return Path(path)
