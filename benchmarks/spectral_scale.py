@@ -158,7 +158,7 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
     import scipy.sparse.csgraph
 
     sys.path.insert(0, str(REPOSITORY))
-    from spray import analyse
+    from spray import analyse, neighbors
     from spray.config import AnalysisConfig, EmbeddingConfig
 
     config = AnalysisConfig(neighbors=NEIGHBORS, eigenvalues=EIGENVALUES, seed=seed)
@@ -166,7 +166,7 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
     extra: dict[str, Any] = {}
 
     def knn():
-        indices, distances, description, recall = analyse._knn(maps, config.neighbors, knn_method, config.seed)
+        indices, distances, description, recall = neighbors.nearest_neighbors(maps, config.neighbors, knn_method, config.seed)
         # knn_method: what was asked for ("auto", or "approximate" forced); knn: what was done
         extra.update(knn=description, knn_recall=recall, knn_method=knn_method)
         return analyse._affinity_from_neighbors(indices, distances)

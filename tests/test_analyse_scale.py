@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse
 from sklearn.metrics import adjusted_rand_score
 
-from spray import analyse
+from spray import analyse, neighbors
 from spray.analyse import embed, knn_affinity, normalized_laplacian, smallest_eigenpairs, spectral_analysis
 from spray.config import AnalysisConfig, EmbeddingConfig
 
@@ -86,10 +86,10 @@ def test_the_approximate_knn_paths_match_the_exact_path_at_2000_samples(monkeypa
     exact = spectral_analysis(maps, config)
     assert exact.knn.startswith("exact") and exact.knn_recall == 1.0
 
-    monkeypatch.setattr(analyse, "EXACT_KNN_MAX_N", 500)
+    monkeypatch.setattr(neighbors, "EXACT_KNN_MAX_N", 500)
     monkeypatch.setattr(analyse, "DENSE_EIGEN_MAX_N", 500)
     if path == "pynndescent":
-        monkeypatch.setattr(analyse, "PROJECTED_KNN_MAX_N", 500)
+        monkeypatch.setattr(neighbors, "PROJECTED_KNN_MAX_N", 500)
     scaled = spectral_analysis(maps, config)
     expected = {
         "projected": "approximate (40 nearest in 48 principal components",
@@ -111,22 +111,22 @@ def test_the_projected_path_clusters_planted_mixtures_as_the_exact_path_does(mon
     maps, truth = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
     config = AnalysisConfig()
     exact = spectral_analysis(maps, config)
-    monkeypatch.setattr(analyse, "EXACT_KNN_MAX_N", 500)
+    monkeypatch.setattr(neighbors, "EXACT_KNN_MAX_N", 500)
     scaled = spectral_analysis(maps, config)
     assert scaled.knn.startswith("approximate (") and "principal components" in scaled.knn
-    assert scaled.knn_recall >= analyse.PROJECTED_KNN_MIN_RECALL
+    assert scaled.knn_recall >= neighbors.PROJECTED_KNN_MIN_RECALL
     assert scaled.n_clusters == exact.n_clusters == 4
     assert adjusted_rand_score(exact.labels, scaled.labels) >= 0.99
     np.testing.assert_allclose(scaled.eigenvalues[:8], exact.eigenvalues[:8], rtol=0, atol=5e-3)
 
 
 def test_projected_candidates_are_the_exact_nearest_in_principal_coordinates(monkeypatch):
-    monkeypatch.setattr(analyse, "PROJECTED_GROUP_SIZE", 64)  # many groups, most of them skipped
+    monkeypatch.setattr(neighbors, "PROJECTED_GROUP_SIZE", 64)  # many groups, most of them skipped
     rng = np.random.default_rng(3)
     points = (rng.normal(size=(12, 16)) * 4)[rng.integers(0, 12, 3000)] + rng.normal(size=(3000, 16))
     points = points.astype(np.float32)
-    partition = analyse._Partition.build(points, seed=0)
-    found = partition.order[analyse._projected_candidates(partition, 25)][np.argsort(partition.order)]
+    partition = neighbors._Partition.build(points, seed=0)
+    found = partition.order[neighbors._projected_candidates(partition, 25)][np.argsort(partition.order)]
     d2 = ((points[:, None, :].astype(np.float64) - points[None, :, :]) ** 2).sum(axis=2)
     np.fill_diagonal(d2, np.inf)
     expected = np.argsort(d2, axis=1)[:, :25]
@@ -135,20 +135,20 @@ def test_projected_candidates_are_the_exact_nearest_in_principal_coordinates(mon
 
 def test_the_measured_recall_is_the_recall_of_the_projected_search():
     maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
-    rows = analyse._recall_sample(len(maps), seed=0, sample=300)
-    coordinates = analyse._principal_coordinates(maps, 16, seed=0)
-    recall, _ = analyse._projected_recall(maps, coordinates, rows, 10, 20)
-    indices, _ = analyse._projected_knn(maps, coordinates, 10, 20, seed=0)
+    rows = neighbors._recall_sample(len(maps), seed=0, sample=300)
+    coordinates = neighbors._principal_coordinates(maps, 16, seed=0)
+    recall, _ = neighbors._projected_recall(maps, coordinates, rows, 10, 20)
+    indices, _ = neighbors._projected_knn(maps, coordinates, 10, 20, seed=0)
     assert 0 < recall < 0.95  # 16 components of 256 lose neighbours here
-    assert recall == analyse._estimate_recall(maps, indices, seed=0, sample=300)
+    assert recall == neighbors._estimate_recall(maps, indices, seed=0, sample=300)
 
 
 def test_the_projected_search_widens_until_its_recall_is_reached(monkeypatch):
     maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
-    monkeypatch.setattr(analyse, "PROJECTED_KNN_STEPS", ((8, 2), (256, 4)))
-    indices, distances, description, recall = analyse._knn(maps, 10, "projected")
+    monkeypatch.setattr(neighbors, "PROJECTED_KNN_STEPS", ((8, 2), (256, 4)))
+    indices, distances, description, recall = neighbors.nearest_neighbors(maps, 10, "projected")
     assert "40 nearest in 256 principal components" in description and recall == 1.0
-    expected_indices, expected_distances = analyse._exact_knn(maps, 10)
+    expected_indices, expected_distances = neighbors._exact_knn(maps, 10)
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(distances, expected_distances, rtol=1e-6)
 
@@ -156,15 +156,15 @@ def test_the_projected_search_widens_until_its_recall_is_reached(monkeypatch):
 @pytest.mark.parametrize("fallback", ["exact", "pynndescent"])
 def test_a_projected_search_below_the_recall_threshold_falls_back(monkeypatch, fallback):
     maps, _ = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
-    monkeypatch.setattr(analyse, "PROJECTED_KNN_STEPS", ((8, 2), (16, 2)))
+    monkeypatch.setattr(neighbors, "PROJECTED_KNN_STEPS", ((8, 2), (16, 2)))
     if fallback == "pynndescent":
-        monkeypatch.setattr(analyse, "EXACT_KNN_FALLBACK_MAX_N", 1000)
-    indices, distances, description, recall = analyse._knn(maps, 10, "projected")
+        monkeypatch.setattr(neighbors, "EXACT_KNN_FALLBACK_MAX_N", 1000)
+    indices, distances, description, recall = neighbors.nearest_neighbors(maps, 10, "projected")
     assert "recall@10 was 0." in description and "with 8 components, 0." in description
-    assert f"with 16 components (below {analyse.PROJECTED_KNN_MIN_RECALL})" in description
+    assert f"with 16 components (below {neighbors.PROJECTED_KNN_MIN_RECALL})" in description
     if fallback == "exact":
         assert description.startswith("exact (brute force") and recall == 1.0
-        np.testing.assert_array_equal(indices, analyse._exact_knn(maps, 10)[0])
+        np.testing.assert_array_equal(indices, neighbors._exact_knn(maps, 10)[0])
     else:
         assert description.startswith("approximate (pynndescent") and 0 < recall <= 1
 
@@ -185,7 +185,7 @@ def test_the_candidate_selection_keeps_the_smallest():
 def test_pynndescent_gets_stable_numba_identities_and_its_cache():
     from numba.core.caching import NullCache
 
-    analyse._import_pynndescent()
+    neighbors._import_pynndescent()
     import pynndescent.distances
     import pynndescent.pynndescent_
 
