@@ -1,6 +1,6 @@
 """A many-class report in bounded memory: class pages drawn by worker processes (same bytes as drawn
-in-process, a failure names its class, index.html written last, no process for a one-page report) and
-samples.csv written class by class."""
+in-process, a failure names its class, index.html written last, no process for a one-page report),
+samples.csv written class by class and summary.json streamed into its file."""
 
 from __future__ import annotations
 
@@ -116,3 +116,15 @@ def test_samples_csv_written_class_by_class_is_the_text_of_the_whole_table(tmp_p
     for chosen in (classes, []):
         write_samples_csv(tmp_path / "samples.csv", chosen)
         assert (tmp_path / "samples.csv").read_bytes() == samples_csv(chosen).encode("utf-8")
+
+
+def test_summary_json_streamed_into_its_file_is_the_text_of_the_whole_document(tmp_path):
+    import json
+
+    from spray.report.summary import build_summary
+
+    classes, run = small_classes(3), synthetic_run()
+    classes[0].class_name = "zéro \"quoted\""
+    write_report(tmp_path, classes, run)
+    expected = json.dumps(build_summary(classes, run), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    assert (tmp_path / "summary.json").read_bytes() == expected.encode("utf-8")

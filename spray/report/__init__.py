@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spray.report._io import write_atomic
+from spray.report._io import atomic_text_writer, write_atomic
 from spray.results import ClassResult, CrossClassResult, RunInfo
 
 __all__ = ["write_report"]
@@ -53,10 +53,11 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
     document = build_summary(classes, run)
     if cross_class is not None:
         document["cross_class"] = cross_class_summary(cross_class)
-    summary = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+    # Streamed into the file (not built as one string first): a million-sample audit's summary lists every id.
+    with atomic_text_writer(output_dir / "summary.json") as text:
+        json.dump(document, text, indent=2, ensure_ascii=False, allow_nan=False)
+        text.write("\n")
     del document
-    write_atomic(output_dir / "summary.json", summary + "\n")
-    del summary
     write_samples_csv(output_dir / "samples.csv", classes)  # class by class, not the whole table at once
     paged = is_paged(classes)
     written = {class_page(result.class_index) for result in classes} if paged else set()

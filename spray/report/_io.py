@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, TextIO
 
 
 def _process_umask() -> int:
@@ -44,6 +45,16 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         except FileNotFoundError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def atomic_text_writer(path: Path) -> Iterator[TextIO]:
+    """``atomic_writer`` for text: UTF-8, newlines written as given (as ``write_atomic`` writes a str)."""
+    with atomic_writer(path) as handle:
+        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+        yield text
+        text.flush()
+        text.detach()  # the file is closed by atomic_writer
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:

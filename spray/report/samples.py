@@ -8,13 +8,12 @@ flagged. Read ids with ``pd.read_csv(path, dtype={"id": str})`` so that ids such
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from spray.report._io import atomic_writer
+from spray.report._io import atomic_text_writer
 from spray.results import ClassResult
 
 BASE_COLUMNS = ["id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation"]
@@ -110,12 +109,9 @@ def write_samples_csv(path: Path, classes: list[ClassResult]) -> Path:
     for result in classes:
         check_aligned(result)
     names, columns = _columns(classes)
-    with atomic_writer(path) as handle:
-        text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
+    with atomic_text_writer(path) as text:
         pd.DataFrame({column: [] for column in columns}, columns=columns).to_csv(
             text, index=False, lineterminator="\n")
         for result in classes:
             _class_frame(result, names, columns).to_csv(text, index=False, header=False, lineterminator="\n")
-        text.flush()
-        text.detach()  # the handle is closed by atomic_writer
     return Path(path)
