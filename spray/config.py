@@ -231,7 +231,7 @@ class DaskConfig(_Section):
     scheduler: Literal["threads", "processes", "synchronous"] = Field(
         default="threads", description="local scheduler when no address is given"
     )
-    workers: Optional[int] = Field(default=None, ge=1, description="local workers (default: one per core)")
+    workers: Optional[int] = Field(default=None, ge=1, description="local workers (default: one per core); also the processes drawing the report's class pages (default: one per core, at most 8)")
 
 
 class DemoConfig(_Section):

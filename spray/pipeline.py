@@ -399,7 +399,10 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     )
     from spray.report import write_report
 
-    report = write_report(Path(config.output), results, run, cross_result)
+    # the synchronous scheduler is for debugging: the report is drawn in this process too
+    in_process = config.dask.scheduler == "synchronous" and not config.dask.address
+    report = write_report(Path(config.output), results, run, cross_result,
+                          workers=1 if in_process else config.dask.workers)
     return AuditOutcome(report, results, stages, skipped_classes, cross_result)
 
 

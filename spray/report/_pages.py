@@ -32,12 +32,19 @@ _T = TypeVar("_T")
 _worker: tuple[Path, ClassPageRenderer] | None = None
 
 
+# Each worker holds ~110 MB (matplotlib, a compiled template); past a few workers the report is limited by
+# writing, and a 64-core node would spend 7 GB on page drawers. 8 workers draw 1,000 pages in well under a minute.
+MAX_DEFAULT_WORKERS = 8
+
+
 def default_workers() -> int:
-    """The CPUs this process may run on (its affinity where the platform says, else the CPU count)."""
+    """The CPUs this process may run on (its affinity where the platform says, else the CPU count), at most
+    ``MAX_DEFAULT_WORKERS``."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
 def _matplotlib_settings() -> dict[str, Any]:
