@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py (scripts run from benchmarks/)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 MAP_SIDE = 32
 
@@ -69,13 +71,6 @@ def _model(seed: int):
     )
 
 
-def _resident_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_one(folder: Path, mode: str, side: int, clusters: int, batch_size: int, seed: int) -> dict[str, Any]:
     """One run, in this process: returns seconds, memory and the evidence."""
     import torch
@@ -93,7 +88,7 @@ def run_one(folder: Path, mode: str, side: int, clusters: int, batch_size: int, 
     labels = np.where(np.arange(n) < n // 4, 0, 1 + np.arange(n) % (clusters - 1))
     model = _model(seed)
     recipients, _, _ = load_pixels([Sample(p.name, p, 1) for p in others], image)
-    before = _resident_mb("VmRSS")
+    before = rss_mb()
     started = time.perf_counter()
     if mode == "whole class":
         pixels, _, _ = load_pixels(members, image)
@@ -104,7 +99,7 @@ def run_one(folder: Path, mode: str, side: int, clusters: int, batch_size: int, 
                 yield batch.pixels
     scored = score_clusters(model, 0, batches, maps, labels, recipients, image, FlaggingConfig(seed=seed))
     seconds = time.perf_counter() - started
-    peak = _resident_mb("VmHWM")
+    peak = peak_rss_mb()
     return {
         "mode": mode, "n_images": n, "side": side, "seconds": seconds, "peak_memory_mb": peak,
         "stage_memory_mb": peak - before,

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py (scripts run from benchmarks/)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
@@ -57,14 +59,6 @@ def build_classes(n: int, args: argparse.Namespace) -> list:
     ]
 
 
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _reset_peak_rss() -> None:
     """Start VmHWM again from the current resident memory (Linux 4.0+)."""
     try:
@@ -72,11 +66,6 @@ def _reset_peak_rss() -> None:
             clear_refs.write("5")
     except OSError:
         pass
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _cpu_seconds(who: int) -> float:
@@ -124,10 +113,10 @@ def one_run(classes_file: str, output: str, workers: int) -> dict[str, Any]:
     from spray.report import write_report
     from spray.report.synthetic import synthetic_run
 
-    before = _rss_mb()
+    before = rss_mb()
     with open(classes_file, "rb") as handle:
         classes = pickle.load(handle)
-    input_mb = _rss_mb() - before
+    input_mb = rss_mb() - before
     run = synthetic_run()
     gc.collect()
     _reset_peak_rss()  # the peak of loading the pickle is not the report's
@@ -141,7 +130,7 @@ def one_run(classes_file: str, output: str, workers: int) -> dict[str, Any]:
         "seconds": seconds,
         "cpu_seconds": _cpu_seconds(resource.RUSAGE_SELF) - cpu_self
         + _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_children,
-        "peak_memory_mb": _peak_rss_mb(),
+        "peak_memory_mb": peak_rss_mb(),
         "worker_peak_memory_mb": max(worker_memory.peak_mb.values(), default=None),
         "n_worker_processes": len(worker_memory.peak_mb),
         "input_mb": input_mb,

@@ -58,6 +58,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py (scripts run from benchmarks/)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 EIGENVALUES = 32
 NEIGHBORS = 10
@@ -110,19 +112,6 @@ def synthetic_heatmaps(
 # ----------------------------------------------------------------------------------------------- memory
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class Steps:
     """Times each step and samples resident memory every 5 ms while it runs."""
 
@@ -131,12 +120,12 @@ class Steps:
         self.peak_mb: dict[str, float] = {}
 
     def run(self, name: str, function: Callable[[], Any]) -> Any:
-        peak = [_rss_mb()]
+        peak = [rss_mb()]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.005):
-                peak[0] = max(peak[0], _rss_mb())
+                peak[0] = max(peak[0], rss_mb())
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -147,7 +136,7 @@ class Steps:
             self.seconds[name] = time.perf_counter() - start
             done.set()
             sampler.join()
-            self.peak_mb[name] = max(peak[0], _rss_mb())
+            self.peak_mb[name] = max(peak[0], rss_mb())
         return result
 
 
@@ -267,7 +256,7 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float
         "n": n,
         "noise": noise,
         "seconds": round(sum(steps.seconds[name] for name in analysis), 3),
-        "peak_memory_mb": round(_peak_rss_mb(), 1),
+        "peak_memory_mb": round(peak_rss_mb(), 1),
         "input_mb": round(input_mb, 1),
         "steps": {name: round(value, 3) for name, value in steps.seconds.items()},
         "step_peak_mb": {name: round(value, 1) for name, value in steps.peak_mb.items()},
