@@ -129,8 +129,8 @@ class _Plan:
     region: np.ndarray  # (h, w) bool, preprocessing resolution
     mask: np.ndarray  # (H, W) bool, image resolution
     donors: tuple[np.ndarray, np.ndarray]  # (M,) sample positions: members', the rest's (the control)
-    member_sum: np.ndarray  # region pattern sums over the members (float64), then their mean
-    rest_sum: np.ndarray
+    member_pattern: np.ndarray  # the members' mean region pattern (summed in float64 during pass 1, then divided)
+    rest_pattern: np.ndarray  # the rest of the class's, likewise
     pasted_logits: tuple[np.ndarray, np.ndarray]  # (M,) recipients' logits with the donors' region pasted
     pasted_is_class: tuple[np.ndarray, np.ndarray]  # (M,) ... and whether they then are the audited class
     to_members: np.ndarray  # (N,) mean squared distance of each sample's pattern to the members' mean
@@ -203,8 +203,8 @@ def score_clusters(
         for plan in plans:
             patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
             inside = plan.members[positions]
-            plan.member_sum += patterns[inside].sum(0, dtype=np.float64)
-            plan.rest_sum += patterns[~inside].sum(0, dtype=np.float64)
+            plan.member_pattern += patterns[inside].sum(0, dtype=np.float64)
+            plan.rest_pattern += patterns[~inside].sum(0, dtype=np.float64)
             for donors, pasted_logits, pasted_is_class in zip(plan.donors, plan.pasted_logits, plan.pasted_is_class):
                 slots = np.flatnonzero((donors >= positions[0]) & (donors <= positions[-1]))
                 if len(slots):
@@ -218,8 +218,8 @@ def score_clusters(
     recipient_logits, recipient_is_class = scorer(recipients) if len(recipients) else (np.zeros(0), np.zeros(0, bool))
     background = ((image_sum + recipients.sum(0, dtype=np.float64)) / (n + len(recipients))).astype(np.float32)
     for plan in plans:
-        plan.member_sum = (plan.member_sum / plan.members.sum()).astype(np.float32)
-        plan.rest_sum = (plan.rest_sum / (~plan.members).sum()).astype(np.float32)
+        plan.member_pattern = (plan.member_pattern / plan.members.sum()).astype(np.float32)
+        plan.rest_pattern = (plan.rest_pattern / (~plan.members).sum()).astype(np.float32)
 
     # Pass 2: each sample's distances to those mean patterns, and its logit with each cluster's region filled.
     seen = 0
@@ -229,8 +229,8 @@ def score_clusters(
         replacement = np.broadcast_to(background, pixels.shape) if config.fill == "mean" else _blurred(pixels)
         for plan in plans:
             patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
-            plan.to_members[positions] = ((patterns - plan.member_sum) ** 2).mean(1)
-            plan.to_rest[positions] = ((patterns - plan.rest_sum) ** 2).mean(1)
+            plan.to_members[positions] = ((patterns - plan.member_pattern) ** 2).mean(1)
+            plan.to_rest[positions] = ((patterns - plan.rest_pattern) ** 2).mean(1)
             masked = pixels.copy()
             masked[:, plan.mask, :] = replacement[:, plan.mask, :]
             plan.masked_logits[positions] = scorer(masked)[0]
