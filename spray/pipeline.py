@@ -39,7 +39,7 @@ from dask.base import tokenize
 
 from spray import __version__
 from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
-from spray.cache import Entry, cached, cached_stream
+from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
 from spray.config import SprayConfig
 from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
                         read_pixels)
@@ -366,15 +366,18 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     else:
         temporary = directory = Path(tempfile.mkdtemp(prefix="spray-run-"))
     directory.mkdir(parents=True, exist_ok=True)
+    sweep_stale(directory)
     try:
-        with _scheduler(config) as options, _progress(progress and not config.dask.address):
-            gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
-            graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
-            cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
-            computed, cross_entry = dask.compute(graph, cross, **options)
-        by_class = dataset.by_class()
-        results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
-        cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
+        for attempt in range(_CORRUPT_ATTEMPTS):
+            try:
+                computed, cross_entry, results, cross_result = _compute(
+                    config, dataset, classes, directory, token, progress)
+                break
+            except CorruptEntry:
+                # the damaged entry was found while a chunk was read and is gone now: running the graph
+                # again recomputes it (and every entry that was being computed from it)
+                if attempt == _CORRUPT_ATTEMPTS - 1:
+                    raise
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -404,6 +407,26 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     report = write_report(Path(config.output), results, run, cross_result,
                           workers=1 if in_process else config.dask.workers)
     return AuditOutcome(report, results, stages, skipped_classes, cross_result)
+
+
+# A run meets a damaged cache entry while reading a chunk at most once per entry; two more attempts than
+# one cover a second entry damaged in the same run, and a damage that recurs is reported rather than looped on.
+_CORRUPT_ATTEMPTS = 3
+
+
+def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
+             progress: bool) -> tuple[dict[int, dict[str, Any]], Entry | None, list[ClassResult],
+                                      CrossClassResult | None]:
+    """Run the graph and read its entries back as results."""
+    with _scheduler(config) as options, _progress(progress and not config.dask.address):
+        gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
+        graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
+        cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
+        computed, cross_entry = dask.compute(graph, cross, **options)
+    by_class = dataset.by_class()
+    results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
+    cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
+    return computed, cross_entry, results, cross_result
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
