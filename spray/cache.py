@@ -315,6 +315,10 @@ def _publish(staging: Path, final: Path, stage: str, key: str, arrays: dict[str,
             if problem is not None:
                 _discarded(final, problem)
                 os.rename(staging, final)
+    except OSError as error:
+        if error.filename is None:  # numpy and zipfile report a full disk without naming the file
+            error.filename = str(staging)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _sweep_dead_staging(final)

@@ -22,9 +22,13 @@ changed weight file or image recomputes what depends on it. The report is always
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -319,8 +323,11 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
     options: dict[str, Any] = {"scheduler": config.dask.scheduler}
     if config.dask.workers and config.dask.scheduler != "synchronous":
         options["num_workers"] = config.dask.workers
+    if config.dask.scheduler == "processes":
+        # the processes scheduler makes its own pool and waits for it when the run ends, even on error; its
+        # workers die with this process, so a killed run leaves none computing (and writing to the cache)
+        options["initializer"] = die_with_parent
     if config.dask.scheduler != "threads":
-        # the processes scheduler makes its own pool and waits for it when the run ends, even on error
         yield options
         return
     from dask.system import CPU_COUNT
@@ -334,6 +341,18 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
         yield {**options, "pool": pool}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker process when the process that started it dies (prctl
+    PR_SET_PDEATHSIG); elsewhere nothing. Runs as the initializer of the processes scheduler's workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = True) -> AuditOutcome:
