@@ -103,12 +103,14 @@ def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) 
             # each map is normalised on its own, so chunk by chunk gives the same maps as all at once
             maps.append(preprocess(relevance[start : start + step], config, shard_ids[start : start + step]))
         ids += shard_ids
-        logits.append(arrays["logits"])
-        conservation.append(arrays["conservation"])
+        if len(shard_ids):  # a shard whose every image was skipped stores arrays without their columns
+            logits.append(arrays["logits"])
+            conservation.append(arrays["conservation"])
         skipped += meta["skipped"]
     return (
         {"maps": np.concatenate(maps) if maps else np.zeros((0, *config.size), np.float32),
-         "logits": np.concatenate(logits), "conservation": np.concatenate(conservation)},
+         "logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
+         "conservation": np.concatenate(conservation) if conservation else np.zeros(0, np.float32)},
         {"ids": ids, "skipped": skipped},
     )
 
@@ -123,7 +125,9 @@ def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
     try:
         result = spectral_analysis(maps, config)
     except DataError as error:
-        raise DataError(f"class {class_name}: {error}") from None
+        # too few samples left once unreadable or non-finite ones were skipped, or maps that are not
+        # finite: this class is skipped with the reason, the others are audited
+        return {}, {"skipped": str(error)}
     return (
         {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
          "gaps": result.gaps},
@@ -139,8 +143,15 @@ def _analyse_task(directory, key, pre, config, class_name) -> Entry:
 
 def _embed(pre: Entry, config) -> tuple[dict, dict]:
     arrays, _ = pre.read()
+    if not _analysable(arrays["maps"]):
+        return {}, {"descriptions": {}}
     maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
     return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
+
+
+def _analysable(maps: np.ndarray) -> bool:
+    """Whether maps (N, h, w) can be embedded: at least 3, all finite (else the analysis skipped the class)."""
+    return len(maps) >= 3 and bool(np.isfinite(maps).all())
 
 
 def _embed_task(directory, key, pre, config) -> Entry:
@@ -151,7 +162,9 @@ def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipie
           class_index: int, model_config, image, flagging, device: str, batch_size: int = 256,
           loader_workers: int = 2) -> tuple[dict, dict]:
     pre_arrays, pre_meta = pre.read()
-    analysis_arrays, _ = analysis.read()
+    analysis_arrays, analysis_meta = analysis.read()
+    if "skipped" in analysis_meta:
+        return {}, {"clusters": []}
     members = [samples_by_id[i] for i in pre_meta["ids"]]
 
     def batches() -> Iterator[np.ndarray]:
@@ -389,7 +402,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     try:
         for attempt in range(_CORRUPT_ATTEMPTS):
             try:
-                computed, cross_entry, results, cross_result = _compute(
+                computed, cross_entry, results, cross_result, skipped_late = _compute(
                     config, dataset, classes, directory, token, progress)
                 break
             except CorruptEntry:
@@ -400,6 +413,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+    skipped_classes = skipped_classes + skipped_late
     stages = _stage_counts(computed)
     if cross_entry is not None:
         stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
@@ -435,17 +449,26 @@ _CORRUPT_ATTEMPTS = 3
 
 def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
              progress: bool) -> tuple[dict[int, dict[str, Any]], Entry | None, list[ClassResult],
-                                      CrossClassResult | None]:
-    """Run the graph and read its entries back as results."""
+                                      CrossClassResult | None, list[SkippedClass]]:
+    """Run the graph and read its entries back as results; classes the analysis skipped (too few usable
+    samples) come back as SkippedClass with the reason."""
     with _scheduler(config) as options, _progress(progress and not config.dask.address):
         gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
         graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
         cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
         computed, cross_entry = dask.compute(graph, cross, **options)
     by_class = dataset.by_class()
-    results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
+    results, skipped = [], []
+    for index in classes:
+        _, analysis_meta = computed[index]["analyse"].read()
+        if "skipped" in analysis_meta:
+            skipped.append(SkippedClass(index, dataset.class_names[index], analysis_meta["skipped"]))
+        else:
+            results.append(assemble_class(config, dataset, index, by_class[index], computed[index]))
+    if skipped and not results:
+        raise DataError("no class could be audited: " + "; ".join(f"{s.class_name}: {s.reason}" for s in skipped))
     cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
-    return computed, cross_entry, results, cross_result
+    return computed, cross_entry, results, cross_result, skipped
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
