@@ -619,6 +619,15 @@ def _nearest_reference(queries: np.ndarray, reference: np.ndarray, k: int) -> np
     return found
 
 
+def _deterministic_fit(tsne: TSNE, maps: np.ndarray) -> np.ndarray:
+    """``tsne.fit_transform(maps)`` on one thread: the Barnes-Hut gradient sums in an order that depends on
+    the number of OpenMP threads, so a seeded t-SNE gives other coordinates on a machine with more cores
+    (or under another thread limit); one thread makes it the same everywhere, and a resumed run byte-identical
+    to an undisturbed one."""
+    with threadpool_limits(1):
+        return tsne.fit_transform(maps)
+
+
 def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
     n_samples = maps.shape[0]
     tsne = TSNE(
@@ -629,11 +638,11 @@ def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
         random_state=config.seed,
     )
     if n_samples <= TSNE_MAX_N:
-        return tsne.fit_transform(maps).astype(np.float32)
+        return _deterministic_fit(tsne, maps).astype(np.float32)
     sampled = np.sort(np.random.default_rng(config.seed).choice(n_samples, TSNE_MAX_N, replace=False))
     rest = np.setdiff1d(np.arange(n_samples), sampled)
     coordinates = np.empty((n_samples, 2), dtype=np.float32)
-    coordinates[sampled] = tsne.fit_transform(maps[sampled])
+    coordinates[sampled] = _deterministic_fit(tsne, maps[sampled])
     centre = maps.mean(axis=0, dtype=np.float64).astype(np.float32)
     nearest = _nearest_reference(maps[rest] - centre, maps[sampled] - centre, TSNE_PLACEMENT_NEIGHBORS)
     coordinates[rest] = coordinates[sampled][nearest].mean(axis=1)
