@@ -36,5 +36,7 @@ def outcome(report: Path) -> tuple[dict[str, Any], str]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temporary files and folders (``*.tmp``) anywhere under ``folder``."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.tmp"))
+    """Temporary files and folders anywhere under ``folder``: cache staging (``*.tmp``), report staging
+    (``.<name>.staging-*``) and demo staging (``*.building*``)."""
+    found = [p for pattern in ("*.tmp", ".*.staging-*", "*.building*") for p in folder.rglob(pattern)]
+    return sorted(str(p.relative_to(folder)) for p in found)

@@ -18,6 +18,7 @@ from spray.config import DemoConfig
 from spray.demo import build_case
 
 
+@pytest.mark.slow
 def test_two_first_demo_builds_at_once_build_one_whole_case(tmp_path):
     config = DemoConfig(directory=tmp_path / "demo", variants=1, epochs=1)
     with ThreadPoolExecutor(2) as pool:
