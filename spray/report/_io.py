@@ -22,7 +22,9 @@ def _process_umask() -> int:
     return current
 
 
-_FILE_MODE = 0o666 & ~_process_umask()
+_UMASK = _process_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_FOLDER_MODE = 0o777 & ~_UMASK
 
 
 @contextlib.contextmanager
@@ -81,7 +83,10 @@ def staging_folder(output_dir: Path) -> Path:
     """A new hidden folder beside ``output_dir`` to write a report into before it is published."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-{os.getpid()}-", dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-{os.getpid()}-", dir=output_dir.parent))
+    # mkdtemp makes it private to the owner; once published it is the output folder, with the usual permissions
+    os.chmod(staging, _FOLDER_MODE)
+    return staging
 
 
 def publish_folder(staging: Path, output_dir: Path) -> None:
