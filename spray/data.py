@@ -59,6 +59,9 @@ class Dataset:
     class_names: list[str]
     source: Path
     missing: list[tuple[str, str]] = field(default_factory=list)
+    # how labels became output indices: "index" (integer labels), "names" (string labels numbered in sorted
+    # order), "folders" (sorted class folders) or "class_names" (mapped through data.class_names)
+    label_source: str = "index"
 
     def by_class(self) -> dict[int, list[Sample]]:
         """Samples grouped by label, in ascending label order; classes without samples are absent."""
@@ -160,7 +163,7 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
         seen[path_cell] = line
         entries.append((line, path_cell, label_cell))
 
-    labels, names = _map_labels(manifest, entries, class_names)
+    labels, names, label_source = _map_labels(manifest, entries, class_names)
     base = manifest.parent
     samples: list[Sample] = []
     missing: list[tuple[str, str]] = []
@@ -171,13 +174,13 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
             samples.append(Sample(id=path_cell, path=path, label=label))
         else:
             missing.append((path_cell, f"{problem} (manifest row {line})"))
-    return Dataset(samples=samples, class_names=names, source=manifest, missing=missing)
+    return Dataset(samples=samples, class_names=names, source=manifest, missing=missing, label_source=label_source)
 
 
 def _map_labels(
     manifest: Path, entries: list[tuple[int, str, str]], class_names: list[str] | None
-) -> tuple[list[int], list[str]]:
-    """Labels as model output indices, and the class names by index."""
+) -> tuple[list[int], list[str], str]:
+    """Labels as model output indices, the class names by index, and how the labels were mapped."""
     as_ints = [_parse_int(label) for _, _, label in entries]
     if all(value is not None for value in as_ints):
         for (line, _, text), value in zip(entries, as_ints):
@@ -193,7 +196,7 @@ def _map_labels(
                 )
         indices = [int(value) for value in as_ints]  # type: ignore[arg-type]
         names = list(class_names) if class_names is not None else [str(i) for i in range(max(indices) + 1)]
-        return indices, names
+        return indices, names, "class_names" if class_names is not None else "index"
 
     # string labels: one non-integer label makes every label a name, so "3" and "cat" are both names
     if class_names is None:
@@ -207,7 +210,7 @@ def _map_labels(
                     f"expected one of: {_listing(names)}"
                 )
     lookup = {name: index for index, name in enumerate(names)}
-    return [lookup[label] for _, _, label in entries], names
+    return [lookup[label] for _, _, label in entries], names, "class_names" if class_names is not None else "names"
 
 
 def _parse_int(text: str) -> int | None:
@@ -238,6 +241,7 @@ def _load_folder(root: Path, class_names: list[str] | None) -> Dataset:
                 f"expected the folder names to be among: {_listing(names)}"
             )
     samples: list[Sample] = []
+    empty: list[str] = []
     for folder in folders:
         label = names.index(folder)
         files = [
@@ -247,14 +251,25 @@ def _load_folder(root: Path, class_names: list[str] | None) -> Dataset:
             and path.is_file()
             and not any(part.startswith(".") for part in path.relative_to(root).parts)
         ]
+        if not files:
+            empty.append(folder)
         for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
             samples.append(Sample(id=path.relative_to(root).as_posix(), path=path, label=label))
+    if empty and samples and class_names is None:
+        # the folder still numbers the outputs, but a class without images usually means a folder left over
+        # or misnamed; torchvision's ImageFolder refuses it too, so the numbering is never trusted blindly
+        raise DataError(
+            f"data root {root}: class folder(s) {_listing(empty)} contain no image (expected files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)}); add its images, or delete the folder and give data.class_names "
+            f"listing every model output in order, e.g. data.class_names: [{', '.join(folders)}]"
+        )
     if not samples:
         raise DataError(
             f"data root {root} has class folders ({_listing(folders)}) but no images in them; "
             f"expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
-    return Dataset(samples=samples, class_names=names, source=root, missing=[])
+    return Dataset(samples=samples, class_names=names, source=root, missing=[],
+                   label_source="class_names" if class_names is not None else "folders")
 
 
 def _file_problem(path: Path) -> str | None:

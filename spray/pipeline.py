@@ -40,6 +40,7 @@ from dask.base import tokenize
 from spray import __version__
 from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
 from spray.cache import Entry, cached, cached_stream
+from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
 from spray.config import SprayConfig
 from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
                         read_pixels)
@@ -71,6 +72,7 @@ class AuditOutcome:
     stages: dict[str, dict[str, int]]
     skipped_classes: list[SkippedClass] = field(default_factory=list)
     cross_class: CrossClassResult | None = None
+    skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
 
     @property
     def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
@@ -340,6 +342,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     """Run the whole audit and write the report; raises SprayError subclasses with exit codes."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    # an output that cannot be written fails now, not after the whole audit has been computed
+    check_output_folders(config)
     if config.demo is not None:
         from spray.demo import build_case
 
@@ -353,8 +357,10 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
                 config.demo.target_class, 100 * record["flip_rate_without_artifact"])
     dataset = load_dataset(config.data)
     token = model_token(config.model)
-    # Fail fast, before any task runs: the model must load and every layer must be explainable.
-    prepare_attributor(config.model, config.attribution, config.data.image, token)
+    # Fail fast, before any task runs: the model must load, take the configured images, have one output per
+    # class, and every layer must be explainable (the same checks as `spray validate`).
+    checked = preflight(config, dataset)
+    log_label_mapping(checked.mapping)
     classes, skipped_classes = audited_classes(config, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
@@ -396,6 +402,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
         skipped_samples=skipped_samples,
         skipped_classes=skipped_classes,
         stages=stages,
+        label_names=list(checked.mapping.names),
+        label_source=checked.mapping.source,
     )
     from spray.report import write_report
 
@@ -403,7 +411,22 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     in_process = config.dask.scheduler == "synchronous" and not config.dask.address
     report = write_report(Path(config.output), results, run, cross_result,
                           workers=1 if in_process else config.dask.workers)
-    return AuditOutcome(report, results, stages, skipped_classes, cross_result)
+    return AuditOutcome(report, results, stages, skipped_classes, cross_result, skipped_samples)
+
+
+def log_label_mapping(mapping: LabelMapping) -> None:
+    """Log which model output each class is audited against."""
+    for line in mapping_lines(mapping):
+        log.info("%s", line)
+
+
+def mapping_lines(mapping: LabelMapping, shown: int = 20) -> list[str]:
+    """The label mapping as terminal lines: a heading and the first ``shown`` outputs."""
+    lines = [f"labels -> model outputs ({LABEL_SOURCES[mapping.source]}):"]
+    lines += [f"  {line}" for line in mapping.lines()[:shown]]
+    if len(mapping.names) > shown:
+        lines.append(f"  ... and {len(mapping.names) - shown} more outputs (all in summary.json)")
+    return lines
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -107,3 +107,5 @@ class RunInfo:
     skipped_samples: list[tuple[str, str]]  # (sample id, reason) for missing or unreadable images
     skipped_classes: list[SkippedClass]
     stages: dict[str, dict[str, int]]  # stage -> {"computed": n, "cached": n}
+    label_names: list[str] = field(default_factory=list)  # (K,) the class audited against each model output
+    label_source: str = ""  # how labels were mapped onto outputs (a key of spray.checks.LABEL_SOURCES)

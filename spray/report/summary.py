@@ -165,7 +165,16 @@ def build_summary(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
         ],
         "flagged": bool(flagged_clusters),
         "n_flagged_clusters": int(flagged_clusters),
+        "label_mapping": label_mapping_summary(run),
         "run": run_summary(run),
+    }
+
+
+def label_mapping_summary(run: RunInfo) -> dict[str, Any]:
+    """``{"source": how labels were mapped, "outputs": [{"output", "name"}]}``: the class behind each output."""
+    return {
+        "source": str(run.label_source),
+        "outputs": [{"output": index, "name": str(name)} for index, name in enumerate(run.label_names)],
     }
 
 
