@@ -20,10 +20,12 @@ model sees ``to_model_input(pixels, image)``, ``(N, C, H, W)`` normalised with t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -305,15 +307,19 @@ def read_pixels(path: Path, image: ImageConfig) -> np.ndarray:
         raise DataError(f"{path}: {problem}") from None
 
 
+# Images above this many pixels are decoded one at a time (a lock shared by every decoding thread): a
+# 12000 x 12000 RGB photo takes 432 MB decoded and as much again converted, so a few of them decoded
+# together by the loader threads would multiply the peak memory. Pixels are unchanged (no reduced decoding).
+LARGE_IMAGE_PIXELS = 16_000_000
+_LARGE_DECODE = threading.Lock()
+
+
 def _decode(path: Path, image: ImageConfig) -> np.ndarray:
     try:
         with Image.open(path) as opened:
-            # load() decodes everything now: a truncated or garbled file fails here, not later in convert.
-            # This relies on PIL.ImageFile.LOAD_TRUNCATED_IMAGES being False (Pillow's default); spray never
-            # sets it, because it would silently pad a truncated image with grey.
-            opened.load()
-            oriented = ImageOps.exif_transpose(opened) if image.exif_orientation else opened
-            converted = _convert(oriented, image.mode)
+            large = opened.width * opened.height > LARGE_IMAGE_PIXELS
+            with _LARGE_DECODE if large else contextlib.nullcontext():
+                fitted = _decode_opened(opened, image)
     except FileNotFoundError:
         raise _DecodeProblem("file not found") from None
     except IsADirectoryError:
@@ -324,13 +330,22 @@ def _decode(path: Path, image: ImageConfig) -> np.ndarray:
         # Pillow reports corrupt data as OSError ("image file is truncated", "broken data stream"),
         # SyntaxError (a broken PNG chunk) or ValueError (also a conversion Pillow does not know)
         raise _DecodeProblem(f"cannot decode image: {error}") from None
-    if converted.mode == "F":  # a high-depth greyscale image, already scaled to [0, 1]
-        pixels = np.asarray(fit_image(converted, image), dtype=np.float32)
-        pixels = np.clip(pixels, 0.0, 1.0)  # resampling filters with negative lobes overshoot
+    if fitted.mode == "F":  # a high-depth greyscale image, already scaled to [0, 1]
+        pixels = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)  # filters with negative lobes overshoot
         pixels = pixels[:, :, None] if image.mode == "L" else np.repeat(pixels[:, :, None], 3, axis=2)
         return np.ascontiguousarray(pixels)
-    pixels = np.asarray(fit_image(converted, image), dtype=np.float32) / 255.0
+    pixels = np.asarray(fitted, dtype=np.float32) / 255.0
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _decode_opened(opened: Image.Image, image: ImageConfig) -> Image.Image:
+    # load() decodes everything now: a truncated or garbled file fails here, not later in convert.
+    # This relies on PIL.ImageFile.LOAD_TRUNCATED_IMAGES being False (Pillow's default); spray never
+    # sets it, because it would silently pad a truncated image with grey.
+    opened.load()
+    oriented = ImageOps.exif_transpose(opened) if image.exif_orientation else opened
+    converted = _convert(oriented, image.mode)
+    return fit_image(converted, image)
 
 
 _INTEGER_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
@@ -355,8 +370,9 @@ def _convert(opened: Image.Image, mode: str) -> Image.Image:
                 f"float image with values {np.nanmin(values):g}..{np.nanmax(values):g}; spray reads float images "
                 "as intensities in [0, 1] and will not guess another scale"
             )
-        return opened.copy()
-    return opened.convert(mode)
+        return opened
+    # fit_image always returns a new image, so the opened one is not copied when it has the mode already
+    return opened if opened.mode == mode else opened.convert(mode)
 
 
 def _bit_depth(opened: Image.Image) -> int:
