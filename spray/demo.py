@@ -175,6 +175,7 @@ def train(
             schedule.step()
             total += float(loss.detach()) * len(batch)
         losses.append(total / len(x))
+        log.info("demo: training epoch %d/%d, loss %.3f", len(losses), epochs, losses[-1])
     model.eval()
     return losses
 
@@ -203,6 +204,7 @@ def build_case(config: DemoConfig) -> dict[str, Any]:
         return json.loads((directory / "training.json").read_text())
 
     started = time.perf_counter()
+    log.info("demo: building the case (images, then a small CNN trained for %d epochs)", config.epochs)
     rng = np.random.default_rng(config.seed)
     bundled = load_digits()
     images, source = render_digits(bundled.images, config.variants, rng)
@@ -231,6 +233,7 @@ def build_case(config: DemoConfig) -> dict[str, Any]:
     record = _measure(model, images, labels, train_rows, planted, mask, config, rng)
     record.update({"losses": losses, "seconds": time.perf_counter() - started})
 
+    log.info("demo: writing %d images and the model to %s", len(images), directory)
     staging = directory.with_name(directory.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "images").mkdir(parents=True)

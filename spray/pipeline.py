@@ -409,8 +409,11 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
 
     # the synchronous scheduler is for debugging: the report is drawn in this process too
     in_process = config.dask.scheduler == "synchronous" and not config.dask.address
+    log.info("writing the report (%d classes) to %s", len(results), config.output)
+    drawing = time.perf_counter()
     report = write_report(Path(config.output), results, run, cross_result,
                           workers=1 if in_process else config.dask.workers)
+    log.info("report written in %.1f s", time.perf_counter() - drawing)
     return AuditOutcome(report, results, stages, skipped_classes, cross_result, skipped_samples)
 
 
