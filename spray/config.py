@@ -270,6 +270,14 @@ class DemoConfig(_Section):
     seed: int = Field(default=0, description="seed of the images and of training")
 
 
+class ReportConfig(_Section):
+    absolute_paths: bool = Field(
+        default=False,
+        description="write absolute paths into the report and summary.json; by default paths are shown relative "
+        "to the config file's folder, so a shared report does not expose the machine's folders",
+    )
+
+
 class SprayConfig(_Section):
     """A whole audit: model, data, what to audit, how, and where the results go."""
 
@@ -284,6 +292,7 @@ class SprayConfig(_Section):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="intermediates on disk")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="how the report shows the run")
     demo: Optional[DemoConfig] = Field(
         default=None, description="build the planted-watermark digits case before auditing (the demo)"
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -390,17 +391,19 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     skipped_samples = [(i, r) for i, r in dataset.missing]
     for result in results:
         skipped_samples += result.skipped_samples
+    shown = PathShower(config)
     run = RunInfo(
-        config_path=str(config.path) if config.path else "",
-        config=config.model_dump(mode="json", exclude={"path"}),
-        model=f"{config.model.factory}" + (f" with weights {config.model.weights}" if config.model.weights else ""),
-        data=f"{dataset.source} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
+        config_path=shown(config.path) if config.path else "",
+        config=shown.config(),
+        model=shown(config.model.factory) + (f" with weights {shown(config.model.weights)}" if config.model.weights else ""),
+        data=f"{shown(dataset.source)} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
         versions=_versions(),
         started=started_at.isoformat(timespec="seconds"),
         duration_s=time.perf_counter() - started,
         device=str(resolve_device(config.attribution.device)),
-        skipped_samples=skipped_samples,
-        skipped_classes=skipped_classes,
+        skipped_samples=[(i, shown.text(r, dataset.source)) for i, r in skipped_samples],
+        skipped_classes=[SkippedClass(s.class_index, s.class_name, shown.text(s.reason, dataset.source))
+                         for s in skipped_classes],
         stages=stages,
         label_names=list(checked.mapping.names),
         label_source=checked.mapping.source,
@@ -430,6 +433,55 @@ def mapping_lines(mapping: LabelMapping, shown: int = 20) -> list[str]:
     if len(mapping.names) > shown:
         lines.append(f"  ... and {len(mapping.names) - shown} more outputs (all in summary.json)")
     return lines
+
+
+class PathShower:
+    """Paths as the report and summary.json show them: relative to the config file's folder (``../x`` where
+    needed), or absolute with ``report.absolute_paths``, so that a shared report does not expose the folders
+    of the machine it ran on."""
+
+    _PATH_KEYS = (("model", "weights"), ("data", "manifest"), ("data", "root"), ("cache", "directory"),
+                  ("output",), ("demo", "directory"))
+
+    def __init__(self, config: SprayConfig) -> None:
+        self._config = config
+        self._absolute = config.report.absolute_paths
+        self._base = Path(config.path).parent if config.path else Path.cwd()
+
+    def __call__(self, path: Any) -> str:
+        """One path (a factory 'file.py:callable' keeps its callable)."""
+        text = str(path)
+        if self._absolute:
+            return text
+        if not isinstance(path, Path) and ":" in text and text.rpartition(":")[0].endswith(".py"):
+            file, _, name = text.rpartition(":")
+            return f"{self(Path(file))}:{name}"
+        if not Path(text).is_absolute():
+            return text
+        return Path(os.path.relpath(text, self._base)).as_posix()
+
+    def text(self, message: str, folder: Path) -> str:
+        """A message (a skip reason) with ``folder`` (and the config's folder) written relative."""
+        if self._absolute:
+            return message
+        for absolute in sorted({str(Path(folder).parent if Path(folder).is_file() else folder), str(self._base)},
+                               key=len, reverse=True):
+            message = message.replace(absolute + os.sep, self(Path(absolute)) + "/")
+        return message
+
+    def config(self) -> dict[str, Any]:
+        """The validated config as JSON-ready data, its paths shown like every other path."""
+        dumped = self._config.model_dump(mode="json", exclude={"path"})
+        if self._absolute:
+            return dumped
+        for keys in self._PATH_KEYS:
+            holder = dumped
+            for key in keys[:-1]:
+                holder = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and holder.get(keys[-1]) is not None:
+                holder[keys[-1]] = self(Path(holder[keys[-1]]))
+        dumped["model"]["factory"] = self(self._config.model.factory)
+        return dumped
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -20,7 +20,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from spray.errors import RunError
-from spray.report import figures, images
+from spray.report import explain, figures, images
 from spray.report.summary import (
     class_order_key,
     cross_class_clusters,
@@ -139,9 +139,13 @@ def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
         threshold = thresholds.get(key)
         number = finite_or_nan(value) if _is_number(value) else math.nan
         has_threshold = _is_number(threshold) and not math.isnan(number)
+        described = explain.term(key)
         rows.append(
             {
                 "key": key,
+                "name": described.name,
+                "meaning": described.meaning,
+                "unit": described.unit,
                 "value": _format_value(value),
                 "numeric": _is_number(value) or isinstance(value, (bool, np.bool_)) or value is None,
                 "threshold": format_number(threshold) if has_threshold else "",
@@ -152,9 +156,22 @@ def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
     # Thresholds of measurements that were not recorded still belong to the numbers behind the flag.
     for key, threshold in thresholds.items():
         if key not in evidence:
-            rows.append({"key": f"thresholds.{key}", "value": format_number(threshold), "numeric": True,
+            described = explain.term(f"thresholds.{key}")
+            rows.append({"key": f"thresholds.{key}", "name": described.name, "meaning": described.meaning,
+                         "unit": explain.term(key).unit, "value": format_number(threshold), "numeric": True,
                          "threshold": "", "passed": None, "weakest": False})
     return rows
+
+
+def score_formula(evidence: dict[str, Any], score: Any) -> str:
+    """How this cluster's score was formed, e.g. ``'= Necessity (model needs it) 0.31 / threshold 0.15'``;
+    '' when the evidence does not say which line was the weakest."""
+    weakest = evidence.get("weakest_evidence")
+    thresholds = evidence.get("thresholds") if isinstance(evidence.get("thresholds"), dict) else {}
+    if not isinstance(weakest, str) or weakest not in evidence or not _is_number(thresholds.get(weakest)):
+        return ""
+    return (f"= {explain.term(weakest).name.split(' (')[0].lower()} {format_number(evidence[weakest])} "
+            f"/ threshold {format_number(thresholds[weakest])}, the weakest of the three ratios")
 
 
 def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
@@ -199,6 +216,7 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "score": finite_or_nan(cluster.score),
         "flagged": bool(cluster.flagged),
         "evidence": evidence_rows(cluster.evidence),
+        "score_formula": score_formula(cluster.evidence, cluster.score),
         "mean_map": images.map_tile(cluster.mean_map, cluster.region if has_region else None),
         "has_region": has_region,
         "region_missing": cluster.region is None,
@@ -381,7 +399,25 @@ def _run_view(run: RunInfo) -> dict[str, Any]:
         ],
         "skipped_samples": skipped[:MAX_SKIPPED_SAMPLES_SHOWN],
         "n_skipped_samples": len(skipped),
+        "label_mapping": list(enumerate(str(name) for name in run.label_names)),
+        "label_source": _label_source_text(run.label_source),
+        "score_text": _score_text(run.config),
+        "conservation_text": explain.CONSERVATION,
     }
+
+
+def _label_source_text(source: str) -> str:
+    from spray.checks import LABEL_SOURCES  # imports torch: only when a report is drawn
+
+    return LABEL_SOURCES.get(source, source)
+
+
+def _score_text(config: dict[str, Any]) -> str:
+    from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY
+
+    threshold = (config.get("flagging") or {}).get("threshold", 1.0) if isinstance(config, dict) else 1.0
+    return explain.SCORE.format(consistency=format_number(CONSISTENCY), necessity=format_number(NECESSITY),
+                                sufficiency=format_number(SUFFICIENCY), threshold=format_number(threshold))
 
 
 def _environment() -> Environment:
