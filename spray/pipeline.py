@@ -51,7 +51,7 @@ from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_
 from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
 from spray.preprocess import preprocess
 from spray.model import load_model, model_token
-from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass, Thumbnail
 
 log = logging.getLogger(__name__)
 # Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
@@ -515,11 +515,14 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         typical = [ids[i] for i in member_index[np.argsort(distance)][: config.flagging.prototypes]]
         images = [_display(read_pixels(samples_by_id[i].path, config.data.image)) for i in typical]
         heatmaps = [relevance_by_id(i) for i in typical]
+        members = [ids[i] for i in member_index]
+        shown = (member_thumbnails(members[:MAX_MEMBERS_SHOWN], samples_by_id, relevance_by_id, config.data.image)
+                 if cluster["flagged"] else [])
         clusters.append(ClusterResult(
-            id=cluster["id"], members=[ids[i] for i in member_index], score=cluster["score"],
+            id=cluster["id"], members=members, score=cluster["score"],
             flagged=cluster["flagged"], evidence=cluster["evidence"], mean_map=mean_map,
             region=flag_arrays["regions"][position] if cluster["has_region"] else None,
-            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps))
+            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps, members_shown=shown))
     clusters.sort(key=lambda c: (not c.flagged, -c.score))
     notes = list(analysis_meta.get("notes", []))
     return ClassResult(
@@ -530,6 +533,25 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         cluster_labels=labels, embeddings=dict(embeddings), clusters=clusters,
         class_mean_map=maps.mean(0), notes=notes,
         skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
+
+
+# Members of a flagged cluster shown in the report's gallery, and their side in pixels: a reviewer checks
+# that every member carries the pattern; the ids of all members are in summary.json and samples.csv.
+MAX_MEMBERS_SHOWN = 2000
+MEMBER_SIDE = 48
+
+
+def member_thumbnails(ids: list[str], samples_by_id: dict[str, Sample], relevance_by_id: Any,
+                      image: Any) -> list[Thumbnail]:
+    """Small image + relevance of each sample id, for the gallery (at most MEMBER_SIDE pixels a side)."""
+    from spray.report.images import resize_float, shrink
+
+    thumbnails = []
+    for sample_id in ids:
+        pixels = shrink(_display(read_pixels(samples_by_id[sample_id].path, image)), MEMBER_SIDE)
+        heatmap = resize_float(np.asarray(relevance_by_id(sample_id), dtype=np.float64), *pixels.shape[:2])
+        thumbnails.append(Thumbnail(sample_id, pixels, heatmap.astype(np.float32)))
+    return thumbnails
 
 
 def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:

@@ -35,6 +35,7 @@ from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
 PROTOTYPE_SIDE = 72  # pixels per prototype tile, as shown: keeps 1,200 tiles near 7 MB of HTML
+MEMBER_TILE = 48  # pixels per member tile in a flagged cluster's gallery
 MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
 EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 # Above this many classes each class gets a page of its own (classes/<index>.html): the figures of a class
@@ -221,7 +222,20 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "has_region": has_region,
         "region_missing": cluster.region is None,
         "prototypes": _prototype_views(cluster),
+        "members": _member_views(cluster),
+        "n_members_hidden": max(0, int(cluster.size) - len(cluster.members_shown)) if cluster.members_shown else 0,
     }
+
+
+def _member_views(cluster: ClusterResult) -> list[dict[str, Any]]:
+    """Every member of a flagged cluster as small image and relevance tiles (the gallery)."""
+    views = []
+    for thumb in cluster.members_shown:
+        height, width = images.fit_size(*np.asarray(thumb.image).shape[:2], MEMBER_TILE)
+        views.append({"id": str(thumb.id), "height": height, "width": width,
+                      "image": images.image_tile(thumb.image, MEMBER_TILE),
+                      "overlay": images.overlay_tile(thumb.image, thumb.heatmap, None, MEMBER_TILE)})
+    return views
 
 
 def _summary_row(result: ClassResult, rank: int, paged: bool) -> dict[str, Any]:
