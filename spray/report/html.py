@@ -154,6 +154,10 @@ def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
                 "weakest": isinstance(weakest, str) and key == weakest,
             }
         )
+    # The lines a flag is decided on come first, then the measurements behind them
+    rows.sort(key=lambda row: (not row["threshold"], row["key"] != "weakest_evidence"))
+    for row in rows:  # what the flag is decided on; the rest are the measurements behind it
+        row["primary"] = bool(row["threshold"]) or row["key"] == "weakest_evidence"
     # Thresholds of measurements that were not recorded still belong to the numbers behind the flag.
     for key, threshold in thresholds.items():
         if key not in evidence:
