@@ -1,4 +1,4 @@
-"""``python -m spray run CONFIG`` and ``python -m spray validate CONFIG``.
+"""``python -m spray run CONFIG``, ``python -m spray validate CONFIG`` and ``python -m spray init MODEL IMAGES``.
 
 Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given; 2 invalid
 config or command line; 3 unusable data; 4 unusable model; 5 the run failed.
@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("config", type=Path)
     validate.add_argument("--output", type=Path, help="folder for the report (overrides the config's output)")
     validate.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
+    init = commands.add_parser("init", help="write a commented starter config for a model and an image folder")
+    init.add_argument("model", help="factory: models.py, models.py:build or package.module:build")
+    init.add_argument("images", type=Path, help="folder with manifest.csv or one sub-folder per class")
+    init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
+    init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
     return parser
 
 
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "validate":
             return _validate(arguments)
+        if arguments.command == "init":
+            return _init(arguments)
         return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
@@ -105,6 +112,14 @@ def _validate(arguments: argparse.Namespace) -> int:
             print(f"    {sample_id}: {reason}")
     for line in _NOT_CHECKED:
         print(f"  {line}")
+    return EXIT_OK
+
+
+def _init(arguments: argparse.Namespace) -> int:
+    from spray.init import write_starter_config
+
+    path = write_starter_config(arguments.config, arguments.model, arguments.images, arguments.weights)
+    print(f"spray: wrote {path}; check the lines marked CHECK, then: python -m spray validate {path}")
     return EXIT_OK
 
 
