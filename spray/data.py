@@ -20,7 +20,6 @@ model sees ``to_model_input(pixels, image)``, ``(N, C, H, W)`` normalised with t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import os
@@ -307,19 +306,32 @@ def read_pixels(path: Path, image: ImageConfig) -> np.ndarray:
         raise DataError(f"{path}: {problem}") from None
 
 
-# Images above this many pixels are decoded one at a time (a lock shared by every decoding thread): a
-# 12000 x 12000 RGB photo takes 432 MB decoded and as much again converted, so a few of them decoded
-# together by the loader threads would multiply the peak memory. Pixels are unchanged (no reduced decoding).
+# Images above this many pixels are decoded one at a time, all in one dedicated thread: a 12000 x 12000
+# RGB photo takes about 550 MB to decode. Decoded one at a time in several loader threads, each thread's
+# malloc arena would keep its own copy of that memory after it is freed (resident memory grows with the
+# number of threads); in one thread it is reused. Pixels are unchanged (no reduced-resolution decoding).
 LARGE_IMAGE_PIXELS = 16_000_000
-_LARGE_DECODE = threading.Lock()
+_large_decoder: tuple[int, ThreadPoolExecutor] | None = None  # (process id, executor)
+_large_decoder_lock = threading.Lock()
+
+
+def _large_decoder_pool() -> ThreadPoolExecutor:
+    """This process's one-thread executor for large images (made afresh in a forked child, whose copy of
+    the parent's executor has no thread)."""
+    global _large_decoder
+    with _large_decoder_lock:
+        if _large_decoder is None or _large_decoder[0] != os.getpid():
+            _large_decoder = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-large-decode"))
+        return _large_decoder[1]
 
 
 def _decode(path: Path, image: ImageConfig) -> np.ndarray:
     try:
         with Image.open(path) as opened:
             large = opened.width * opened.height > LARGE_IMAGE_PIXELS
-            with _LARGE_DECODE if large else contextlib.nullcontext():
-                fitted = _decode_opened(opened, image)
+            fitted = None if large else _decode_opened(opened, image)
+        if fitted is None:
+            fitted = _large_decoder_pool().submit(_decode_file, path, image).result()
     except FileNotFoundError:
         raise _DecodeProblem("file not found") from None
     except IsADirectoryError:
@@ -336,6 +348,11 @@ def _decode(path: Path, image: ImageConfig) -> np.ndarray:
         return np.ascontiguousarray(pixels)
     pixels = np.asarray(fitted, dtype=np.float32) / 255.0
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _decode_file(path: Path, image: ImageConfig) -> Image.Image:
+    with Image.open(path) as opened:
+        return _decode_opened(opened, image)
 
 
 def _decode_opened(opened: Image.Image, image: ImageConfig) -> Image.Image:

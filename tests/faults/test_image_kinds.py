@@ -150,3 +150,18 @@ def test_plain_resize_uses_the_named_interpolation(tmp_path):
         expected = np.asarray(original.resize((8, 10), getattr(Image.Resampling, interpolation.upper())))
         pixels = _decoded(tmp_path / "grey.png", size=(10, 8), interpolation=interpolation)
         np.testing.assert_array_equal(np.round(pixels[..., 0] * 255).astype(np.uint8), expected)
+
+
+def test_large_images_decode_to_the_same_pixels_in_the_dedicated_thread(tmp_path, monkeypatch):
+    import spray.data
+
+    rng = np.random.default_rng(2)
+    samples = []
+    for number in range(4):
+        Image.fromarray(rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{number}.png")
+        samples.append(Sample(f"{number}.png", tmp_path / f"{number}.png", 0))
+    image = ImageConfig(mode="RGB", size=(16, 16), shorter_side=20)
+    small = [batch.pixels for batch in spray.data.iter_pixel_batches(samples, image, 2, workers=2)]
+    monkeypatch.setattr(spray.data, "LARGE_IMAGE_PIXELS", 100)  # every image counts as large
+    large = [batch.pixels for batch in spray.data.iter_pixel_batches(samples, image, 2, workers=2)]
+    np.testing.assert_array_equal(np.concatenate(small), np.concatenate(large))
