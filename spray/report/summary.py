@@ -6,7 +6,8 @@ Shape (extra keys may be added, none of these may change)::
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
                                 "flagged": true|false, "evidence": {...}}]}],
-     "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}], "run": {...}}
+     "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}],
+     "label_mapping": {"source": ..., "outputs": [{"output": <index>, "name": ...}]}, "run": {...}}
 
 Numbers that are not finite (a cluster too small to score, a conservation ratio of a zero logit) become
 ``null`` so that the file is strict JSON that every parser accepts.
