@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from spray.cli import main
 from spray.errors import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, EXIT_OK
@@ -122,3 +123,7 @@ def test_validate_catches_a_misspelt_factory_and_foreign_weights(tiny_case, caps
     config["model"] = {"factory": "models.py:build", "kwargs": {"n_classes": 5}, "weights": "model.pt"}
     assert main(["validate", str(write_config(tiny_case, config))]) == EXIT_MODEL
     assert "shape mismatches" in capsys.readouterr().err
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 3)), tiny_case / "whole.pt")
+    config["model"] = {"factory": "models.py:build", "weights": "whole.pt"}
+    assert main(["validate", str(write_config(tiny_case, config))]) == EXIT_MODEL
+    assert "a whole pickled model?" in capsys.readouterr().err
