@@ -52,6 +52,7 @@ def test_every_evidence_line_the_audit_writes_has_a_name_and_a_meaning(tiny_repo
     assert "Score = the weakest of consistency / 0.9, necessity / 0.15 and sufficiency / 0.15" in page
     assert re.search(r"score <b>[0-9.]+</b>\s*<span class=\"muted\">= (consistency|necessity|sufficiency) ", page)
     assert "What conservation means" in page
+    assert "For this run's composite (epsilon_plus_flat), 90 % of the images" in page
 
 
 def test_the_report_shows_no_absolute_path_of_the_machine(tiny_report):

@@ -420,7 +420,7 @@ def _run_view(run: RunInfo) -> dict[str, Any]:
         "label_mapping": list(enumerate(str(name) for name in run.label_names)),
         "label_source": _label_source_text(run.label_source),
         "score_text": _score_text(run.config),
-        "conservation_text": explain.CONSERVATION,
+        "conservation_text": explain.CONSERVATION + " " + _conservation_range(run.config),
     }
 
 
@@ -428,6 +428,13 @@ def _label_source_text(source: str) -> str:
     from spray.checks import LABEL_SOURCES  # imports torch: only when a report is drawn
 
     return LABEL_SOURCES.get(source, source)
+
+
+def _conservation_range(config: dict[str, Any]) -> str:
+    attribution = (config.get("attribution") or {}) if isinstance(config, dict) else {}
+    return explain.conservation_range(str(attribution.get("method", "lrp")),
+                                      str(attribution.get("composite", "epsilon_plus_flat")),
+                                      bool(attribution.get("rules")))
 
 
 def _score_text(config: dict[str, Any]) -> str:
