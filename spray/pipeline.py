@@ -380,6 +380,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
             cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
             computed, cross_entry = dask.compute(graph, cross, **options)
         by_class = dataset.by_class()
+        log.info("reading the results back: prototypes, and every member of the flagged clusters")
         results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
         cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
     finally:
