@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from spray.cli import main
+from spray.config import load_config
+from spray.pipeline import PathShower
 from spray.errors import EXIT_OK
 from spray.report import write_report
 from spray.report.explain import EVIDENCE
@@ -64,13 +66,14 @@ def test_the_report_shows_no_absolute_path_of_the_machine(tiny_report):
     assert run["config"]["model"]["factory"] == "models.py:build" and run["config"]["output"] == "report"
 
 
-def test_absolute_paths_only_when_asked(tmp_path):
-    case = make_tiny_case(tmp_path / "case", per_class=12)
-    config = tiny_config(case, report={"absolute_paths": True},
-                         analysis={"neighbors": 3, "eigenvalues": 6, "max_clusters": 3})
-    assert main(["run", str(write_config(case, config)), "--quiet"]) == EXIT_OK
-    run = json.loads((case / "report" / "summary.json").read_text())["run"]
-    assert run["config_path"] == str((case / "audit.yaml").resolve())
+def test_absolute_paths_only_when_asked(tiny_case):
+    relative = load_config(write_config(tiny_case, tiny_config(tiny_case)))
+    absolute = load_config(write_config(tiny_case, tiny_config(tiny_case, report={"absolute_paths": True})))
+    weights = tiny_case.resolve() / "model.pt"
+    assert PathShower(relative)(weights) == "model.pt" and PathShower(absolute)(weights) == str(weights)
+    assert PathShower(relative)(tiny_case.resolve().parent / "elsewhere" / "x.csv") == "../elsewhere/x.csv"
+    assert PathShower(relative).config()["cache"]["directory"] == "cache"
+    assert PathShower(absolute).config()["cache"]["directory"] == str(tiny_case.resolve() / "cache")
 
 
 def test_the_label_mapping_is_in_the_report(tiny_report):
