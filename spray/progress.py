@@ -1,8 +1,8 @@
 """Progress for Dask's local schedulers, counting finished tasks per pipeline stage.
 
 Task keys start with their stage's name (``attribute-3-0-…``), so one bar can show how far each stage is.
-On a terminal the progress is a bar on stderr; when stderr is not a terminal (a log file, a scheduled job)
-or the terminal reports no size, it is plain log lines instead: one per tenth of the tasks, and at least
+On a terminal the progress is a bar on stderr; when stdout or stderr is not a terminal (a log file, a
+scheduled job) or the terminal reports no size, it is plain log lines instead: one per tenth of the tasks, and at least
 every ``PLAIN_INTERVAL_S`` seconds while tasks finish, so a log shows how far a run got without control
 characters.
 """
@@ -24,14 +24,17 @@ log = logging.getLogger("spray.progress")
 PLAIN_INTERVAL_S = 30.0
 
 
-def interactive(stream: Any = None) -> bool:
-    """Whether ``stream`` (default stderr) is a terminal with a size, where a redrawn bar makes sense."""
-    stream = stream if stream is not None else sys.stderr
-    try:
-        if not stream.isatty():
+def interactive() -> bool:
+    """Whether a redrawn bar makes sense: stdout and stderr (where the bar goes) are terminals with a size.
+
+    A scheduled job usually redirects both; one redirected stream is enough to mean a log is being kept.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if not stream.isatty():
+                return False
+        except (AttributeError, ValueError):  # replaced or closed streams
             return False
-    except (AttributeError, ValueError):
-        return False
     return shutil.get_terminal_size(fallback=(0, 0)).columns > 0
 
 
