@@ -32,3 +32,25 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"spray {__version__}"
+
+
+def test_a_bar_only_on_terminals_that_report_a_size(monkeypatch):
+    import io
+    import os
+    import sys
+
+    from spray.progress import interactive
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(0, 0): os.terminal_size((120, 40)))
+    assert interactive()
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(0, 0): os.terminal_size((0, 0)))
+    assert not interactive()  # a terminal without a size (some CI consoles)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(0, 0): os.terminal_size((120, 40)))
+    assert not interactive()  # stdout redirected to a log
