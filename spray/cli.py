@@ -1,4 +1,4 @@
-"""``python -m spray run CONFIG`` and ``python -m spray validate CONFIG``.
+"""``python -m spray run CONFIG``, ``python -m spray validate CONFIG`` and ``python -m spray init MODEL IMAGES``.
 
 Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given; 2 invalid
 config or command line; 3 unusable data; 4 unusable model; 5 the run failed.
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spray", description="Audit a trained PyTorch classifier for Clever Hans behaviour with SpRAY."
     )
+    from spray import __version__
+
+    parser.add_argument("--version", action="version", version=f"spray {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the audit and write the report")
     run.add_argument("config", type=Path, help="the audit's YAML config")
@@ -39,9 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
     run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    validate = commands.add_parser("validate", help="check a config and that its files exist; run nothing")
+    validate = commands.add_parser(
+        "validate", help="check that the run will start: model, weights, images, labels, attribution, folders")
     validate.add_argument("config", type=Path)
-    for command in (run, validate):
+    validate.add_argument("--output", type=Path, help="folder for the report (overrides the config's output)")
+    validate.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
+    init = commands.add_parser("init", help="write a commented starter config for a model and an image folder")
+    init.add_argument("model", help="factory: models.py, models.py:build or package.module:build")
+    init.add_argument("images", type=Path, help="folder with manifest.csv or one sub-folder per class")
+    init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
+    init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
+    for command in (run, validate, init):
         command.add_argument("--debug", action="store_true",
                              help="print the traceback of an unexpected error here too (it is always logged)")
     return parser
@@ -63,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             if arguments.command == "validate":
                 return _validate(arguments)
+            if arguments.command == "init":
+                return _init(arguments)
             return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
@@ -137,30 +150,53 @@ def _overrides(arguments: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+# What validate cannot know before the audit runs; printed so that "valid" is not read as more than it is.
+_NOT_CHECKED = (
+    "not checked: every image decodes (one per class was decoded), every class has enough samples after "
+    "skipped images, disk space for the cache and report, the numerical health of every heatmap",
+    "not checked: that the model's outputs are in the order of the names above (spray cannot know what the "
+    "model was trained on; give data.class_names when unsure)",
+)
+
+
 def _validate(arguments: argparse.Namespace) -> int:
+    from spray.checks import check_output_folders, preflight
     from spray.config import load_config
     from spray.data import load_dataset
-    from spray.errors import DataError, ModelError
+    from spray.pipeline import audited_classes, mapping_lines
 
     config = load_config(arguments.config, _overrides(arguments))
-    demo_builds = config.demo is not None
-    if not demo_builds:
-        if config.model.weights is not None and not Path(config.model.weights).exists():
-            raise ModelError(f"model.weights: file not found: {config.model.weights}")
-        factory_file = config.model.factory.rpartition(":")[0]
-        if factory_file.endswith(".py") and not Path(factory_file).exists():
-            raise ModelError(f"model.factory: file not found: {factory_file}")
-        dataset = load_dataset(config.data)
-        for index in [dataset.class_index(c) for c in (config.audit.classes or [])]:
-            if index >= len(dataset.class_names):
-                raise DataError(f"audit.classes: class {index} does not exist")
-        missing = f", {len(dataset.missing)} listed file(s) missing" if dataset.missing else ""
-        print(f"spray: {arguments.config}: valid; {len(dataset.samples)} samples in "
-              f"{len(dataset.class_names)} classes{missing}")
-        for sample_id, reason in dataset.missing[:20]:
-            print(f"  missing: {sample_id}: {reason}")
-    else:
-        print(f"spray: {arguments.config}: valid; the demo case is built in {config.demo.directory} on first run")
+    check_output_folders(config)
+    if config.demo is not None and not Path(config.model.weights or config.demo.directory).exists():
+        print(f"spray: {arguments.config}: valid config; the demo case is built in {config.demo.directory} on "
+              "first run, so the model and images are checked then")
+        return EXIT_OK
+    dataset = load_dataset(config.data)
+    checked = preflight(config, dataset, per_class=True)
+    classes, skipped = audited_classes(config, dataset)
+    print(f"spray: {arguments.config}: valid; {len(dataset.samples)} samples in {len(classes)} audited classes; "
+          f"the model has {checked.n_outputs} outputs; one image of each class decoded and explained "
+          f"({config.attribution.method}"
+          f"{', composite ' + config.attribution.composite if config.attribution.method == 'lrp' else ''})")
+    for line in mapping_lines(checked.mapping):
+        print(f"  {line}")
+    for item in skipped:
+        print(f"  skipped class {item.class_name}: {item.reason}")
+    problems = list(dataset.missing) + list(checked.undecodable)
+    if problems:
+        print(f"  {len(problems)} image(s) that the run will skip, e.g.:")
+        for sample_id, reason in problems[:5]:
+            print(f"    {sample_id}: {reason}")
+    for line in _NOT_CHECKED:
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def _init(arguments: argparse.Namespace) -> int:
+    from spray.init import write_starter_config
+
+    path = write_starter_config(arguments.config, arguments.model, arguments.images, arguments.weights)
+    print(f"spray: wrote {path}; check the lines marked CHECK, then: python -m spray validate {path}")
     return EXIT_OK
 
 
@@ -175,6 +211,10 @@ def _run(arguments: argparse.Namespace) -> int:
     print(f"spray: tasks computed (the rest came from the cache): {computed}")
     for skipped in outcome.skipped_classes:
         print(f"spray: skipped class {skipped.class_name}: {skipped.reason}")
+    if outcome.skipped_samples:
+        print(f"spray: {len(outcome.skipped_samples)} image(s) skipped (all listed in the report), e.g.:")
+        for sample_id, reason in outcome.skipped_samples[:5]:
+            print(f"  {sample_id}: {reason}")
     if outcome.flagged:
         print(f"spray: {len(outcome.flagged)} cluster(s) flagged for Clever Hans evidence:")
         for result, cluster in outcome.flagged:

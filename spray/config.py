@@ -42,9 +42,29 @@ class ModelConfig(_Section):
         return value
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
 class ImageConfig(_Section):
     mode: Literal["L", "RGB"] = Field(default="RGB", description="PIL mode the images are converted to")
-    size: tuple[int, int] = Field(default=(224, 224), description="[height, width] after resizing")
+    size: tuple[int, int] = Field(
+        default=(224, 224),
+        description="[height, width] the model sees: the image is resized to it, or with shorter_side "
+        "center-cropped to it",
+    )
+    shorter_side: Optional[int] = Field(
+        default=None, ge=1,
+        description="resize so that the shorter side has this many pixels (aspect ratio kept), then center-crop "
+        "to size: torchvision's Resize(shorter_side) + CenterCrop(size); default: resize straight to size",
+    )
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = Field(
+        default="bilinear", description="Pillow filter of the resize, as torchvision's InterpolationMode names it"
+    )
+    exif_orientation: bool = Field(
+        default=False,
+        description="rotate images as their EXIF orientation tag says; off by default because torchvision's "
+        "ImageFolder loader and decode_image do not rotate, so a model trained with them saw unrotated pixels",
+    )
     mean: list[float] = Field(default_factory=lambda: [0.0], description="per-channel mean subtracted")
     std: list[float] = Field(default_factory=lambda: [1.0], description="per-channel std divided by")
 
@@ -250,6 +270,14 @@ class DemoConfig(_Section):
     seed: int = Field(default=0, description="seed of the images and of training")
 
 
+class ReportConfig(_Section):
+    absolute_paths: bool = Field(
+        default=False,
+        description="write absolute paths into the report and summary.json; by default paths are shown relative "
+        "to the config file's folder, so a shared report does not expose the machine's folders",
+    )
+
+
 class SprayConfig(_Section):
     """A whole audit: model, data, what to audit, how, and where the results go."""
 
@@ -264,6 +292,7 @@ class SprayConfig(_Section):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="intermediates on disk")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="how the report shows the run")
     demo: Optional[DemoConfig] = Field(
         default=None, description="build the planted-watermark digits case before auditing (the demo)"
     )

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import os
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from spray.config import DataConfig, ImageConfig
+from spray.config import INTERPOLATIONS, DataConfig, ImageConfig
 from spray.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -59,6 +60,9 @@ class Dataset:
     class_names: list[str]
     source: Path
     missing: list[tuple[str, str]] = field(default_factory=list)
+    # how labels became output indices: "index" (integer labels), "names" (string labels numbered in sorted
+    # order), "folders" (sorted class folders) or "class_names" (mapped through data.class_names)
+    label_source: str = "index"
 
     def by_class(self) -> dict[int, list[Sample]]:
         """Samples grouped by label, in ascending label order; classes without samples are absent."""
@@ -160,7 +164,7 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
         seen[path_cell] = line
         entries.append((line, path_cell, label_cell))
 
-    labels, names = _map_labels(manifest, entries, class_names)
+    labels, names, label_source = _map_labels(manifest, entries, class_names)
     base = manifest.parent
     samples: list[Sample] = []
     missing: list[tuple[str, str]] = []
@@ -171,13 +175,13 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
             samples.append(Sample(id=path_cell, path=path, label=label))
         else:
             missing.append((path_cell, f"{problem} (manifest row {line})"))
-    return Dataset(samples=samples, class_names=names, source=manifest, missing=missing)
+    return Dataset(samples=samples, class_names=names, source=manifest, missing=missing, label_source=label_source)
 
 
 def _map_labels(
     manifest: Path, entries: list[tuple[int, str, str]], class_names: list[str] | None
-) -> tuple[list[int], list[str]]:
-    """Labels as model output indices, and the class names by index."""
+) -> tuple[list[int], list[str], str]:
+    """Labels as model output indices, the class names by index, and how the labels were mapped."""
     as_ints = [_parse_int(label) for _, _, label in entries]
     if all(value is not None for value in as_ints):
         for (line, _, text), value in zip(entries, as_ints):
@@ -193,7 +197,7 @@ def _map_labels(
                 )
         indices = [int(value) for value in as_ints]  # type: ignore[arg-type]
         names = list(class_names) if class_names is not None else [str(i) for i in range(max(indices) + 1)]
-        return indices, names
+        return indices, names, "class_names" if class_names is not None else "index"
 
     # string labels: one non-integer label makes every label a name, so "3" and "cat" are both names
     if class_names is None:
@@ -207,7 +211,7 @@ def _map_labels(
                     f"expected one of: {_listing(names)}"
                 )
     lookup = {name: index for index, name in enumerate(names)}
-    return [lookup[label] for _, _, label in entries], names
+    return [lookup[label] for _, _, label in entries], names, "class_names" if class_names is not None else "names"
 
 
 def _parse_int(text: str) -> int | None:
@@ -238,6 +242,7 @@ def _load_folder(root: Path, class_names: list[str] | None) -> Dataset:
                 f"expected the folder names to be among: {_listing(names)}"
             )
     samples: list[Sample] = []
+    empty: list[str] = []
     for folder in folders:
         label = names.index(folder)
         files = [
@@ -247,14 +252,25 @@ def _load_folder(root: Path, class_names: list[str] | None) -> Dataset:
             and path.is_file()
             and not any(part.startswith(".") for part in path.relative_to(root).parts)
         ]
+        if not files:
+            empty.append(folder)
         for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
             samples.append(Sample(id=path.relative_to(root).as_posix(), path=path, label=label))
+    if empty and samples and class_names is None:
+        # the folder still numbers the outputs, but a class without images usually means a folder left over
+        # or misnamed; torchvision's ImageFolder refuses it too, so the numbering is never trusted blindly
+        raise DataError(
+            f"data root {root}: class folder(s) {_listing(empty)} contain no image (expected files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)}); add its images, or delete the folder and give data.class_names "
+            f"listing every model output in order, e.g. data.class_names: [{', '.join(folders)}]"
+        )
     if not samples:
         raise DataError(
             f"data root {root} has class folders ({_listing(folders)}) but no images in them; "
             f"expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
-    return Dataset(samples=samples, class_names=names, source=root, missing=[])
+    return Dataset(samples=samples, class_names=names, source=root, missing=[],
+                   label_source="class_names" if class_names is not None else "folders")
 
 
 def _file_problem(path: Path) -> str | None:
@@ -270,11 +286,18 @@ class _DecodeProblem(Exception):
 
 
 def read_pixels(path: Path, image: ImageConfig) -> np.ndarray:
-    """Decode one image into ``(H, W, C)`` float32 in [0, 1].
+    """Decode one image into ``(H, W, C)`` float32 in [0, 1], ``(H, W) = image.size``.
 
-    The image is converted to ``image.mode`` (C = 1 for L, 3 for RGB) and resized to ``image.size``
-    ([height, width]) with bilinear interpolation, as torchvision's PIL-based transforms do. EXIF
-    orientation is not applied, also like torchvision, so the model sees what it was trained on.
+    Decoding: 8-bit images of any Pillow mode (palette, CMYK, LA, RGBA, ...) are converted to ``image.mode``
+    with Pillow's ``convert``, as torchvision's loader does (alpha is dropped, not composited). 16-bit and
+    32-bit integer greyscale images are scaled by their bit depth (a 16-bit PNG by 65535), float images must
+    hold values in [0, 1]; a signed or out-of-range image is refused rather than guessed at. EXIF
+    orientation is applied only with ``image.exif_orientation`` (torchvision does not apply it).
+
+    Geometry (:func:`fit_image`): resize straight to ``image.size``, or with ``image.shorter_side`` resize
+    the shorter side and center-crop, with the ``image.interpolation`` filter; matches torchvision's
+    ``Resize`` / ``CenterCrop`` on the same PIL image.
+
     Raises DataError naming the file when it is missing or cannot be decoded (including a truncated file).
     """
     try:
@@ -283,15 +306,32 @@ def read_pixels(path: Path, image: ImageConfig) -> np.ndarray:
         raise DataError(f"{path}: {problem}") from None
 
 
+# Images above this many pixels are decoded one at a time, all in one dedicated thread: a 12000 x 12000
+# RGB photo takes about 550 MB to decode. Decoded one at a time in several loader threads, each thread's
+# malloc arena would keep its own copy of that memory after it is freed (resident memory grows with the
+# number of threads); in one thread it is reused. Pixels are unchanged (no reduced-resolution decoding).
+LARGE_IMAGE_PIXELS = 16_000_000
+_large_decoder: tuple[int, ThreadPoolExecutor] | None = None  # (process id, executor)
+_large_decoder_lock = threading.Lock()
+
+
+def _large_decoder_pool() -> ThreadPoolExecutor:
+    """This process's one-thread executor for large images (made afresh in a forked child, whose copy of
+    the parent's executor has no thread)."""
+    global _large_decoder
+    with _large_decoder_lock:
+        if _large_decoder is None or _large_decoder[0] != os.getpid():
+            _large_decoder = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="spray-large-decode"))
+        return _large_decoder[1]
+
+
 def _decode(path: Path, image: ImageConfig) -> np.ndarray:
-    height, width = image.size
     try:
         with Image.open(path) as opened:
-            # load() decodes everything now: a truncated or garbled file fails here, not later in convert.
-            # This relies on PIL.ImageFile.LOAD_TRUNCATED_IMAGES being False (Pillow's default); spray never
-            # sets it, because it would silently pad a truncated image with grey.
-            opened.load()
-            converted = opened.convert(image.mode)
+            large = opened.width * opened.height > LARGE_IMAGE_PIXELS
+            fitted = None if large else _decode_opened(opened, image)
+        if fitted is None:
+            fitted = _large_decoder_pool().submit(_decode_file, path, image).result()
     except FileNotFoundError:
         raise _DecodeProblem("file not found") from None
     except IsADirectoryError:
@@ -300,17 +340,106 @@ def _decode(path: Path, image: ImageConfig) -> np.ndarray:
         raise _DecodeProblem("cannot decode image: not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         # Pillow reports corrupt data as OSError ("image file is truncated", "broken data stream"),
-        # SyntaxError (a broken PNG chunk) or ValueError, depending on the plugin
+        # SyntaxError (a broken PNG chunk) or ValueError (also a conversion Pillow does not know)
         raise _DecodeProblem(f"cannot decode image: {error}") from None
-    with converted:
-        if converted.size != (width, height):
-            resized = converted.resize((width, height), Image.Resampling.BILINEAR)
-        else:
-            resized = converted.copy()
-    pixels = np.asarray(resized, dtype=np.float32) / 255.0
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    return pixels
+    if fitted.mode == "F":  # a high-depth greyscale image, already scaled to [0, 1]
+        pixels = np.clip(np.asarray(fitted, dtype=np.float32), 0.0, 1.0)  # filters with negative lobes overshoot
+        pixels = pixels[:, :, None] if image.mode == "L" else np.repeat(pixels[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(pixels)
+    pixels = np.asarray(fitted, dtype=np.float32) / 255.0
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def _decode_file(path: Path, image: ImageConfig) -> Image.Image:
+    with Image.open(path) as opened:
+        return _decode_opened(opened, image)
+
+
+def _decode_opened(opened: Image.Image, image: ImageConfig) -> Image.Image:
+    # load() decodes everything now: a truncated or garbled file fails here, not later in convert.
+    # This relies on PIL.ImageFile.LOAD_TRUNCATED_IMAGES being False (Pillow's default); spray never
+    # sets it, because it would silently pad a truncated image with grey.
+    opened.load()
+    oriented = ImageOps.exif_transpose(opened) if image.exif_orientation else opened
+    converted = _convert(oriented, image.mode)
+    return fit_image(converted, image)
+
+
+_INTEGER_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+
+
+def _convert(opened: Image.Image, mode: str) -> Image.Image:
+    """``opened`` in ``mode`` (8 bits per channel), or for a high-depth greyscale image a mode-F image of
+    its intensities in [0, 1]. Raises _DecodeProblem for an image whose scale cannot be known."""
+    if opened.mode in _INTEGER_MODES or opened.mode == "I":
+        values = np.asarray(opened).astype(np.float64)
+        bits = _INTEGER_MODES.get(opened.mode) or _bit_depth(opened)
+        if _signed(opened) or (values.size and (values.min() < 0 or values.max() > 2**bits - 1)):
+            raise _DecodeProblem(
+                f"{bits}-bit signed or out-of-range integer image (values {values.min():g}..{values.max():g}); "
+                "expected unsigned intensities"
+            )
+        return Image.fromarray((values / (2**bits - 1)).astype(np.float32), mode="F")
+    if opened.mode == "F":
+        values = np.asarray(opened, dtype=np.float32)
+        if not np.isfinite(values).all() or (values.size and (values.min() < -1e-6 or values.max() > 1 + 1e-6)):
+            raise _DecodeProblem(
+                f"float image with values {np.nanmin(values):g}..{np.nanmax(values):g}; spray reads float images "
+                "as intensities in [0, 1] and will not guess another scale"
+            )
+        return opened
+    # fit_image always returns a new image, so the opened one is not copied when it has the mode already
+    return opened if opened.mode == mode else opened.convert(mode)
+
+
+def _bit_depth(opened: Image.Image) -> int:
+    """Bits per sample of a mode-I image: the TIFF tag when there is one; a PNG holds at most 16."""
+    tags = getattr(opened, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0]
+    return int(bits) if bits else 16
+
+
+def _signed(opened: Image.Image) -> bool:
+    tags = getattr(opened, "tag_v2", None)
+    sample_format = tags.get(339) if tags is not None else None
+    if isinstance(sample_format, tuple):
+        sample_format = sample_format[0]
+    return sample_format == 2  # TIFF SampleFormat 2: two's complement signed integer
+
+
+_FILTERS = {name: getattr(Image.Resampling, name.upper()) for name in INTERPOLATIONS}
+
+
+def fit_image(picture: Image.Image, image: ImageConfig) -> Image.Image:
+    """Resize (and center-crop) a PIL image to ``image.size`` = [height, width].
+
+    Without ``image.shorter_side``: one resize to the size. With it: torchvision's ``Resize(shorter_side)``
+    (the shorter side becomes ``shorter_side``, the longer ``int(shorter_side * long / short)``) and then
+    ``CenterCrop(size)`` (offsets ``round((side - crop) / 2)``; a crop larger than the image is padded with
+    zeros, the extra pixel of an odd padding going right/bottom).
+    """
+    height, width = image.size
+    resample = _FILTERS[image.interpolation]
+    if image.shorter_side is None:
+        return picture.resize((width, height), resample) if picture.size != (width, height) else picture.copy()
+    w, h = picture.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = image.shorter_side, int(image.shorter_side * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    resized = picture.resize((new_w, new_h), resample) if (new_w, new_h) != (w, h) else picture.copy()
+    return _center_crop(resized, height, width)
+
+
+def _center_crop(picture: Image.Image, height: int, width: int) -> Image.Image:
+    w, h = picture.size
+    if width > w or height > h:
+        padded = Image.new(picture.mode, (max(w, width), max(h, height)), 0)
+        padded.paste(picture, ((width - w) // 2 if width > w else 0, (height - h) // 2 if height > h else 0))
+        picture, (w, h) = padded, padded.size
+    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    return picture.crop((left, top, left + width, top + height))
 
 
 def load_pixels(

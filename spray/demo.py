@@ -177,6 +177,7 @@ def train(
             schedule.step()
             total += float(loss.detach()) * len(batch)
         losses.append(total / len(x))
+        log.info("demo: training epoch %d/%d, loss %.3f", len(losses), epochs, losses[-1])
     model.eval()
     return losses
 
@@ -224,6 +225,7 @@ def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> d
     from sklearn.datasets import load_digits
 
     started = time.perf_counter()
+    log.info("demo: building the case (images, then a small CNN trained for %d epochs)", config.epochs)
     rng = np.random.default_rng(config.seed)
     bundled = load_digits()
     images, source = render_digits(bundled.images, config.variants, rng)
@@ -252,6 +254,7 @@ def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> d
     record = _measure(model, images, labels, train_rows, planted, mask, config, rng)
     record.update({"losses": losses, "seconds": time.perf_counter() - started})
 
+    log.info("demo: writing %d images and the model to %s", len(images), directory)
     # a staging folder of this process alone; one left by a killed build is removed by the next build
     for stale in directory.parent.glob(f"{directory.name}.building*"):
         shutil.rmtree(stale, ignore_errors=True)

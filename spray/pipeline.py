@@ -44,6 +44,7 @@ from dask.base import tokenize
 from spray import __version__
 from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
 from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
+from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
 from spray.config import SprayConfig
 from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
                         read_pixels)
@@ -53,7 +54,7 @@ from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_
 from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
 from spray.preprocess import preprocess
 from spray.model import load_model, model_token
-from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass, Thumbnail
 
 log = logging.getLogger(__name__)
 # Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
@@ -75,6 +76,7 @@ class AuditOutcome:
     stages: dict[str, dict[str, int]]
     skipped_classes: list[SkippedClass] = field(default_factory=list)
     cross_class: CrossClassResult | None = None
+    skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
 
     @property
     def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
@@ -372,6 +374,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     """Run the whole audit and write the report; raises SprayError subclasses with exit codes."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
+    # an output that cannot be written fails now, not after the whole audit has been computed
+    check_output_folders(config)
     if config.demo is not None:
         from spray.demo import build_case
 
@@ -385,8 +389,10 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
                 config.demo.target_class, 100 * record["flip_rate_without_artifact"])
     dataset = load_dataset(config.data)
     token = model_token(config.model)
-    # Fail fast, before any task runs: the model must load and every layer must be explainable.
-    prepare_attributor(config.model, config.attribution, config.data.image, token)
+    # Fail fast, before any task runs: the model must load, take the configured images, have one output per
+    # class, and every layer must be explainable (the same checks as `spray validate`).
+    checked = preflight(config, dataset)
+    log_label_mapping(checked.mapping)
     classes, skipped_classes = audited_classes(config, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
@@ -402,8 +408,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     try:
         for attempt in range(_CORRUPT_ATTEMPTS):
             try:
-                computed, cross_entry, results, cross_result, skipped_late = _compute(
-                    config, dataset, classes, directory, token, progress)
+                done = _compute(config, dataset, classes, directory, token, progress)
                 break
             except CorruptEntry:
                 # the damaged entry was found while a chunk was read and is gone now: running the graph
@@ -413,33 +418,105 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-    skipped_classes = skipped_classes + skipped_late
+    computed, cross_entry, results, cross_result = done.entries, done.cross_entry, done.results, done.cross_result
+    skipped_classes = skipped_classes + done.skipped_classes
     stages = _stage_counts(computed)
     if cross_entry is not None:
         stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
-    skipped_samples = [(i, r) for i, r in dataset.missing]
+    skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
     for result in results:
         skipped_samples += result.skipped_samples
+    shown = PathShower(config)
     run = RunInfo(
-        config_path=str(config.path) if config.path else "",
-        config=config.model_dump(mode="json", exclude={"path"}),
-        model=f"{config.model.factory}" + (f" with weights {config.model.weights}" if config.model.weights else ""),
-        data=f"{dataset.source} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
+        config_path=shown(config.path) if config.path else "",
+        config=shown.config(),
+        model=shown(config.model.factory) + (f" with weights {shown(config.model.weights)}" if config.model.weights else ""),
+        data=f"{shown(dataset.source)} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
         versions=_versions(),
         started=started_at.isoformat(timespec="seconds"),
         duration_s=time.perf_counter() - started,
         device=str(resolve_device(config.attribution.device)),
-        skipped_samples=skipped_samples,
-        skipped_classes=skipped_classes,
+        skipped_samples=[(i, shown.text(r, dataset.source)) for i, r in skipped_samples],
+        skipped_classes=[SkippedClass(s.class_index, s.class_name, shown.text(s.reason, dataset.source))
+                         for s in skipped_classes],
         stages=stages,
+        label_names=list(checked.mapping.names),
+        label_source=checked.mapping.source,
     )
     from spray.report import write_report
 
     # the synchronous scheduler is for debugging: the report is drawn in this process too
     in_process = config.dask.scheduler == "synchronous" and not config.dask.address
+    log.info("writing the report (%d classes) to %s", len(results), config.output)
+    drawing = time.perf_counter()
     report = write_report(Path(config.output), results, run, cross_result,
                           workers=1 if in_process else config.dask.workers)
-    return AuditOutcome(report, results, stages, skipped_classes, cross_result)
+    log.info("report written in %.1f s", time.perf_counter() - drawing)
+    return AuditOutcome(report, results, stages, skipped_classes, cross_result, skipped_samples)
+
+
+def log_label_mapping(mapping: LabelMapping) -> None:
+    """Log which model output each class is audited against."""
+    for line in mapping_lines(mapping):
+        log.info("%s", line)
+
+
+def mapping_lines(mapping: LabelMapping, shown: int = 20) -> list[str]:
+    """The label mapping as terminal lines: a heading and the first ``shown`` outputs."""
+    lines = [f"labels -> model outputs ({LABEL_SOURCES[mapping.source]}):"]
+    lines += [f"  {line}" for line in mapping.lines()[:shown]]
+    if len(mapping.names) > shown:
+        lines.append(f"  ... and {len(mapping.names) - shown} more outputs (all in summary.json)")
+    return lines
+
+
+class PathShower:
+    """Paths as the report and summary.json show them: relative to the config file's folder (``../x`` where
+    needed), or absolute with ``report.absolute_paths``, so that a shared report does not expose the folders
+    of the machine it ran on."""
+
+    _PATH_KEYS = (("model", "weights"), ("data", "manifest"), ("data", "root"), ("cache", "directory"),
+                  ("output",), ("demo", "directory"))
+
+    def __init__(self, config: SprayConfig) -> None:
+        self._config = config
+        self._absolute = config.report.absolute_paths
+        self._base = Path(config.path).parent if config.path else Path.cwd()
+
+    def __call__(self, path: Any) -> str:
+        """One path (a factory 'file.py:callable' keeps its callable)."""
+        text = str(path)
+        if self._absolute:
+            return text
+        if not isinstance(path, Path) and ":" in text and text.rpartition(":")[0].endswith(".py"):
+            file, _, name = text.rpartition(":")
+            return f"{self(Path(file))}:{name}"
+        if not Path(text).is_absolute():
+            return text
+        return Path(os.path.relpath(text, self._base)).as_posix()
+
+    def text(self, message: str, folder: Path) -> str:
+        """A message (a skip reason) with ``folder`` (and the config's folder) written relative."""
+        if self._absolute:
+            return message
+        for absolute in sorted({str(Path(folder).parent if Path(folder).is_file() else folder), str(self._base)},
+                               key=len, reverse=True):
+            message = message.replace(absolute + os.sep, self(Path(absolute)) + "/")
+        return message
+
+    def config(self) -> dict[str, Any]:
+        """The validated config as JSON-ready data, its paths shown like every other path."""
+        dumped = self._config.model_dump(mode="json", exclude={"path"})
+        if self._absolute:
+            return dumped
+        for keys in self._PATH_KEYS:
+            holder = dumped
+            for key in keys[:-1]:
+                holder = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and holder.get(keys[-1]) is not None:
+                holder[keys[-1]] = self(Path(holder[keys[-1]]))
+        dumped["model"]["factory"] = self(self._config.model.factory)
+        return dumped
 
 
 # A run meets a damaged cache entry while reading a chunk at most once per entry; two more attempts than
@@ -447,28 +524,41 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
 _CORRUPT_ATTEMPTS = 3
 
 
+@dataclass
+class _Computed:
+    """The graph's entries read back: results of the audited classes, and the classes the analysis skipped
+    (too few usable samples) with the samples that were skipped in them."""
+
+    entries: dict[int, dict[str, Any]]
+    cross_entry: Entry | None
+    results: list[ClassResult]
+    cross_result: CrossClassResult | None
+    skipped_classes: list[SkippedClass]
+    skipped_samples: list[tuple[str, str]]
+
+
 def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
-             progress: bool) -> tuple[dict[int, dict[str, Any]], Entry | None, list[ClassResult],
-                                      CrossClassResult | None, list[SkippedClass]]:
-    """Run the graph and read its entries back as results; classes the analysis skipped (too few usable
-    samples) come back as SkippedClass with the reason."""
+             progress: bool) -> _Computed:
+    """Run the graph and read its entries back."""
     with _scheduler(config) as options, _progress(progress and not config.dask.address):
         gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
         graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
         cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
         computed, cross_entry = dask.compute(graph, cross, **options)
     by_class = dataset.by_class()
-    results, skipped = [], []
+    log.info("reading the results back: prototypes, and every member of the flagged clusters")
+    results, skipped, skipped_samples = [], [], []
     for index in classes:
         _, analysis_meta = computed[index]["analyse"].read()
         if "skipped" in analysis_meta:
             skipped.append(SkippedClass(index, dataset.class_names[index], analysis_meta["skipped"]))
+            skipped_samples += [(str(i), str(r)) for i, r in computed[index]["preprocess"].read()[1]["skipped"]]
         else:
             results.append(assemble_class(config, dataset, index, by_class[index], computed[index]))
     if skipped and not results:
         raise DataError("no class could be audited: " + "; ".join(f"{s.class_name}: {s.reason}" for s in skipped))
     cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
-    return computed, cross_entry, results, cross_result, skipped
+    return _Computed(computed, cross_entry, results, cross_result, skipped, skipped_samples)
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -502,11 +592,14 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         typical = [ids[i] for i in member_index[np.argsort(distance)][: config.flagging.prototypes]]
         images = [_display(read_pixels(samples_by_id[i].path, config.data.image)) for i in typical]
         heatmaps = [relevance_by_id(i) for i in typical]
+        members = [ids[i] for i in member_index]
+        shown = (member_thumbnails(members[:MAX_MEMBERS_SHOWN], samples_by_id, relevance_by_id, config.data.image)
+                 if cluster["flagged"] else [])
         clusters.append(ClusterResult(
-            id=cluster["id"], members=[ids[i] for i in member_index], score=cluster["score"],
+            id=cluster["id"], members=members, score=cluster["score"],
             flagged=cluster["flagged"], evidence=cluster["evidence"], mean_map=mean_map,
             region=flag_arrays["regions"][position] if cluster["has_region"] else None,
-            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps))
+            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps, members_shown=shown))
     clusters.sort(key=lambda c: (not c.flagged, -c.score))
     notes = list(analysis_meta.get("notes", []))
     return ClassResult(
@@ -517,6 +610,25 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         cluster_labels=labels, embeddings=dict(embeddings), clusters=clusters,
         class_mean_map=maps.mean(0), notes=notes,
         skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
+
+
+# Members of a flagged cluster shown in the report's gallery, and their side in pixels: a reviewer checks
+# that every member carries the pattern; the ids of all members are in summary.json and samples.csv.
+MAX_MEMBERS_SHOWN = 2000
+MEMBER_SIDE = 48
+
+
+def member_thumbnails(ids: list[str], samples_by_id: dict[str, Sample], relevance_by_id: Any,
+                      image: Any) -> list[Thumbnail]:
+    """Small image + relevance of each sample id, for the gallery (at most MEMBER_SIDE pixels a side)."""
+    from spray.report.images import resize_float, shrink
+
+    thumbnails = []
+    for sample_id in ids:
+        pixels = shrink(_display(read_pixels(samples_by_id[sample_id].path, image)), MEMBER_SIDE)
+        heatmap = resize_float(np.asarray(relevance_by_id(sample_id), dtype=np.float64), *pixels.shape[:2])
+        thumbnails.append(Thumbnail(sample_id, pixels, heatmap.astype(np.float32)))
+    return thumbnails
 
 
 def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:

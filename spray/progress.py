@@ -1,11 +1,18 @@
-"""A progress bar for Dask's local schedulers, counting finished tasks per pipeline stage.
+"""Progress for Dask's local schedulers, counting finished tasks per pipeline stage.
 
 Task keys start with their stage's name (``attribute-3-0-…``), so one bar can show how far each stage is.
+On a terminal the progress is a bar on stderr; when stdout or stderr is not a terminal (a log file, a
+scheduled job) or the terminal reports no size, it is plain log lines instead: one per tenth of the tasks, and at least
+every ``PLAIN_INTERVAL_S`` seconds while tasks finish, so a log shows how far a run got without control
+characters.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
+import time
 from typing import Any
 
 from dask.callbacks import Callback
@@ -13,15 +20,34 @@ from tqdm import tqdm
 
 from spray.pipeline import STAGES
 
+log = logging.getLogger("spray.progress")
+PLAIN_INTERVAL_S = 30.0
+
+
+def interactive() -> bool:
+    """Whether a redrawn bar makes sense: stdout and stderr (where the bar goes) are terminals with a size.
+
+    A scheduled job usually redirects both; one redirected stream is enough to mean a log is being kept.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if not stream.isatty():
+                return False
+        except (AttributeError, ValueError):  # replaced or closed streams
+            return False
+    return shutil.get_terminal_size(fallback=(0, 0)).columns > 0
+
 
 class StageProgress(Callback):
     """``with StageProgress(): dask.compute(...)`` draws one bar on stderr: all tasks, per-stage counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, bar: bool | None = None) -> None:
         super().__init__()
+        self._use_bar = interactive() if bar is None else bar
         self._bar: tqdm | None = None
         self._done: dict[str, int] = {}
         self._totals: dict[str, int] = {}
+        self._logged_at = (0.0, 0)  # (time, tasks done) of the last plain line
 
     def _start_state(self, dsk: Any, state: Any) -> None:
         self._totals = {stage: 0 for stage in STAGES}
@@ -30,17 +56,27 @@ class StageProgress(Callback):
             if stage:
                 self._totals[stage] += 1
         self._done = {stage: 0 for stage in STAGES}
-        self._bar = tqdm(total=sum(self._totals.values()), desc="spray", unit="task", file=sys.stderr,
-                         dynamic_ncols=True, mininterval=0.5)
+        self._logged_at = (time.monotonic(), 0)
+        if self._use_bar:
+            self._bar = tqdm(total=sum(self._totals.values()), desc="spray", unit="task", file=sys.stderr,
+                             dynamic_ncols=True, mininterval=0.5)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         stage = _stage_of(key)
-        if stage and self._bar is not None:
-            self._done[stage] += 1
-            self._bar.set_postfix_str(
-                " ".join(f"{s} {self._done[s]}/{self._totals[s]}" for s in STAGES if self._totals[s]), refresh=False
-            )
+        if not stage:
+            return
+        self._done[stage] += 1
+        counts = " ".join(f"{s} {self._done[s]}/{self._totals[s]}" for s in STAGES if self._totals[s])
+        if self._bar is not None:
+            self._bar.set_postfix_str(counts, refresh=False)
             self._bar.update(1)
+            return
+        done, total = sum(self._done.values()), sum(self._totals.values())
+        last_time, last_done = self._logged_at
+        tenth = done * 10 // total > last_done * 10 // total
+        if done == total or tenth or time.monotonic() - last_time >= PLAIN_INTERVAL_S:
+            log.info("tasks %d/%d: %s", done, total, counts)
+            self._logged_at = (time.monotonic(), done)
 
     def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
         if self._bar is not None:

@@ -9,6 +9,15 @@ import numpy as np
 
 
 @dataclass
+class Thumbnail:
+    """One member of a flagged cluster, small, for the report's gallery of all members."""
+
+    id: str  # sample id
+    image: np.ndarray  # (h, w, 3) uint8, as the model saw it, shrunk to at most MEMBER_SIDE pixels
+    heatmap: np.ndarray  # (h, w) float32, channel-summed input relevance resized to the image
+
+
+@dataclass
 class ClusterResult:
     """One spectral cluster of one audited class.
 
@@ -27,6 +36,7 @@ class ClusterResult:
     prototypes: list[str]  # sample ids, most typical first
     prototype_images: list[np.ndarray]  # (H, W, 3) uint8 each, as the model saw them (resized)
     prototype_heatmaps: list[np.ndarray]  # (H, W) float32 each, channel-summed input relevance
+    members_shown: list[Thumbnail] = field(default_factory=list)  # flagged clusters: every member (capped)
 
     @property
     def size(self) -> int:
@@ -107,3 +117,5 @@ class RunInfo:
     skipped_samples: list[tuple[str, str]]  # (sample id, reason) for missing or unreadable images
     skipped_classes: list[SkippedClass]
     stages: dict[str, dict[str, int]]  # stage -> {"computed": n, "cached": n}
+    label_names: list[str] = field(default_factory=list)  # (K,) the class audited against each model output
+    label_source: str = ""  # how labels were mapped onto outputs (a key of spray.checks.LABEL_SOURCES)

@@ -210,6 +210,7 @@ def test_unchanged_images_are_not_read_again_to_build_the_cache_keys(tiny_audit,
 
 def test_an_audited_class_without_samples_is_named(tiny_case):
     config = tiny_config(tiny_case, audit={"classes": ["d"]},
+                         model={"factory": "models.py:build", "kwargs": {"n_classes": 4}},
                          data={"manifest": "images/manifest.csv", "image": {"mode": "L", "size": [16, 16]},
                                "class_names": ["a", "b", "c", "d"]})
     with pytest.raises(DataError, match=r"class 'd' \(label 3\) has no sample in .*manifest.csv"):

@@ -350,8 +350,10 @@ def test_evidence_with_thresholds_shows_each_test_and_the_weakest_line(tmp_path)
     write_report(tmp_path, [result], make_run())
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     table = page[page.index('id="class-0-cluster-2"'):]
-    table = table[table.index("evidence-table"): table.index("</table>")]
-    rows = dict(re.findall(r"<th>([^<]+)</th>\s*<td[^>]*>[^<]*</td>\s*<td class=\"test\">(.*?)</td>", table, re.S))
+    table = table[table.index("evidence-table"): table.index('<div class="prototypes-block">')]
+    rows = dict(re.findall(r'<span class="key">([^<]+)</span>(?:<span class="meaning">[^<]*</span>)?</th>\s*<td[^>]*>.*?</td>\s*'
+                           r'<td class="test">(.*?)</td>',
+                           table, re.S))
     assert '≥ 0.85</span> <span class="pass"' in rows["consistency"]
     assert '≥ 0.2</span> <span class="fail"' in rows["necessity"]
     assert rows["masking_drop"] == ""  # no threshold: shown as measured

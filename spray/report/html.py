@@ -20,7 +20,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from spray.errors import RunError
-from spray.report import figures, images
+from spray.report import explain, figures, images
 from spray.report.summary import (
     class_order_key,
     cross_class_clusters,
@@ -35,6 +35,7 @@ from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
 PROTOTYPE_SIDE = 72  # pixels per prototype tile, as shown: keeps 1,200 tiles near 7 MB of HTML
+MEMBER_TILE = 48  # pixels per member tile in a flagged cluster's gallery
 MAX_SKIPPED_SAMPLES_SHOWN = 200  # the full list is always in summary.json
 EMBEDDING_TITLES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 # Above this many classes each class gets a page of its own (classes/<index>.html): the figures of a class
@@ -139,9 +140,13 @@ def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
         threshold = thresholds.get(key)
         number = finite_or_nan(value) if _is_number(value) else math.nan
         has_threshold = _is_number(threshold) and not math.isnan(number)
+        described = explain.term(key)
         rows.append(
             {
                 "key": key,
+                "name": described.name,
+                "meaning": described.meaning,
+                "unit": described.unit,
                 "value": _format_value(value),
                 "numeric": _is_number(value) or isinstance(value, (bool, np.bool_)) or value is None,
                 "threshold": format_number(threshold) if has_threshold else "",
@@ -149,12 +154,29 @@ def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
                 "weakest": isinstance(weakest, str) and key == weakest,
             }
         )
+    # The lines a flag is decided on come first, then the measurements behind them
+    rows.sort(key=lambda row: (not row["threshold"], row["key"] != "weakest_evidence"))
+    for row in rows:  # what the flag is decided on; the rest are the measurements behind it
+        row["primary"] = bool(row["threshold"]) or row["key"] == "weakest_evidence"
     # Thresholds of measurements that were not recorded still belong to the numbers behind the flag.
     for key, threshold in thresholds.items():
         if key not in evidence:
-            rows.append({"key": f"thresholds.{key}", "value": format_number(threshold), "numeric": True,
+            described = explain.term(f"thresholds.{key}")
+            rows.append({"key": f"thresholds.{key}", "name": described.name, "meaning": described.meaning,
+                         "unit": explain.term(key).unit, "value": format_number(threshold), "numeric": True,
                          "threshold": "", "passed": None, "weakest": False})
     return rows
+
+
+def score_formula(evidence: dict[str, Any], score: Any) -> str:
+    """How this cluster's score was formed, e.g. ``'= Necessity (model needs it) 0.31 / threshold 0.15'``;
+    '' when the evidence does not say which line was the weakest."""
+    weakest = evidence.get("weakest_evidence")
+    thresholds = evidence.get("thresholds") if isinstance(evidence.get("thresholds"), dict) else {}
+    if not isinstance(weakest, str) or weakest not in evidence or not _is_number(thresholds.get(weakest)):
+        return ""
+    return (f"= {explain.term(weakest).name.split(' (')[0].lower()} {format_number(evidence[weakest])} "
+            f"/ threshold {format_number(thresholds[weakest])}, the weakest of the three ratios")
 
 
 def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
@@ -199,11 +221,25 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "score": finite_or_nan(cluster.score),
         "flagged": bool(cluster.flagged),
         "evidence": evidence_rows(cluster.evidence),
+        "score_formula": score_formula(cluster.evidence, cluster.score),
         "mean_map": images.map_tile(cluster.mean_map, cluster.region if has_region else None),
         "has_region": has_region,
         "region_missing": cluster.region is None,
         "prototypes": _prototype_views(cluster),
+        "members": _member_views(cluster),
+        "n_members_hidden": max(0, int(cluster.size) - len(cluster.members_shown)) if cluster.members_shown else 0,
     }
+
+
+def _member_views(cluster: ClusterResult) -> list[dict[str, Any]]:
+    """Every member of a flagged cluster as small image and relevance tiles (the gallery)."""
+    views = []
+    for thumb in cluster.members_shown:
+        height, width = images.fit_size(*np.asarray(thumb.image).shape[:2], MEMBER_TILE)
+        views.append({"id": str(thumb.id), "height": height, "width": width,
+                      "image": images.image_tile(thumb.image, MEMBER_TILE),
+                      "overlay": images.overlay_tile(thumb.image, thumb.heatmap, None, MEMBER_TILE)})
+    return views
 
 
 def _summary_row(result: ClassResult, rank: int, paged: bool) -> dict[str, Any]:
@@ -381,7 +417,32 @@ def _run_view(run: RunInfo) -> dict[str, Any]:
         ],
         "skipped_samples": skipped[:MAX_SKIPPED_SAMPLES_SHOWN],
         "n_skipped_samples": len(skipped),
+        "label_mapping": list(enumerate(str(name) for name in run.label_names)),
+        "label_source": _label_source_text(run.label_source),
+        "score_text": _score_text(run.config),
+        "conservation_text": explain.CONSERVATION + " " + _conservation_range(run.config),
     }
+
+
+def _label_source_text(source: str) -> str:
+    from spray.checks import LABEL_SOURCES  # imports torch: only when a report is drawn
+
+    return LABEL_SOURCES.get(source, source)
+
+
+def _conservation_range(config: dict[str, Any]) -> str:
+    attribution = (config.get("attribution") or {}) if isinstance(config, dict) else {}
+    return explain.conservation_range(str(attribution.get("method", "lrp")),
+                                      str(attribution.get("composite", "epsilon_plus_flat")),
+                                      bool(attribution.get("rules")))
+
+
+def _score_text(config: dict[str, Any]) -> str:
+    from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY
+
+    threshold = (config.get("flagging") or {}).get("threshold", 1.0) if isinstance(config, dict) else 1.0
+    return explain.SCORE.format(consistency=format_number(CONSISTENCY), necessity=format_number(NECESSITY),
+                                sufficiency=format_number(SUFFICIENCY), threshold=format_number(threshold))
 
 
 def _environment() -> Environment:

@@ -131,13 +131,18 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return pixels[:, :, :3]
 
 
-def image_tile(image: np.ndarray, max_side: int = 72) -> str:
-    """A prototype image as the model saw it, shrunk to fit ``max_side``."""
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    """RGB uint8 pixels of ``image`` shrunk (Lanczos) to fit ``max_side``; never enlarged."""
     pixels = to_rgb_uint8(image)
     height, width = fit_size(pixels.shape[0], pixels.shape[1], max_side)
     if (height, width) != pixels.shape[:2]:
         pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS))
-    return png_data_uri(pixels)
+    return pixels
+
+
+def image_tile(image: np.ndarray, max_side: int = 72) -> str:
+    """A prototype image as the model saw it, shrunk to fit ``max_side``."""
+    return png_data_uri(shrink(image, max_side))
 
 
 def overlay_tile(

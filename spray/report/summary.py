@@ -6,7 +6,8 @@ Shape (extra keys may be added, none of these may change)::
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
                                 "flagged": true|false, "evidence": {...}}]}],
-     "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}], "run": {...}}
+     "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}],
+     "label_mapping": {"source": ..., "outputs": [{"output": <index>, "name": ...}]}, "run": {...}}
 
 Numbers that are not finite (a cluster too small to score, a conservation ratio of a zero logit) become
 ``null`` so that the file is strict JSON that every parser accepts.
@@ -165,7 +166,16 @@ def build_summary(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
         ],
         "flagged": bool(flagged_clusters),
         "n_flagged_clusters": int(flagged_clusters),
+        "label_mapping": label_mapping_summary(run),
         "run": run_summary(run),
+    }
+
+
+def label_mapping_summary(run: RunInfo) -> dict[str, Any]:
+    """``{"source": how labels were mapped, "outputs": [{"output", "name"}]}``: the class behind each output."""
+    return {
+        "source": str(run.label_source),
+        "outputs": [{"output": index, "name": str(name)} for index, name in enumerate(run.label_names)],
     }
 
 

@@ -81,3 +81,4 @@ def test_a_class_pushed_below_the_knn_minimum_by_skipped_samples_is_skipped_and_
     (skipped,) = summary["skipped_classes"]
     assert skipped["class"] == 2 and "analysis.neighbors" in skipped["reason"]
     assert "skipped class 2" in capsys.readouterr().out
+    assert len(summary["skipped_samples"]) == 20  # its unreadable images are still listed, each with its reason
