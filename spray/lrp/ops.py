@@ -54,6 +54,7 @@ class LinearLayer:
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
         self._split: Optional[Tensor] = None
+        self._with_positive: Optional[Tensor] = None
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -77,6 +78,14 @@ class LinearLayer:
             self._split = split
         out = self.weight.shape[0]
         return split[:out], split[out:], split
+
+    def weight_and_positive(self) -> Tensor:
+        """``[w; w+]`` stacked on the output channels, cached like :meth:`split_weight`."""
+        pair = self._with_positive
+        if pair is None or pair.device != self.weight.device or pair.dtype != self.weight.dtype:
+            pair = torch.cat([self.weight, self.split_weight()[0]])
+            self._with_positive = pair
+        return pair
 
     def backward_pair(self, s_pos: Tensor, s_neg: Tensor, input_like: Tensor | Sequence[int]) -> Tensor:
         """``s_pos * (w+)^T + s_neg * (w-)^T``. Two calls: stacking ``[s_pos, s_neg]`` into one call with

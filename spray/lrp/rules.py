@@ -181,33 +181,40 @@ class AlphaBeta(LinearRule):
         return layer.input_nonnegative and self.beta != 0 and (not layer.is_conv or layer.groups == 1)
 
     def forward(self, layer, a):
-        """For inputs known to be >= 0: compute ``z+ + eps`` and ``z- - eps`` in the forward pass, in one
-        product with the stacked weights ``[w+; w-]``, and the output as their sum. That replaces the
-        separate ``z`` product: three forward products become two."""
+        """For inputs known to be >= 0: one product with the stacked weights ``[w; w+]`` gives the output
+        ``z`` and ``z+`` together, in place of two separate products. ``z`` is the ordinary product (not
+        ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign partial
+        sums of ``z``, and which then drifts from the plain forward pass through every later layer);
+        ``z- = z - z+`` is formed in the backward pass."""
         if not self._splits(layer):
             return super().forward(layer, a)
-        weight = layer.weight
-        b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
-        stacked = layer.forward(
-            a,
-            layer.split_weight()[2],
-            torch.cat([_shifted_bias(b_pos, self.stabilizer, weight), _shifted_bias(b_neg, -self.stabilizer, weight)]),
-        )
-        pos, neg = stacked.chunk(2, dim=1 if layer.is_conv else -1)
-        return pos + neg, stacked  # (z+ + eps) + (z- - eps) = z
+        bias = None if layer.bias is None else torch.cat([layer.bias, layer.bias.clamp(min=0)])
+        both = layer.forward(a, layer.weight_and_positive(), bias)
+        return both.narrow(1 if layer.is_conv else -1, 0, layer.weight.shape[0]).contiguous(), both
+
+    def _stacked_quotients(self, layer: LinearLayer, both: Tensor, relevance: Tensor) -> Tensor:
+        """``[alpha R / (z+ + eps), -beta R / (z- - eps)]`` stacked on the channels, from ``[z, z+]``.
+
+        ``z- = min(z - z+, 0)``: the clamp keeps rounding noise where ``z- = 0`` exactly from giving the
+        denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero, so they pass
+        nothing either way."""
+        dim = 1 if layer.is_conv else -1
+        z, z_pos = both.chunk(2, dim=dim)
+        quotients = torch.empty_like(both)
+        s_pos, s_neg = quotients.chunk(2, dim=dim)  # views: the results are written in place
+        # alpha / beta folded into the denominators: (z+ + eps) / alpha, (z- - eps) / -beta.
+        torch.add(z_pos, self.stabilizer, out=s_pos).div_(self.alpha)
+        torch.sub(z, z_pos, out=s_neg).clamp_(max=0).sub_(self.stabilizer).div_(-self.beta)
+        torch.div(relevance, s_pos, out=s_pos)
+        torch.div(relevance, s_neg, out=s_neg)
+        return quotients
 
     def relevance(self, layer, a, z, relevance):
         w_pos, w_neg, _ = layer.split_weight()
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         if z is not None and self._splits(layer):
-            # z holds [z+ + eps, z- - eps] stacked on the channels: one division gives both quotients.
-            factors = torch.tensor([self.alpha, -self.beta], dtype=relevance.dtype, device=relevance.device)
-            if layer.is_conv:  # relevance (B, C, ...) -> (B, 2, C, ...) -> (B, 2C, ...)
-                factors = factors.view(1, 2, *([1] * (relevance.ndim - 1)))
-                s = (relevance.unsqueeze(1) * factors).flatten(1, 2).div_(z)
-            else:  # relevance (..., C) -> (..., 2, C) -> (..., 2C)
-                factors = factors.view(*([1] * (relevance.ndim - 1)), 2, 1)
-                s = (relevance.unsqueeze(-2) * factors).flatten(-2).div_(z)
+            # z holds [z, z+] stacked on the channels (see forward).
+            s = self._stacked_quotients(layer, z, relevance)
             return layer.backward(s, a, layer.split_weight()[2]).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
