@@ -185,8 +185,11 @@ class AlphaBeta(LinearRule):
         ``z`` and ``z+`` together, in place of two separate products. ``z`` is the ordinary product (not
         ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign partial
         sums of ``z``, and which then drifts from the plain forward pass through every later layer);
-        ``z- = z - z+`` is formed in the backward pass."""
-        if not self._splits(layer):
+        ``z- = z - z+`` is formed in the backward pass.
+
+        Not under autocast: in bf16/fp16 ``z - z+`` cancels to noise where ``|z-|`` is small against ``z+``;
+        there the denominators are computed in the backward pass, in float32."""
+        if not self._splits(layer) or torch.is_autocast_enabled(a.device.type):
             return super().forward(layer, a)
         bias = None if layer.bias is None else torch.cat([layer.bias, layer.bias.clamp(min=0)])
         both = layer.forward(a, layer.weight_and_positive(), bias)

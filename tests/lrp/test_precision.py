@@ -64,3 +64,15 @@ def test_float32_relevance_is_close_to_the_float64_reference(calibrated_resnet, 
     _, reference = LRP(model64.eval(), composite, **bounds)(x.double(), targets)
     error = (relevance.double() - reference).abs().max() / reference.abs().max()
     assert error < 1e-5, f"{composite}: float32 relevance {error:.2e} x max|R| from the float64 reference"
+
+
+def test_alpha_beta_under_bf16_autocast_stays_close_to_float32():
+    """Under autocast the shared product would give ``z- = z - z+`` in bf16, which cancels to noise; the
+    rule must keep its denominators in float32 there (CPU autocast stands in for CUDA's)."""
+    torch.manual_seed(0)
+    model = nets.randomize_batchnorm(nets.init_weights(nets.resnet50(width=0.25, classes=10))).eval()
+    x, targets = _images(2, 64, seed=4), torch.arange(2)
+    _, reference = LRP(model, "epsilon_alpha2_beta1")(x, targets)
+    _, relevance = LRP(model, "epsilon_alpha2_beta1", autocast="bf16")(x, targets)
+    relative = (relevance - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+    assert relative.max() < 0.3, f"bf16 autocast relevance {relative.max():.2e} (relative L2) from float32"
