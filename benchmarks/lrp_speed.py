@@ -49,6 +49,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lrp")]
 import nets  # noqa: E402  (the plain-torch test architectures)
 from _memory import peak_rss_mb, rss_mb  # noqa: E402
 from spray.lrp import LRP  # noqa: E402
+from spray.lrp.fused import enable_compile  # noqa: E402
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 LOW, HIGH = -2.2, 2.7  # z^B bounds of ImageNet-normalised inputs (roughly)
@@ -147,12 +148,30 @@ def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[i
     return time.perf_counter() - start, memory
 
 
-def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True) -> dict[str, Callable]:
-    """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed)."""
+def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
+    """``engine`` with the rules' element-wise steps compiled (spray.lrp.fused), only during its calls."""
+
+    def run(x: torch.Tensor, targets: torch.Tensor) -> tuple:
+        enable_compile(True)
+        try:
+            return engine(x, targets)
+        finally:
+            enable_compile(False)
+
+    run._module = engine._module  # type: ignore[attr-defined]
+    return run
+
+
+def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True,
+                  compiled: bool = False) -> dict[str, Callable]:
+    """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed;
+    ``"spray+compile:<composite>"`` with ``compiled``)."""
     methods: dict[str, Callable] = {"gradient": gradient_method(model)}
     for composite in composites:
         low_high = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
         methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
+        if compiled:
+            methods[f"spray+compile:{composite}"] = compiled_method(LRP(model, composite, **low_high))
         z = zennit_method(model, composite) if zennit else None
         if z is not None:
             methods[f"zennit:{composite}"] = z
@@ -163,7 +182,8 @@ def rss_child(case: str, method: str, quick: bool) -> None:
     """In a fresh process: the extra peak resident memory (MB) of one call of ``method``, printed as JSON."""
     model, x = build_case(case, quick)
     composite = method.split(":", 1)[1] if ":" in method else None
-    methods = build_methods(model, (composite,) if composite else (), zennit=method.startswith("zennit:"))
+    methods = build_methods(model, (composite,) if composite else (), zennit=method.startswith("zennit:"),
+                            compiled=method.startswith("spray+compile:"))
     fn = methods[method]
     targets = torch.zeros(x.shape[0], dtype=torch.long)
     with open("/proc/self/clear_refs", "w") as clear:
@@ -186,13 +206,13 @@ def rss_extra_mb(case: str, method: str, quick: bool, threads: Optional[int]) ->
 
 def run_case(
     name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
-    threads: Optional[int] = None,
+    threads: Optional[int] = None, compiled: bool = False, rss_wanted: bool = True,
 ) -> list[dict]:
     model, x = build_case(name, quick)
     x = x.to(device)
     model = model.to(device)
     targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    methods = build_methods(model, composites)
+    methods = build_methods(model, composites, compiled=compiled)
     for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
         fn(x, targets)
     # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
@@ -210,11 +230,11 @@ def run_case(
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
     rss: dict[str, Optional[float]] = {}
-    if device.type == "cpu":
+    if device.type == "cpu" and rss_wanted:
         del methods  # the children's memory is their own; free this process's copies first
         for key in ["gradient"] + [f"spray:{c}" for c in composites]:
             rss[key] = rss_extra_mb(name, key, quick, threads)
-    else:  # on CUDA the peak allocated memory of the call is the figure that matters
+    elif device.type != "cpu":  # on CUDA the peak allocated memory of the call is the figure that matters
         rss = {key: value / 2**20 for key, value in memory.items()}
 
     def ratio(key: str, reference: str) -> Optional[float]:
@@ -237,6 +257,7 @@ def run_case(
             "gradient_images_per_s": x.shape[0] / median["gradient"],
             "time_vs_gradient": ratio(key, "gradient"),
             "time_vs_zennit": ratio(key, zennit_key),
+            "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", "gradient"),
             "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
             "saved_vs_gradient": memory[key] / max(memory["gradient"], 1),
             "rss_extra_mb": rss.get(key),
@@ -258,6 +279,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="small inputs: a smoke test of the script")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time spray with compiled element-wise kernels (spray.lrp.fused)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-resident-memory subprocesses")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # "case|method": internal
     args = parser.parse_args(argv)
     if args.threads:
@@ -271,12 +295,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}")
     header = (
         f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} "
-        f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s}"
+        f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s} "
+        f"{'compiled x grad':>15s}"
     )
     print(header)
     rows: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
-        for row in run_case(case, composites, args.repeats, device, args.quick, args.threads):
+        for row in run_case(case, composites, args.repeats, device, args.quick, args.threads, args.compile,
+                            not args.no_rss):
             rows.append(row)
             vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
             zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
@@ -284,7 +310,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 f"{row['model']:10s} {row['composite']:22s} {row['images_per_s']:8.2f} "
                 f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
                 f"{zennit_grad:>13s} {row['saved_vs_gradient']:12.2f} {_fmt(row['rss_extra_mb'], 8, 0)} "
-                f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)}",
+                f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)} "
+                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)}",
                 flush=True,
             )
     if args.json is not None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spray.lrp.fused import epsilon_quotient
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = CONV_TYPES + (nn.Linear,)
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -202,7 +204,7 @@ class NormRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
         x, z = (_widen(t) for t in ctx.saved_tensors)
         relevance = _widen(relevance)
-        s = relevance / stabilize(z, ctx.stabilizer)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)
         with torch.enable_grad():
             probe = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(ctx.fn(probe), probe, s)
@@ -230,7 +232,7 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = relevance / stabilize(z, ctx.stabilizer)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)
         grads = []
         for index, summand in enumerate(summands):
             if not ctx.needs_input_grad[index + 1]:

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from spray.lrp.fused import alpha_beta_quotients, compile_enabled, epsilon_quotient, gamma_quotients
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
 Bound = Union[float, Sequence[float], Tensor]
@@ -120,8 +121,8 @@ class Epsilon(LinearRule):
         return {"epsilon": self.epsilon}
 
     def relevance(self, layer, a, z, relevance):
-        s = relevance / stabilize(z, self.epsilon)
-        return a * layer.backward(s, a, layer.weight)
+        s = epsilon_quotient(relevance, z, self.epsilon)
+        return layer.backward(s, a, layer.weight).mul_(a)
 
 
 class Zero(LinearRule):
@@ -203,6 +204,8 @@ class AlphaBeta(LinearRule):
         nothing either way."""
         dim = 1 if layer.is_conv else -1
         z, z_pos = both.chunk(2, dim=dim)
+        if compile_enabled():
+            return alpha_beta_quotients(z, z_pos, relevance, self.alpha, self.beta, self.stabilizer, dim)
         quotients = torch.empty_like(both)
         s_pos, s_neg = quotients.chunk(2, dim=dim)  # views: the results are written in place
         # alpha / beta folded into the denominators: (z+ + eps) / alpha, (z- - eps) / -beta.
@@ -291,6 +294,9 @@ class Gamma(LinearRule):
         """
         g, eps = self.gamma, self.stabilizer
         q = layer.forward(a, w_pos, _positive(layer.bias))
+        if compile_enabled():
+            s_pos, s_neg = gamma_quotients(z, q, relevance, g, eps)
+            return layer.backward_pair(s_pos, s_neg, a).mul_(a)
         up = z > 0
         down = z < 0
         # where(z > 0, q + eps/g', u - eps/g') would fold eps in, but g may be 0: add eps explicitly.
