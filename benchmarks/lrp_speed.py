@@ -1,6 +1,11 @@
 """Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
 
     .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
+        [--compile] [--no-rss]
+
+``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
+``SPRAY_LRP_COMPILE=1``) to every round, reported as ``compiled x grad``; its compile time falls in the
+warm-up call, not in the timed rounds.
 
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
