@@ -455,7 +455,10 @@ def spectral_analysis(maps: np.ndarray, config: AnalysisConfig) -> SpectralResul
 
     Returns
     -------
-    SpectralResult with m = min(config.eigenvalues, N - 1) eigenpairs.
+    SpectralResult with m = min(config.eigenvalues, U - 1) eigenpairs, U the number of distinct maps.
+    Identical maps are one node of the graph and share a cluster (eigenvectors are repeated for them); a
+    class with no more than ``neighbors`` distinct maps (all zero, constant) has no structure to find: one
+    cluster, one eigenvalue 0, and a note that says so.
 
     Raises
     ------
@@ -464,6 +467,45 @@ def spectral_analysis(maps: np.ndarray, config: AnalysisConfig) -> SpectralResul
     maps = _check_maps(maps)
     n_samples = maps.shape[0]
     _check_enough_samples(n_samples, config.neighbors)
+    distinct, inverse = distinct_rows(maps)
+    if len(distinct) <= config.neighbors:
+        return _no_structure(n_samples, len(distinct), config)
+    result = _spectral_analysis(distinct, config)
+    if len(distinct) == n_samples:
+        return result
+    # identical heatmaps are one node of the graph, so they always share a cluster
+    result.eigenvectors = result.eigenvectors[inverse]
+    result.labels = _relabel_by_size(result.labels[inverse])
+    result.notes.append(f"{n_samples - len(distinct)} of the {n_samples} heatmaps repeat another exactly; "
+                        f"the graph was built on the {len(distinct)} distinct ones and repeats share their cluster")
+    return result
+
+
+def distinct_rows(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``maps`` (N, D) in order of first appearance, and (N,) the index of each row's
+    copy among them."""
+    _, first, inverse = np.unique(maps, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return maps[first[order]], rank[np.ravel(inverse)]
+
+
+def _no_structure(n_samples: int, n_distinct: int, config: AnalysisConfig) -> SpectralResult:
+    """The result for a class whose heatmaps are too few distinct ones for a kNN graph (all zero, constant,
+    or repeats): one cluster, nothing for the eigengap to choose, and a note saying why."""
+    return SpectralResult(
+        eigenvalues=np.zeros(1), eigenvectors=np.full((n_samples, 1), 1.0 / np.sqrt(n_samples)), n_clusters=1,
+        gaps=np.zeros(0), labels=np.zeros(n_samples, dtype=np.int64), n_components=1, neighbors=config.neighbors,
+        cluster_range=(1, 1), knn="none", knn_recall=1.0, eigensolver="none",
+        notes=[f"no structure: the {n_samples} heatmaps hold only {n_distinct} distinct one(s) (all zero, constant "
+               f"or repeated), fewer than the analysis.neighbors + 1 = {config.neighbors + 1} a kNN graph needs; "
+               "the class is one cluster"])
+
+
+def _spectral_analysis(maps: np.ndarray, config: AnalysisConfig) -> SpectralResult:
+    """spectral_analysis of finite maps (N, D) with N > neighbors, all rows distinct."""
+    n_samples = maps.shape[0]
     notes: list[str] = []
 
     indices, distances, knn_description, recall = nearest_neighbors(maps, config.neighbors, "auto", config.seed)
@@ -528,6 +570,10 @@ TSNE_MAX_N = 10_000
 TSNE_PLACEMENT_NEIGHBORS = 10
 
 
+# Fewer distinct heatmaps than this are not embedded (all placed at the origin): see :func:`embed`.
+MIN_DISTINCT_TO_EMBED = 3
+
+
 def _tsne_perplexity(n_samples: int, config: EmbeddingConfig) -> float:
     return float(min(config.perplexity, max((min(n_samples, TSNE_MAX_N) - 1) / 3.0, 1.0)))
 
@@ -573,6 +619,15 @@ def _nearest_reference(queries: np.ndarray, reference: np.ndarray, k: int) -> np
     return found
 
 
+def _deterministic_fit(tsne: TSNE, maps: np.ndarray) -> np.ndarray:
+    """``tsne.fit_transform(maps)`` on one thread: the Barnes-Hut gradient sums in an order that depends on
+    the number of OpenMP threads, so a seeded t-SNE gives other coordinates on a machine with more cores
+    (or under another thread limit); one thread makes it the same everywhere, and a resumed run byte-identical
+    to an undisturbed one."""
+    with threadpool_limits(1):
+        return tsne.fit_transform(maps)
+
+
 def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
     n_samples = maps.shape[0]
     tsne = TSNE(
@@ -583,11 +638,11 @@ def _tsne(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
         random_state=config.seed,
     )
     if n_samples <= TSNE_MAX_N:
-        return tsne.fit_transform(maps).astype(np.float32)
+        return _deterministic_fit(tsne, maps).astype(np.float32)
     sampled = np.sort(np.random.default_rng(config.seed).choice(n_samples, TSNE_MAX_N, replace=False))
     rest = np.setdiff1d(np.arange(n_samples), sampled)
     coordinates = np.empty((n_samples, 2), dtype=np.float32)
-    coordinates[sampled] = tsne.fit_transform(maps[sampled])
+    coordinates[sampled] = _deterministic_fit(tsne, maps[sampled])
     centre = maps.mean(axis=0, dtype=np.float64).astype(np.float32)
     nearest = _nearest_reference(maps[rest] - centre, maps[sampled] - centre, TSNE_PLACEMENT_NEIGHBORS)
     coordinates[rest] = coordinates[sampled][nearest].mean(axis=1)
@@ -648,6 +703,7 @@ def embed(maps: np.ndarray, config: EmbeddingConfig) -> dict[str, np.ndarray]:
       samples, t-SNE of a seeded sample with the others placed by their nearest sampled neighbours;
     - "umap": umap-learn with n_neighbors min(umap_neighbors, N - 1), on spray's kNN graph.
 
+    Fewer than ``MIN_DISTINCT_TO_EMBED`` distinct maps (all zero, constant) are all placed at the origin.
     :func:`embedding_descriptions` says which, for the report. Seeded: the same maps and config give the
     same coordinates. umap-learn is imported only when asked for.
     """
@@ -655,6 +711,10 @@ def embed(maps: np.ndarray, config: EmbeddingConfig) -> dict[str, np.ndarray]:
     if maps.shape[0] < 3:
         raise DataError(f"{maps.shape[0]} samples cannot be embedded in 2-D; expected at least 3")
     result: dict[str, np.ndarray] = {}
+    if len(distinct_rows(maps)[0]) < MIN_DISTINCT_TO_EMBED:
+        # nothing to lay out, and t-SNE's PCA initialisation divides by the zero spread of identical maps
+        # (scikit-learn then crashes the process); every sample sits at the origin
+        return {name: np.zeros((maps.shape[0], 2), dtype=np.float32) for name in config.methods}
     for name in config.methods:
         result[name] = _tsne(maps, config) if name == "tsne" else _umap(maps, config)
     return result

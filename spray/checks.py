@@ -70,6 +70,8 @@ def check_output_folders(config: SprayConfig) -> None:
     Nothing is created: the nearest existing ancestor must be a writable folder. Raises ConfigError.
     """
     check_writable_folder(Path(config.output), "output")
+    # the report is written beside the output folder and swapped in whole (spray.report._io.publish_folder)
+    check_writable_folder(Path(config.output).parent, "output (the folder that holds it)")
     if config.cache.enabled:
         check_writable_folder(Path(config.cache.directory), "cache.directory")
 

@@ -7,13 +7,24 @@ config or command line; 3 unusable data; 4 unusable model; 5 the run failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
+import signal
 import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from spray.errors import EXIT_FLAGGED, EXIT_OK, EXIT_RUN, SprayError
+
+# The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
+# config did not load far enough to name one).
+ERROR_LOG = "spray-error.log"
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,27 +52,93 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("images", type=Path, help="folder with manifest.csv or one sub-folder per class")
     init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
     init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
+    for command in (run, validate, init):
+        command.add_argument("--debug", action="store_true",
+                             help="print the traceback of an unexpected error here too (it is always logged)")
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as an interrupt: the same cleanup, the same message, exit 5."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code (spray.errors). Every failure ends in one line on stderr:
+    SprayError subclasses with their own code; a full disk naming the path (5); anything unexpected 5, its
+    traceback in ``spray-error.log`` in the output folder (also on the terminal with ``--debug``)."""
     arguments = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="spray: %(message)s")
     # OpenMP busy-waiting makes torch several times slower when another process holds a core.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        if arguments.command == "validate":
-            return _validate(arguments)
-        if arguments.command == "init":
-            return _init(arguments)
-        return _run(arguments)
+        with _sigterm_as_interrupt():
+            if arguments.command == "validate":
+                return _validate(arguments)
+            if arguments.command == "init":
+                return _init(arguments)
+            return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("spray: interrupted; finished cache entries are kept and the next run resumes from them",
+    except KeyboardInterrupt as interrupt:
+        cause = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"spray: {cause}; finished cache entries are kept and the next run resumes from them",
               file=sys.stderr)
         return EXIT_RUN
+    except OSError as error:
+        if error.errno not in _DISK_FULL:
+            return _unexpected(arguments, error)
+        where = error.filename or getattr(arguments, "output_folder", None) or "an output or cache folder"
+        print(f"spray: error: disk full writing {where}: free space there and re-run; finished cache entries "
+              "are kept", file=sys.stderr)
+        return EXIT_RUN
+    except Exception as error:  # noqa: BLE001 - the last resort: one line and a logged traceback, never a bare crash
+        return _unexpected(arguments, error)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM (what schedulers and ``kill`` send) raises ``Terminated`` like
+    Ctrl-C raises KeyboardInterrupt, so that it is cleaned up and reported alike."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _unexpected(arguments: argparse.Namespace, error: BaseException) -> int:
+    """Write the traceback to the error log, print one line naming it, return 5."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    log_path = _write_error_log(getattr(arguments, "output_folder", None), text)
+    if getattr(arguments, "debug", False):
+        print(text, file=sys.stderr, end="")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    where = f"the traceback is in {log_path}" if log_path else "the traceback could not be written; re-run with --debug"
+    print(f"spray: error: the run failed unexpectedly: {type(error).__name__}"
+          f"{': ' + first if first else ''} ({where})", file=sys.stderr)
+    return EXIT_RUN
+
+
+def _write_error_log(folder: Path | None, text: str) -> Path | None:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for candidate in ([Path(folder)] if folder else []) + [Path(tempfile.gettempdir())]:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            path = candidate / ERROR_LOG
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(f"--- spray {stamp} (pid {os.getpid()})\n{text}")
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def _overrides(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +205,7 @@ def _run(arguments: argparse.Namespace) -> int:
     from spray.pipeline import run_audit
 
     config = load_config(arguments.config, _overrides(arguments))
+    arguments.output_folder = Path(config.output)
     outcome = run_audit(config, use_cache=not arguments.no_cache, progress=not arguments.quiet)
     computed = ", ".join(f"{stage} {c['computed']}/{c['computed'] + c['cached']}" for stage, c in outcome.stages.items())
     print(f"spray: tasks computed (the rest came from the cache): {computed}")

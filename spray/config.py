@@ -299,6 +299,36 @@ class SprayConfig(_Section):
     path: Optional[Path] = Field(default=None, exclude=True, description="the file this was loaded from")
 
 
+# A config is a few dozen keys. These limits refuse inputs built to exhaust memory before they are built:
+# a huge file, or YAML aliases that expand a few lines into millions of values (a "billion laughs").
+MAX_CONFIG_CHARS = 1_000_000
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_expanded_size(path: Path, root: yaml.Node | None) -> None:
+    """Raise ConfigError when the document, with every alias expanded, would hold more than
+    ``MAX_CONFIG_VALUES`` values. Counted on the composed node graph, where an alias is a shared reference,
+    so the count costs one visit per distinct node."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a node that contains itself counts once (PyYAML refuses such documents anyway)
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, MAX_CONFIG_VALUES + 1)
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{path}: with its aliases expanded the config holds more than {MAX_CONFIG_VALUES} "
+                          "values; a config is expected to be a few dozen keys (an alias bomb?)")
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SprayConfig:
     """Read, validate and resolve a YAML config.
 
@@ -312,7 +342,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sp
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"{path}: {len(text)} characters; a config is expected to be at most {MAX_CONFIG_CHARS}")
     try:
+        _check_expanded_size(path, yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)

@@ -13,8 +13,10 @@ artifact into held-out images of other classes must turn a good share of them in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -192,16 +194,35 @@ def build_case(config: DemoConfig) -> dict[str, Any]:
     """Write images, manifest.csv, model.pt and training.json into ``config.directory``.
 
     Returns the training record. The case is rebuilt only when the parameters differ from the stamp of
-    the previous build (``case.json``), so a second run of the demo reuses it.
+    the previous build (``case.json``), so a second run of the demo reuses it. Runs that start together
+    build it once (a lock beside the folder); a case appears whole or not at all (built in a staging folder
+    of this process, then renamed).
     """
+    directory = Path(config.directory)
+    parameters = config.model_dump(mode="json", exclude={"directory"})
+    if _built(directory, parameters):
+        return json.loads((directory / "training.json").read_text())
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Runs that start together take turns: the first builds, the others find its finished case.
+    with open(directory.with_name(f".{directory.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _built(directory, parameters):
+            return json.loads((directory / "training.json").read_text())
+        return _build(directory, parameters, config)
+
+
+def _built(directory: Path, parameters: dict[str, Any]) -> bool:
+    """Whether ``directory`` holds a finished case built with ``parameters`` (its stamp is written last)."""
+    stamp = directory / "case.json"
+    try:
+        return json.loads(stamp.read_text()).get("parameters") == parameters
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> dict[str, Any]:
     from PIL import Image
     from sklearn.datasets import load_digits
-
-    directory = Path(config.directory)
-    stamp = directory / "case.json"
-    parameters = config.model_dump(mode="json", exclude={"directory"})
-    if stamp.exists() and json.loads(stamp.read_text()).get("parameters") == parameters:
-        return json.loads((directory / "training.json").read_text())
 
     started = time.perf_counter()
     log.info("demo: building the case (images, then a small CNN trained for %d epochs)", config.epochs)
@@ -234,8 +255,10 @@ def build_case(config: DemoConfig) -> dict[str, Any]:
     record.update({"losses": losses, "seconds": time.perf_counter() - started})
 
     log.info("demo: writing %d images and the model to %s", len(images), directory)
-    staging = directory.with_name(directory.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
+    # a staging folder of this process alone; one left by a killed build is removed by the next build
+    for stale in directory.parent.glob(f"{directory.name}.building*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = directory.with_name(f"{directory.name}.building-{os.getpid()}")
     (staging / "images").mkdir(parents=True)
     rows = ["path,label,split,artifact"]
     for index, (image, label) in enumerate(zip(images, labels)):

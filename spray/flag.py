@@ -268,13 +268,27 @@ def score_clusters(
             "necessity": evidence["necessity"] / NECESSITY,
             "sufficiency": evidence["sufficiency"] / SUFFICIENCY,
         }
-        weakest = min(ratios, key=ratios.get)
-        score = float(ratios[weakest])
+        weakest, score = weakest_evidence(ratios)
+        if not np.isfinite(ratios[weakest]):
+            evidence["not_scored"] = f"the {weakest} evidence is not a finite number (NaN or inf)"
         evidence["weakest_evidence"] = weakest
         evidence["thresholds"] = {"consistency": CONSISTENCY, "necessity": NECESSITY, "sufficiency": SUFFICIENCY}
         results[plan.cluster] = ClusterEvidence(plan.cluster, int(members.sum()), score, score >= config.threshold,
                                                 evidence, plan.region, plan.to_members, plan.to_rest)
     return [results[cluster] for cluster in sorted(results)]
+
+
+def weakest_evidence(ratios: dict[str, float]) -> tuple[str, float]:
+    """The weakest line of evidence and the score it gives (its ratio measured / threshold).
+
+    A ratio that is not finite (NaN from an empty or degenerate measurement, inf from a division by zero)
+    is never passing evidence: it is the weakest line, and the score is 0, so the cluster is not flagged.
+    """
+    broken = [name for name, ratio in ratios.items() if not np.isfinite(ratio)]
+    if broken:
+        return broken[0], 0.0
+    weakest = min(ratios, key=ratios.get)
+    return weakest, float(ratios[weakest])
 
 
 def join_pattern_carriers(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> np.ndarray:

@@ -22,10 +22,13 @@ changed weight file or image recomputes what depends on it. The report is always
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from dask.base import tokenize
 
 from spray import __version__
 from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
-from spray.cache import Entry, cached, cached_stream
+from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
 from spray.config import SprayConfig
 from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
@@ -102,12 +105,14 @@ def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) 
             # each map is normalised on its own, so chunk by chunk gives the same maps as all at once
             maps.append(preprocess(relevance[start : start + step], config, shard_ids[start : start + step]))
         ids += shard_ids
-        logits.append(arrays["logits"])
-        conservation.append(arrays["conservation"])
+        if len(shard_ids):  # a shard whose every image was skipped stores arrays without their columns
+            logits.append(arrays["logits"])
+            conservation.append(arrays["conservation"])
         skipped += meta["skipped"]
     return (
         {"maps": np.concatenate(maps) if maps else np.zeros((0, *config.size), np.float32),
-         "logits": np.concatenate(logits), "conservation": np.concatenate(conservation)},
+         "logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
+         "conservation": np.concatenate(conservation) if conservation else np.zeros(0, np.float32)},
         {"ids": ids, "skipped": skipped},
     )
 
@@ -122,7 +127,9 @@ def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
     try:
         result = spectral_analysis(maps, config)
     except DataError as error:
-        raise DataError(f"class {class_name}: {error}") from None
+        # too few samples left once unreadable or non-finite ones were skipped, or maps that are not
+        # finite: this class is skipped with the reason, the others are audited
+        return {}, {"skipped": str(error)}
     return (
         {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
          "gaps": result.gaps},
@@ -138,8 +145,15 @@ def _analyse_task(directory, key, pre, config, class_name) -> Entry:
 
 def _embed(pre: Entry, config) -> tuple[dict, dict]:
     arrays, _ = pre.read()
+    if not _analysable(arrays["maps"]):
+        return {}, {"descriptions": {}}
     maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
     return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
+
+
+def _analysable(maps: np.ndarray) -> bool:
+    """Whether maps (N, h, w) can be embedded: at least 3, all finite (else the analysis skipped the class)."""
+    return len(maps) >= 3 and bool(np.isfinite(maps).all())
 
 
 def _embed_task(directory, key, pre, config) -> Entry:
@@ -150,7 +164,9 @@ def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipie
           class_index: int, model_config, image, flagging, device: str, batch_size: int = 256,
           loader_workers: int = 2) -> tuple[dict, dict]:
     pre_arrays, pre_meta = pre.read()
-    analysis_arrays, _ = analysis.read()
+    analysis_arrays, analysis_meta = analysis.read()
+    if "skipped" in analysis_meta:
+        return {}, {"clusters": []}
     members = [samples_by_id[i] for i in pre_meta["ids"]]
 
     def batches() -> Iterator[np.ndarray]:
@@ -322,8 +338,11 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
     options: dict[str, Any] = {"scheduler": config.dask.scheduler}
     if config.dask.workers and config.dask.scheduler != "synchronous":
         options["num_workers"] = config.dask.workers
+    if config.dask.scheduler == "processes":
+        # the processes scheduler makes its own pool and waits for it when the run ends, even on error; its
+        # workers die with this process, so a killed run leaves none computing (and writing to the cache)
+        options["initializer"] = die_with_parent
     if config.dask.scheduler != "threads":
-        # the processes scheduler makes its own pool and waits for it when the run ends, even on error
         yield options
         return
     from dask.system import CPU_COUNT
@@ -337,6 +356,18 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
         yield {**options, "pool": pool}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker process when the process that started it dies (prctl
+    PR_SET_PDEATHSIG); elsewhere nothing. Runs as the initializer of the processes scheduler's workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = True) -> AuditOutcome:
@@ -373,23 +404,26 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     else:
         temporary = directory = Path(tempfile.mkdtemp(prefix="spray-run-"))
     directory.mkdir(parents=True, exist_ok=True)
+    sweep_stale(directory)
     try:
-        with _scheduler(config) as options, _progress(progress and not config.dask.address):
-            gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
-            graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
-            cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
-            computed, cross_entry = dask.compute(graph, cross, **options)
-        by_class = dataset.by_class()
-        log.info("reading the results back: prototypes, and every member of the flagged clusters")
-        results = [assemble_class(config, dataset, index, by_class[index], computed[index]) for index in classes]
-        cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
+        for attempt in range(_CORRUPT_ATTEMPTS):
+            try:
+                done = _compute(config, dataset, classes, directory, token, progress)
+                break
+            except CorruptEntry:
+                # the damaged entry was found while a chunk was read and is gone now: running the graph
+                # again recomputes it (and every entry that was being computed from it)
+                if attempt == _CORRUPT_ATTEMPTS - 1:
+                    raise
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+    computed, cross_entry, results, cross_result = done.entries, done.cross_entry, done.results, done.cross_result
+    skipped_classes = skipped_classes + done.skipped_classes
     stages = _stage_counts(computed)
     if cross_entry is not None:
         stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
-    skipped_samples = [(i, r) for i, r in dataset.missing]
+    skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
     for result in results:
         skipped_samples += result.skipped_samples
     shown = PathShower(config)
@@ -483,6 +517,48 @@ class PathShower:
                 holder[keys[-1]] = self(Path(holder[keys[-1]]))
         dumped["model"]["factory"] = self(self._config.model.factory)
         return dumped
+
+
+# A run meets a damaged cache entry while reading a chunk at most once per entry; two more attempts than
+# one cover a second entry damaged in the same run, and a damage that recurs is reported rather than looped on.
+_CORRUPT_ATTEMPTS = 3
+
+
+@dataclass
+class _Computed:
+    """The graph's entries read back: results of the audited classes, and the classes the analysis skipped
+    (too few usable samples) with the samples that were skipped in them."""
+
+    entries: dict[int, dict[str, Any]]
+    cross_entry: Entry | None
+    results: list[ClassResult]
+    cross_result: CrossClassResult | None
+    skipped_classes: list[SkippedClass]
+    skipped_samples: list[tuple[str, str]]
+
+
+def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
+             progress: bool) -> _Computed:
+    """Run the graph and read its entries back."""
+    with _scheduler(config) as options, _progress(progress and not config.dask.address):
+        gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
+        graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
+        cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
+        computed, cross_entry = dask.compute(graph, cross, **options)
+    by_class = dataset.by_class()
+    log.info("reading the results back: prototypes, and every member of the flagged clusters")
+    results, skipped, skipped_samples = [], [], []
+    for index in classes:
+        _, analysis_meta = computed[index]["analyse"].read()
+        if "skipped" in analysis_meta:
+            skipped.append(SkippedClass(index, dataset.class_names[index], analysis_meta["skipped"]))
+            skipped_samples += [(str(i), str(r)) for i, r in computed[index]["preprocess"].read()[1]["skipped"]]
+        else:
+            results.append(assemble_class(config, dataset, index, by_class[index], computed[index]))
+    if skipped and not results:
+        raise DataError("no class could be audited: " + "; ".join(f"{s.class_name}: {s.reason}" for s in skipped))
+    cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
+    return _Computed(computed, cross_entry, results, cross_result, skipped, skipped_samples)
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -8,18 +8,19 @@
 - ``summary.json``: the machine-readable outcome, a public contract (see ``spray.report.summary``);
 - ``samples.csv``: one row per audited sample (see ``spray.report.samples``).
 
-Each file is written atomically, so an interrupted run never leaves a truncated report behind. The data
-files are written before the HTML: if drawing a figure fails, the numbers are still on disk. The class
-pages are drawn by worker processes, each writing its own pages (see ``spray.report._pages``), and
-index.html, which links to them, is written last, once they all exist.
+The files are written into a hidden staging folder beside ``output_dir`` and published together
+(``spray.report._io.publish_folder``: an atomic swap), so ``output_dir`` holds either the whole new report
+or the whole previous one, never a mix nor a truncated file; other files in ``output_dir`` are kept. The
+class pages are drawn by worker processes, each writing its own pages (see ``spray.report._pages``).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from spray.report._io import atomic_text_writer, write_atomic
+from spray.report._io import atomic_text_writer, publish_folder, staging_folder, write_atomic
 from spray.results import ClassResult, CrossClassResult, RunInfo
 
 __all__ = ["write_report"]
@@ -41,48 +42,48 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
     naming the class whose page or section cannot be drawn (index.html is then not written).
     """
     # Imported here so that `import spray.report` stays cheap for code that only needs the name.
-    from spray.report._pages import write_class_pages
-    from spray.report.html import CLASS_PAGES, PageContext, class_page, index_html, is_paged, ranked
-    from spray.report.samples import check_aligned, write_samples_csv
-    from spray.report.summary import build_summary, cross_class_summary
+    from spray.report.samples import check_aligned
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     for result in classes:  # before anything is written
         check_aligned(result)
+    staging = staging_folder(output_dir)
+    try:
+        _write_files(staging, classes, run, cross_class, workers)
+        publish_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir / "index.html"
+
+
+def _write_files(folder: Path, classes: list[ClassResult], run: RunInfo, cross_class: CrossClassResult | None,
+                 workers: int | None) -> None:
+    """Write the report's files into the (new, empty) staging ``folder``."""
+    from spray.report._pages import write_class_pages
+    from spray.report.html import CLASS_PAGES, PageContext, index_html, is_paged, ranked
+    from spray.report.samples import write_samples_csv
+    from spray.report.summary import build_summary, cross_class_summary
+
     document = build_summary(classes, run)
     if cross_class is not None:
         document["cross_class"] = cross_class_summary(cross_class)
     # Streamed into the file (not built as one string first): a million-sample audit's summary lists every id.
-    with atomic_text_writer(output_dir / "summary.json") as text:
+    with atomic_text_writer(folder / "summary.json") as text:
         json.dump(document, text, indent=2, ensure_ascii=False, allow_nan=False)
         text.write("\n")
     del document
-    write_samples_csv(output_dir / "samples.csv", classes)  # class by class, not the whole table at once
+    write_samples_csv(folder / "samples.csv", classes)  # class by class, not the whole table at once
     paged = is_paged(classes)
-    written = {class_page(result.class_index) for result in classes} if paged else set()
-    pages_dir = output_dir / CLASS_PAGES
-    # Class pages of an earlier run into the same folder would be stale: remove those not written now, and
-    # the temporary file of a page whose writer was killed (write_atomic's ".<index>.html.*.tmp").
-    if pages_dir.is_dir():
-        for stale in pages_dir.glob("*.html"):
-            if stale.stem.isdigit() and f"{CLASS_PAGES}/{stale.name}" not in written:
-                stale.unlink()
-        for leftover in pages_dir.glob(".*.html.*.tmp"):
-            if leftover.name.split(".")[1].isdigit():
-                leftover.unlink(missing_ok=True)
     context = PageContext.of(classes, run)
 
     def draw_index() -> str:
         return index_html(classes, run, paged, cross_class, context)
 
     if paged:
-        pages_dir.mkdir(parents=True, exist_ok=True)
+        (folder / CLASS_PAGES).mkdir(parents=True, exist_ok=True)
         # index.html is drawn here while the workers draw the class pages
-        index = write_class_pages(output_dir, ranked(classes), context, workers, while_drawing=draw_index)
+        index = write_class_pages(folder, ranked(classes), context, workers, while_drawing=draw_index)
     else:
         index = draw_index()
-    html_path = output_dir / "index.html"
-    # index.html comes last: it links to the class pages, which exist by then
-    write_atomic(html_path, index)
-    return html_path
+    write_atomic(folder / "index.html", index)

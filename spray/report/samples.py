@@ -3,7 +3,9 @@
 Columns: ``id, class, label, prediction, logit, cluster, flagged, conservation`` and, for every embedding
 present in any class, ``<name>_x, <name>_y`` (``tsne_x, tsne_y, umap_x, umap_y``; empty where a class has
 no such embedding). ``logit`` is the audited class's logit; ``flagged`` says whether the sample's cluster is
-flagged. Read ids with ``pd.read_csv(path, dtype={"id": str})`` so that ids such as ``007`` keep their zeros.
+flagged. Read ids with ``pd.read_csv(path, dtype={"id": str})`` so that ids such as ``007`` keep their zeros. An id
+that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage return, and is not a
+number) is written with a leading ``'`` (``spreadsheet_safe``); summary.json keeps every id as it is.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def embedding_names(classes: list[ClassResult]) -> list[str]:
     return preferred + sorted(names - set(preferred))
 
 
+# A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection, OWASP).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it as a formula (it starts with = + - @, a
+    tab or a carriage return), as OWASP advises; spreadsheets show the text without the quote. Numbers
+    such as ``-1`` are left alone: they are not formulas."""
+    if text.startswith(_FORMULA_STARTS):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
 def _columns(classes: list[ClassResult]) -> tuple[list[str], list[str]]:
     names = embedding_names(classes)
     return names, BASE_COLUMNS + [f"{name}_{axis}" for name in names for axis in ("x", "y")]
@@ -66,7 +84,7 @@ def _class_frame(result: ClassResult, names: list[str], columns: list[str]) -> p
     cluster_labels = np.asarray(result.cluster_labels, dtype=np.int64)
     flagged_ids = {int(cluster.id) for cluster in result.clusters if cluster.flagged}
     data: dict[str, object] = {
-        "id": [str(sample_id) for sample_id in result.ids],
+        "id": [spreadsheet_safe(str(sample_id)) for sample_id in result.ids],
         "class": np.full(result.n_samples, int(result.class_index), dtype=np.int64),
         "label": np.asarray(result.labels, dtype=np.int64),
         "prediction": np.asarray(result.predictions, dtype=np.int64),
