@@ -27,7 +27,9 @@ class LRP:
     Extra keyword options: ``stabilizer`` (the small constant of the non-epsilon denominators, 1e-6 as in
     zennit) and ``autocast`` (``None``, ``"bf16"`` or ``"fp16"``: run the forward pass under
     ``torch.autocast`` on the input's device, meant for CUDA; the layers' outputs are handed on in
-    float32 and every rule computes in float32, so relevance is accumulated in float32).
+    float32 and every rule computes in float32, so relevance is accumulated in float32). With
+    ``SPRAY_LRP_COMPILE=1`` in the environment the rules' element-wise steps run as kernels compiled by
+    ``torch.compile`` (:mod:`spray.lrp.fused`).
 
     ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
     itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` like ``x``, float32

@@ -201,7 +201,10 @@ class AlphaBeta(LinearRule):
 
         ``z- = min(z - z+, 0)``: the clamp keeps rounding noise where ``z- = 0`` exactly from giving the
         denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero, so they pass
-        nothing either way."""
+        nothing either way. ``z - z+`` carries an absolute error of float32 rounding times ``|z+|``, which
+        matters only for outputs whose ``|z-|`` is within a few roundings of zero against ``z+``; on
+        ResNets with measured BatchNorm statistics the relevance is as close to the float64 reference as
+        the separate-product path's (tests/lrp/test_precision.py)."""
         dim = 1 if layer.is_conv else -1
         z, z_pos = both.chunk(2, dim=dim)
         if compile_enabled():
@@ -224,8 +227,8 @@ class AlphaBeta(LinearRule):
             return layer.backward(s, a, layer.split_weight()[2]).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
-            # z+ + eps and z- - eps, the eps folded into the bias. z- is computed, not taken as z - z+,
-            # which cancels badly where z- is small against z+. (zennit shifts an exactly zero z- by
+            # z+ + eps and z- - eps, the eps folded into the bias. z- is computed from its own product,
+            # exact also where z- is small against z+. (zennit shifts an exactly zero z- by
             # +eps rather than -eps; its numerators are then all zero, so the result is the same.)
             pos_denominator = layer.forward(a, w_pos, _shifted_bias(b_pos, self.stabilizer, w_pos))
             s_pos = torch.div(relevance * self.alpha, pos_denominator, out=pos_denominator)
