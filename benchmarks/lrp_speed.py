@@ -1,6 +1,11 @@
 """Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
 
     .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
+        [--compile] [--no-rss]
+
+``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
+``SPRAY_LRP_COMPILE=1``) to every round, reported as ``compiled x grad``; its compile time falls in the
+warm-up call, not in the timed rounds.
 
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
@@ -9,10 +14,17 @@ background load hits all of them alike; images/s come from the median time, rati
 rounds of the within-round ratio to the gradient (or zennit). The gradient is the floor: one forward and one backward pass for the input gradient
 only (parameters frozen), seeded like LRP with one-hot * logit.
 
-Memory: on CUDA the peak allocated memory of the call (``torch.cuda.max_memory_allocated``); on CPU the
-bytes autograd holds for the backward pass (tensors saved in the forward pass), which is what grows
-with batch size and depth; ``peak_memory_vs_gradient`` is the ratio to the gradient's. zennit keeps its
-tensors outside autograd's saved tensors, so its memory is not reported.
+Memory, two figures:
+
+- ``rss_extra_mb`` / ``rss_vs_gradient``: the extra peak resident memory of one call, each method in a fresh
+  process of its own (model and input built, the peak counter reset through ``/proc/self/clear_refs``,
+  one call, ``VmHWM`` minus the resident memory before it). This counts everything the call allocates:
+  the tensors autograd saves and the temporaries the rules create in the backward pass. It is what a
+  user's machine feels. Linux only; on CUDA the peak allocated memory of the call
+  (``torch.cuda.max_memory_allocated``) instead.
+- ``saved_vs_gradient``: the bytes autograd holds for the backward pass (tensors saved in the forward
+  pass), which is what grows with batch size and depth, as a ratio to the gradient's. zennit keeps its
+  tensors outside autograd's saved tensors, so its figure is not reported.
 
 Set ``OMP_WAIT_POLICY=PASSIVE`` (done below if unset): on two shared cores OpenMP busy-waiting can
 slow torch several-fold when another process holds a core.
@@ -27,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,7 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lrp")]
 
 import nets  # noqa: E402  (the plain-torch test architectures)
+from _memory import peak_rss_mb, rss_mb  # noqa: E402
 from spray.lrp import LRP  # noqa: E402
+from spray.lrp.fused import enable_compile  # noqa: E402
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
 LOW, HIGH = -2.2, 2.7  # z^B bounds of ImageNet-normalised inputs (roughly)
@@ -138,18 +153,71 @@ def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[i
     return time.perf_counter() - start, memory
 
 
-def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool) -> list[dict]:
-    model, x = build_case(name, quick)
-    x = x.to(device)
-    model = model.to(device)
-    targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
+    """``engine`` with the rules' element-wise steps compiled (spray.lrp.fused), only during its calls."""
+
+    def run(x: torch.Tensor, targets: torch.Tensor) -> tuple:
+        enable_compile(True)
+        try:
+            return engine(x, targets)
+        finally:
+            enable_compile(False)
+
+    run._module = engine._module  # type: ignore[attr-defined]
+    return run
+
+
+def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True,
+                  compiled: bool = False) -> dict[str, Callable]:
+    """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed;
+    ``"spray+compile:<composite>"`` with ``compiled``)."""
     methods: dict[str, Callable] = {"gradient": gradient_method(model)}
     for composite in composites:
         low_high = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
         methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
-        z = zennit_method(model, composite)
+        if compiled:
+            methods[f"spray+compile:{composite}"] = compiled_method(LRP(model, composite, **low_high))
+        z = zennit_method(model, composite) if zennit else None
         if z is not None:
             methods[f"zennit:{composite}"] = z
+    return methods
+
+
+def rss_child(case: str, method: str, quick: bool) -> None:
+    """In a fresh process: the extra peak resident memory (MB) of one call of ``method``, printed as JSON."""
+    model, x = build_case(case, quick)
+    composite = method.split(":", 1)[1] if ":" in method else None
+    methods = build_methods(model, (composite,) if composite else (), zennit=method.startswith("zennit:"),
+                            compiled=method.startswith("spray+compile:"))
+    fn = methods[method]
+    targets = torch.zeros(x.shape[0], dtype=torch.long)
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # reset VmHWM to the current resident memory
+    before = rss_mb()
+    fn(x, targets)
+    print(json.dumps({"extra_mb": peak_rss_mb() - before}))
+
+
+def rss_extra_mb(case: str, method: str, quick: bool, threads: Optional[int]) -> Optional[float]:
+    """Run :func:`rss_child` in a subprocess; None where the platform cannot report peak memory."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    command = [sys.executable, __file__, "--rss-child", f"{case}|{method}"]
+    command += ["--quick"] if quick else []
+    command += ["--threads", str(threads)] if threads else []
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["extra_mb"])
+
+
+def run_case(
+    name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
+    threads: Optional[int] = None, compiled: bool = False, rss_wanted: bool = True,
+) -> list[dict]:
+    model, x = build_case(name, quick)
+    x = x.to(device)
+    model = model.to(device)
+    targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+    methods = build_methods(model, composites, compiled=compiled)
     for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
         fn(x, targets)
     # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
@@ -166,6 +234,13 @@ def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch
             times[key].append(seconds)
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
+    rss: dict[str, Optional[float]] = {}
+    if device.type == "cpu" and rss_wanted:
+        del methods  # the children's memory is their own; free this process's copies first
+        for key in ["gradient"] + [f"spray:{c}" for c in composites]:
+            rss[key] = rss_extra_mb(name, key, quick, threads)
+    elif device.type != "cpu":  # on CUDA the peak allocated memory of the call is the figure that matters
+        rss = {key: value / 2**20 for key, value in memory.items()}
 
     def ratio(key: str, reference: str) -> Optional[float]:
         # Median over rounds of the within-round ratio: load that drifts between rounds cancels.
@@ -187,8 +262,14 @@ def run_case(name: str, composites: tuple[str, ...], repeats: int, device: torch
             "gradient_images_per_s": x.shape[0] / median["gradient"],
             "time_vs_gradient": ratio(key, "gradient"),
             "time_vs_zennit": ratio(key, zennit_key),
+            "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", "gradient"),
             "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
-            "peak_memory_vs_gradient": memory[key] / max(memory["gradient"], 1),
+            "saved_vs_gradient": memory[key] / max(memory["gradient"], 1),
+            "rss_extra_mb": rss.get(key),
+            "gradient_rss_extra_mb": rss.get("gradient"),
+            "rss_vs_gradient": (
+                rss[key] / rss["gradient"] if rss.get(key) is not None and rss.get("gradient") else None
+            ),
             "repeats": repeats,
         })
     return rows
@@ -203,29 +284,48 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="small inputs: a smoke test of the script")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time spray with compiled element-wise kernels (spray.lrp.fused)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-resident-memory subprocesses")
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # "case|method": internal
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rss_child:
+        case, method = args.rss_child.split("|")
+        rss_child(case, method, args.quick)
+        return
     composites = tuple(c for c in args.composites.split(",") if c)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}")
-    header = f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} {'zennit x grad':>13s} {'mem x grad':>10s}"
+    header = (
+        f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} "
+        f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s} "
+        f"{'compiled x grad':>15s}"
+    )
     print(header)
     rows: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
-        for row in run_case(case, composites, args.repeats, device, args.quick):
+        for row in run_case(case, composites, args.repeats, device, args.quick, args.threads, args.compile,
+                            not args.no_rss):
             rows.append(row)
             vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
             zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
             print(
                 f"{row['model']:10s} {row['composite']:22s} {row['images_per_s']:8.2f} "
                 f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
-                f"{zennit_grad:>13s} {row['peak_memory_vs_gradient']:10.2f}",
+                f"{zennit_grad:>13s} {row['saved_vs_gradient']:12.2f} {_fmt(row['rss_extra_mb'], 8, 0)} "
+                f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)} "
+                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)}",
                 flush=True,
             )
     if args.json is not None:
         args.json.write_text(json.dumps({"cases": rows}, indent=2))
         print(f"wrote {args.json}")
+
+
+def _fmt(value: Optional[float], width: int, digits: int) -> str:
+    return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}s}"
 
 
 if __name__ == "__main__":

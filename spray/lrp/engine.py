@@ -27,10 +27,14 @@ class LRP:
     Extra keyword options: ``stabilizer`` (the small constant of the non-epsilon denominators, 1e-6 as in
     zennit) and ``autocast`` (``None``, ``"bf16"`` or ``"fp16"``: run the forward pass under
     ``torch.autocast`` on the input's device, meant for CUDA; the layers' outputs are handed on in
-    float32 and every rule computes in float32, so relevance is accumulated in float32).
+    float32 and every rule computes in float32, so relevance is accumulated in float32). With
+    ``SPRAY_LRP_COMPILE=1`` in the environment the rules' element-wise steps run as kernels compiled by
+    ``torch.compile`` (:mod:`spray.lrp.fused`).
 
     ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
-    itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` float32 like ``x``:
+    itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` like ``x``, float32
+    (float64 when the model's parameters are float64: such a model is explained in float64 throughout,
+    which gives a reference for the float32 numbers):
     the relevance of logit ``targets[b]``, seeded with the logit's own value, so under conservation
     ``relevance[b].sum() ~= logits[b, targets[b]]``. After each call ``lrp.conservation`` holds
     ``relevance[b].sum() / logits[b, targets[b]]`` per sample (B,), a cheap check of the model graph.
@@ -63,6 +67,7 @@ class LRP:
         }
         self.autocast = autocast
         self._module, self.rules = build_lrp_graph(model, resolved)
+        self.dtype = _explaining_dtype(self._module)
         self._device = torch.device("cpu")
         self._lock = threading.Lock()
         self.conservation: Optional[Tensor] = None
@@ -81,7 +86,7 @@ class LRP:
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets has {targets.shape[0]} entries for a batch of {x.shape[0]}")
         self._to(x.device)
-        inputs = x.detach().to(torch.float32).requires_grad_(True)
+        inputs = x.detach().to(self.dtype).requires_grad_(True)
         with torch.enable_grad():
             if self.autocast is not None:
                 with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.autocast]):
@@ -95,8 +100,8 @@ class LRP:
             explained = output.gather(1, targets[:, None]).detach()
             seed = torch.zeros_like(output).scatter_(1, targets[:, None], explained)
             (relevance,) = torch.autograd.grad(output, inputs, seed)
-        logits = output.detach().float()
-        relevance = relevance.detach().float()
+        logits = output.detach().to(self.dtype)
+        relevance = relevance.detach().to(self.dtype)
         self.conservation = conservation(relevance, logits, targets)
         return logits, relevance
 
@@ -122,6 +127,12 @@ def conservation(relevance: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
     explained = logits.gather(1, targets.reshape(-1, 1).to(logits.device)).reshape(-1)
     total = relevance.reshape(relevance.shape[0], -1).sum(1)
     return total / torch.where(explained == 0, torch.ones_like(explained), explained)
+
+
+def _explaining_dtype(module: nn.Module) -> torch.dtype:
+    """float64 for a model whose floating-point parameters are all float64, else float32."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return torch.float64 if dtypes == {torch.float64} else torch.float32
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spray.lrp.fused import epsilon_quotient
+
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = CONV_TYPES + (nn.Linear,)
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -54,6 +56,7 @@ class LinearLayer:
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
         self._split: Optional[Tensor] = None
+        self._with_positive: Optional[Tensor] = None
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -77,6 +80,14 @@ class LinearLayer:
             self._split = split
         out = self.weight.shape[0]
         return split[:out], split[out:], split
+
+    def weight_and_positive(self) -> Tensor:
+        """``[w; w+]`` stacked on the output channels, cached like :meth:`split_weight`."""
+        pair = self._with_positive
+        if pair is None or pair.device != self.weight.device or pair.dtype != self.weight.dtype:
+            pair = torch.cat([self.weight, self.split_weight()[0]])
+            self._with_positive = pair
+        return pair
 
     def backward_pair(self, s_pos: Tensor, s_neg: Tensor, input_like: Tensor | Sequence[int]) -> Tensor:
         """``s_pos * (w+)^T + s_neg * (w-)^T``. Two calls: stacking ``[s_pos, s_neg]`` into one call with
@@ -193,7 +204,7 @@ class NormRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
         x, z = (_widen(t) for t in ctx.saved_tensors)
         relevance = _widen(relevance)
-        s = relevance / stabilize(z, ctx.stabilizer)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)
         with torch.enable_grad():
             probe = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(ctx.fn(probe), probe, s)
@@ -221,7 +232,7 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):  # type: ignore[override]
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = relevance / stabilize(z, ctx.stabilizer)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)
         grads = []
         for index, summand in enumerate(summands):
             if not ctx.needs_input_grad[index + 1]:

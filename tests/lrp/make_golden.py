@@ -1,9 +1,9 @@
-"""Write zennit 0.5.1's relevance for the golden tests to tests/lrp/golden/zennit_0.5.1.npz.
+"""Write zennit's relevance for the golden tests to tests/lrp/golden/zennit_<version>.npz.
 
 Run in a separate venv (zennit pulls in torchvision and a CUDA build of torch), never in CI::
 
     python3 -m venv /work/zennit-venv
-    /work/zennit-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 zennit==0.5.1
+    /work/zennit-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 zennit==0.5.1   # or 1.0.0
     /work/zennit-venv/bin/python tests/lrp/make_golden.py
 
 For each model variant of golden_models.py and each composite: the model's state_dict, the input, the
@@ -51,7 +51,9 @@ def composites(low: torch.Tensor, high: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    assert zennit.__version__ == "0.5.1" if hasattr(zennit, "__version__") else True
+    from importlib.metadata import version
+
+    zennit_version = version("zennit")
     low = torch.tensor(golden_models.LOW).view(1, 3, 1, 1)
     high = torch.tensor(golden_models.HIGH).view(1, 3, 1, 1)
     targets = torch.tensor(golden_models.TARGETS)
@@ -77,7 +79,7 @@ def main() -> None:
         # the canonizer must have restored the model
         with torch.no_grad():
             assert torch.allclose(model(x), torch.from_numpy(arrays[f"{variant}/logits"]))
-    out = HERE / "golden" / "zennit_0.5.1.npz"
+    out = HERE / "golden" / f"zennit_{zennit_version}.npz"
     out.parent.mkdir(exist_ok=True)
     np.savez_compressed(out, **arrays)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB), torch {torch.__version__}")

@@ -1,7 +1,12 @@
-"""spray's LRP agrees with zennit 0.5.1 (golden outputs from make_golden.py, zennit not needed here).
+"""spray's LRP agrees with zennit 0.5.1 and 1.0.0 (golden outputs from make_golden.py, zennit not needed
+here).
 
 Criterion of the issue: max |spray - zennit| <= 1e-4 * max |zennit| in float32, for every named
-composite, on the same sequential CNN, weights and input, with and without BatchNorm.
+composite, on the same sequential CNN, weights and input, with and without BatchNorm. Against zennit 1.0.0
+the bound is 1e-5: on the BatchNorm variant zennit 0.5.1's relevance is 1.1-1.5e-5 x max|R| from a float64
+reference (its merged BatchNorm loses float32 precision), zennit 1.0.0's and spray's 2-5e-7, on the other
+variants all three agree to float32 rounding. Both files are kept: 0.5.1's as the issue's original
+criterion, 1.0.0's as the more accurate one.
 """
 
 from pathlib import Path
@@ -13,30 +18,35 @@ import torch
 import golden_models
 from spray.lrp import COMPOSITES, LRP
 
-GOLDEN = np.load(Path(__file__).parent / "golden" / "zennit_0.5.1.npz")
+GOLDENS = {version: np.load(Path(__file__).parent / "golden" / f"zennit_{version}.npz")
+           for version in ("0.5.1", "1.0.0")}
+TOLERANCE = {"0.5.1": 1e-4, "1.0.0": 1e-5}  # relative to max |zennit|
 
 
-def _model(variant: str):
+def _model(golden, variant: str):
     model = golden_models.build(variant).eval()
     prefix = f"{variant}/state/"
-    state = {k[len(prefix):]: torch.from_numpy(GOLDEN[k]) for k in GOLDEN.files if k.startswith(prefix)}
+    state = {k[len(prefix):]: torch.from_numpy(golden[k]) for k in golden.files if k.startswith(prefix)}
     model.load_state_dict(state)
-    return model, torch.from_numpy(GOLDEN[f"{variant}/input"])
+    return model, torch.from_numpy(golden[f"{variant}/input"])
 
 
+@pytest.mark.parametrize("version", sorted(GOLDENS))
 @pytest.mark.parametrize("variant", golden_models.VARIANTS)
 @pytest.mark.parametrize("composite", COMPOSITES)
-def test_relevance_matches_zennit(variant: str, composite: str) -> None:
-    model, x = _model(variant)
-    targets = torch.from_numpy(GOLDEN["targets"])
+def test_relevance_matches_zennit(version: str, variant: str, composite: str) -> None:
+    golden = GOLDENS[version]
+    model, x = _model(golden, variant)
+    targets = torch.from_numpy(golden["targets"])
     lrp = LRP(model, composite, low=golden_models.LOW, high=golden_models.HIGH)
     logits, relevance = lrp(x, targets)
-    expected = torch.from_numpy(GOLDEN[f"{variant}/{composite}"])
+    expected = torch.from_numpy(golden[f"{variant}/{composite}"])
     assert relevance.dtype == torch.float32 and relevance.shape == x.shape
-    assert torch.allclose(logits, torch.from_numpy(GOLDEN[f"{variant}/logits"]), atol=1e-5)
+    assert torch.allclose(logits, torch.from_numpy(golden[f"{variant}/logits"]), atol=1e-5)
     error = (relevance - expected).abs().max().item()
     scale = expected.abs().max().item()
-    assert error <= 1e-4 * scale, f"max |diff| {error:.3g} > 1e-4 * max |R| ({scale:.3g})"
+    bound = TOLERANCE[version]
+    assert error <= bound * scale, f"zennit {version}: max |diff| {error:.3g} > {bound:g} * max |R| ({scale:.3g})"
 
 
 def test_golden_file_is_small() -> None:

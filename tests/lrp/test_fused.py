@@ -1,0 +1,67 @@
+"""The fused element-wise steps (spray.lrp.fused): the compiled kernels compute what the eager functions
+do, and a platform where compiling fails falls back to the eager functions with a warning."""
+
+import logging
+
+import pytest
+import torch
+
+from spray.lrp import fused
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 6, 5, 5, generator=generator)
+    z[0, 0, 0, :3] = 0.0  # outputs with z = 0 pass nothing under gamma
+    q = torch.rand(2, 6, 5, 5, generator=generator) + z.clamp(min=0)
+    relevance = torch.randn(2, 6, 5, 5, generator=generator)
+    return z, q, relevance
+
+
+def _all(fn_gamma, fn_ab, fn_eps):
+    z, q, relevance = _inputs()
+    return [*fn_gamma(z, q, relevance, 0.25, 1e-6), fn_ab(z, q, relevance, 2.0, 1.0, 1e-6, 1),
+            fn_eps(relevance, z, 1e-6)]
+
+
+@pytest.fixture
+def compiling():
+    fused.enable_compile(True)
+    yield
+    fused.enable_compile(False)
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_the_eager_functions(compiling):
+    eager = _all(fused.gamma_quotients.fn, fused.alpha_beta_quotients.fn, fused.epsilon_quotient.fn)
+    compiled = _all(fused.gamma_quotients, fused.alpha_beta_quotients, fused.epsilon_quotient)
+    assert not fused.gamma_quotients._failed, "torch.compile failed here: the test measured nothing"
+    for expected, got in zip(eager, compiled):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (eager[0][0, 0, 0, :3] == 0).all()  # z = 0: nothing passed
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(compiling, monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    step = fused.Fused(fused.epsilon_quotient.fn)
+    z, _, relevance = _inputs()
+    with caplog.at_level(logging.WARNING, logger="spray.lrp.fused"):
+        out = step(relevance, z, 1e-6)
+    torch.testing.assert_close(out, fused.epsilon_quotient.fn(relevance, z, 1e-6))
+    assert "no C++ compiler found" in caplog.text and "eager" in caplog.text
+    caplog.clear()
+    step(relevance, z, 1e-6)  # from then on eager, without trying again
+    assert caplog.text == ""
+
+
+def test_a_switched_off_step_never_compiles():
+    fused.enable_compile(False)
+    z, _, relevance = _inputs()
+    step = fused.Fused(fused.epsilon_quotient.fn)
+    step(relevance, z, 1e-6)
+    assert step._compiled is None
