@@ -360,13 +360,16 @@ def _sweep(candidates: Any) -> int:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and not _alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
             removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (this process counts as alive)."""
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

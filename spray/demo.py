@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -155,13 +155,25 @@ def train(
     model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs: int, seed: int
 ) -> list[float]:
     """Adam on cross-entropy, batch 64; returns the mean loss of each epoch. images: (n, 32, 32) in [0, 1]."""
+    def log_epoch(epoch: int, loss: float) -> None:
+        log.info("demo: training epoch %d/%d, loss %.3f", epoch, epochs, loss)
+
+    return fit(model, torch.from_numpy(images[:, None]), torch.from_numpy(labels).long(), epochs, seed,
+               max_lr=3e-3, on_epoch=log_epoch)
+
+
+def fit(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, max_lr: float,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on ``x (n, C, H, W)``, ``y (n,)`` long: Adam with a one-cycle learning-rate schedule
+    (peak ``max_lr``) on cross-entropy, batch 64, seeded. Returns the mean loss of each epoch and calls
+    ``on_epoch(epoch, loss)`` after each (epochs counted from 1). Leaves the model in eval mode."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(images[:, None])
-    y = torch.from_numpy(labels).long()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=3e-3, total_steps=epochs * ((len(x) + 63) // 64)
+        optimizer, max_lr=max_lr, total_steps=epochs * ((len(x) + 63) // 64)
     )
     losses = []
     model.train()
@@ -177,7 +189,8 @@ def train(
             schedule.step()
             total += float(loss.detach()) * len(batch)
         losses.append(total / len(x))
-        log.info("demo: training epoch %d/%d, loss %.3f", len(losses), epochs, losses[-1])
+        if on_epoch is not None:
+            on_epoch(len(losses), losses[-1])
     model.eval()
     return losses
 

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
+from spray.cache import process_alive
+
 
 def _process_umask() -> int:
     # mkstemp creates files readable by the owner only; a report must get the usual permissions instead.
@@ -130,22 +132,11 @@ def _sweep_staging(output_dir: Path) -> None:
     back any file of the output folder that it was carrying over."""
     for folder in output_dir.parent.glob(f".{output_dir.name}.*-*"):
         match = re.match(rf"\.{re.escape(output_dir.name)}\.(staging|old)-(\d+)-", folder.name)
-        if not match or not folder.is_dir() or _alive(int(match.group(2))):
+        if not match or not folder.is_dir() or process_alive(int(match.group(2))):
             continue
         for entry in list(folder.iterdir()):
             if entry.name not in REPORT_FILES and entry.name != "report" and output_dir.exists() \
                     and not (output_dir / entry.name).exists():
                 os.rename(entry, output_dir / entry.name)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
