@@ -170,10 +170,8 @@ def score_clusters(
     for cluster in np.unique(cluster_labels):
         members = cluster_labels == cluster
         n_members = int(members.sum())
-        if n_members < config.min_cluster_size or n_members == n:
-            reason = "smaller than flagging.min_cluster_size" if n_members < config.min_cluster_size else (
-                "the whole class: nothing to compare with"
-            )
+        reason = _not_scored_reason(maps[members], n, config.min_cluster_size)
+        if reason is not None:
             results[int(cluster)] = ClusterEvidence(int(cluster), n_members, 0.0, False, {"not_scored": reason}, None)
             continue
         region = distinctive_region(maps, members, config.region_fraction)
@@ -289,6 +287,22 @@ def weakest_evidence(ratios: dict[str, float]) -> tuple[str, float]:
         return broken[0], 0.0
     weakest = min(ratios, key=ratios.get)
     return weakest, float(ratios[weakest])
+
+
+def _not_scored_reason(member_maps: np.ndarray, n_class: int, min_cluster_size: int) -> str | None:
+    """Why a cluster with maps ``member_maps`` (k, h, w) is not scored, or None. Copies of one image (identical
+    heatmaps) are one sample of evidence: a cluster of repeated images would otherwise show a perfectly
+    consistent "pattern" that is only the image itself."""
+    n_members = len(member_maps)
+    if n_members == n_class:
+        return "the whole class: nothing to compare with"
+    if n_members < min_cluster_size:
+        return "smaller than flagging.min_cluster_size"
+    n_distinct = len(np.unique(member_maps.reshape(n_members, -1), axis=0))
+    if n_distinct < min_cluster_size:
+        return (f"only {n_distinct} distinct heatmaps among its {n_members} members (repeated images): fewer "
+                "than flagging.min_cluster_size")
+    return None
 
 
 def join_pattern_carriers(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> np.ndarray:

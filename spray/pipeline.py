@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 _CODE = __version__
 # Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels;
 # attribute 2: relevance in a chunked zarr array beside the npz).
-_FLAG_CODE = (__version__, 3, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+_FLAG_CODE = (__version__, 4, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
 _ATTRIBUTE_CODE = (__version__, 2)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 

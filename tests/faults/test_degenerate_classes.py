@@ -14,7 +14,8 @@ import torch
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import spray_process, run_cli
 from spray.analyse import embed, spectral_analysis
-from spray.config import AnalysisConfig, EmbeddingConfig
+from spray.config import AnalysisConfig, EmbeddingConfig, FlaggingConfig, ImageConfig
+from spray.flag import array_batches, score_clusters
 
 
 @pytest.mark.slow
@@ -82,3 +83,30 @@ def test_a_class_pushed_below_the_knn_minimum_by_skipped_samples_is_skipped_and_
     assert skipped["class"] == 2 and "analysis.neighbors" in skipped["reason"]
     assert "skipped class 2" in capsys.readouterr().out
     assert len(summary["skipped_samples"]) == 20  # its unreadable images are still listed, each with its reason
+
+
+class _CornerReader(torch.nn.Module):
+    """A classifier whose class-0 logit reads the top-left 4 x 4 corner."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        corner = x[:, 0, :4, :4].mean((1, 2))
+        return torch.stack([4 * corner, 1 - corner], 1)
+
+
+def test_a_cluster_of_copies_of_a_few_images_is_not_scored():
+    """15 copies each of two images share a pattern only because they are the same images: they are two
+    samples of evidence, fewer than flagging.min_cluster_size, so the cluster is not scored (nor flagged)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 0.3, size=(60, 16, 16, 1)).astype(np.float32)
+    maps = rng.uniform(0, 0.1, size=(60, 16, 16)).astype(np.float32)
+    pixels[:30, :4, :4] = 1.0
+    maps[:30, :4, :4] += 1.0
+    pixels[:15], pixels[15:30] = pixels[0], pixels[15]  # two images, 15 copies each
+    maps[:15], maps[15:30] = maps[0], maps[15]
+    labels = np.where(np.arange(60) < 30, 0, 1)
+    recipients = rng.uniform(0, 0.3, size=(30, 16, 16, 1)).astype(np.float32)
+    image = ImageConfig(mode="L", size=(16, 16), mean=[0.0], std=[1.0])
+    scored = {s.id: s for s in score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients,
+                                              image, FlaggingConfig(min_cluster_size=5))}
+    assert not scored[0].flagged and "2 distinct heatmaps among its 30 members" in scored[0].evidence["not_scored"]
+    assert "not_scored" not in scored[1].evidence
