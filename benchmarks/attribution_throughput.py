@@ -30,25 +30,26 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests" / "lrp")]
 
 import nets  # noqa: E402
 from lrp_speed import gradient_method  # noqa: E402
+
 from spray.attribute import to_device  # noqa: E402
 from spray.cache import create_stored_array  # noqa: E402
 from spray.config import ImageConfig  # noqa: E402
@@ -194,7 +195,7 @@ def baseline(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], float]:
     return lambda: len(x) / _timed(lambda: gradient(x, targets), x.device)[0]
 
 
-def variants(device: torch.device) -> list[tuple[str, Optional[str], bool]]:
+def variants(device: torch.device) -> list[tuple[str, str | None, bool]]:
     """(name, autocast, channels_last) to run: fp32 everywhere; bf16 autocast and channels_last on CUDA."""
     if device.type != "cuda":
         return [("fp32", None, False)]
@@ -231,7 +232,7 @@ def run_case(name: str, args: argparse.Namespace, samples: list[Sample], image: 
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="resnet50,vgg16")
     parser.add_argument("--composite", default="epsilon_plus_flat")

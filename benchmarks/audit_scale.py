@@ -188,7 +188,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
@@ -264,19 +264,19 @@ def run_cluster(folder: Path, manifest: Path, weights: Path, args: argparse.Name
     from spray.pipeline import run_audit
 
     times = StageTimes()
-    with MemorySampler() as memory:
-        with distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-            config = audit_config(folder, manifest, weights, args.classes, "cluster", args.embedding,
-                                  cluster.scheduler_address, args.workers)
-            with distributed.get_task_stream(client=client) as stream:
-                started = time.perf_counter()
-                outcome = run_audit(config, progress=False)
-                total = time.perf_counter() - started
-            for record in stream.data:
-                compute = [s for s in record.get("startstops", []) if s["action"] == "compute"]
-                if compute:
-                    times.add(record["key"], compute[0]["start"], compute[-1]["stop"])
+    with MemorySampler() as memory, distributed.LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        config = audit_config(folder, manifest, weights, args.classes, "cluster", args.embedding,
+                              cluster.scheduler_address, args.workers)
+        with distributed.get_task_stream(client=client) as stream:
+            started = time.perf_counter()
+            outcome = run_audit(config, progress=False)
+            total = time.perf_counter() - started
+        for record in stream.data:
+            compute = [s for s in record.get("startstops", []) if s["action"] == "compute"]
+            if compute:
+                times.add(record["key"], compute[0]["start"], compute[-1]["stop"])
     return _result(f"LocalCluster ({args.workers} processes)", outcome, total, times, memory, args)
 
 

@@ -19,23 +19,23 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import yaml
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lrp")]
 
 import nets  # noqa: E402
+
 from spray.lrp import LRP  # noqa: E402
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1")
@@ -77,7 +77,7 @@ def same_inputs(device: torch.device, size: int, batch: int, dtypes: list[str]) 
                       flush=True)
 
 
-def run_demo(folder: Path, autocast: Optional[str]) -> Path:
+def run_demo(folder: Path, autocast: str | None) -> Path:
     """Run the demo audit with ``autocast`` into ``folder``; the report folder."""
     config = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
     case = folder / "demo-case"
@@ -124,7 +124,7 @@ def demo() -> None:
                       "same_flags": fp32[1] == bf16[1]}))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=112)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -64,7 +64,8 @@ def main() -> None:
         entry = build_entry(directory, args.samples, tuple(args.shape), args.chunk)
         path = Path(entry.path)
         megabytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-        unused: Callable[..., tuple[dict, dict]] = lambda *a: (_ for _ in ()).throw(AssertionError("recomputed"))
+        def unused(*arguments: object) -> tuple[dict, dict]:
+            raise AssertionError("recomputed")
 
         def verified_lookup() -> Entry:
             return cached(str(directory), "attribute", entry.key, unused)

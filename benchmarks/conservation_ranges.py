@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spray.config import DemoConfig, ImageConfig
+from spray.config import DataConfig, DemoConfig, ImageConfig
 from spray.data import Sample, load_dataset, load_pixels, to_model_input
-from spray.config import DataConfig
 from spray.demo import build_case, build_model
 from spray.lrp import conservation
 from spray.lrp.composites import COMPOSITES

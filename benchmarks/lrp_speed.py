@@ -36,23 +36,24 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "lrp")]
 
 import nets  # noqa: E402  (the plain-torch test architectures)
 from _memory import peak_rss_mb, rss_mb  # noqa: E402
+
 from spray.lrp import LRP  # noqa: E402
 from spray.lrp.fused import enable_compile  # noqa: E402
 
@@ -98,7 +99,7 @@ def gradient_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], 
     return run
 
 
-def zennit_method(model: nn.Module, composite: str) -> Optional[Callable]:
+def zennit_method(model: nn.Module, composite: str) -> Callable | None:
     try:
         import zennit.composites as zc
         from zennit.canonizers import SequentialMergeBatchNorm
@@ -198,7 +199,7 @@ def rss_child(case: str, method: str, quick: bool) -> None:
     print(json.dumps({"extra_mb": peak_rss_mb() - before}))
 
 
-def rss_extra_mb(case: str, method: str, quick: bool, threads: Optional[int]) -> Optional[float]:
+def rss_extra_mb(case: str, method: str, quick: bool, threads: int | None) -> float | None:
     """Run :func:`rss_child` in a subprocess; None where the platform cannot report peak memory."""
     if not Path("/proc/self/clear_refs").exists():
         return None
@@ -211,7 +212,7 @@ def rss_extra_mb(case: str, method: str, quick: bool, threads: Optional[int]) ->
 
 def run_case(
     name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
-    threads: Optional[int] = None, compiled: bool = False, rss_wanted: bool = True,
+    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True,
 ) -> list[dict]:
     model, x = build_case(name, quick)
     x = x.to(device)
@@ -234,7 +235,7 @@ def run_case(
             times[key].append(seconds)
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
-    rss: dict[str, Optional[float]] = {}
+    rss: dict[str, float | None] = {}
     if device.type == "cpu" and rss_wanted:
         del methods  # the children's memory is their own; free this process's copies first
         for key in ["gradient"] + [f"spray:{c}" for c in composites]:
@@ -242,7 +243,7 @@ def run_case(
     elif device.type != "cpu":  # on CUDA the peak allocated memory of the call is the figure that matters
         rss = {key: value / 2**20 for key, value in memory.items()}
 
-    def ratio(key: str, reference: str) -> Optional[float]:
+    def ratio(key: str, reference: str) -> float | None:
         # Median over rounds of the within-round ratio: load that drifts between rounds cancels.
         if key not in times or reference not in times:
             return None
@@ -275,7 +276,7 @@ def run_case(
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="vgg16,resnet50,demo")
     parser.add_argument("--composites", default=",".join(COMPOSITES))
@@ -324,7 +325,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"wrote {args.json}")
 
 
-def _fmt(value: Optional[float], width: int, digits: int) -> str:
+def _fmt(value: float | None, width: int, digits: int) -> str:
     return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}s}"
 
 

@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from screenshot import chromium_command, find_chromium  # noqa: E402
+from screenshot import chromium_command, find_chromium
 
-from spray.report import write_report  # noqa: E402
-from spray.report.images import resize_float, shrink  # noqa: E402
-from spray.report.synthetic import synthetic_class, synthetic_run  # noqa: E402
-from spray.results import Thumbnail  # noqa: E402
+from spray.report import write_report
+from spray.report.images import resize_float, shrink
+from spray.report.synthetic import synthetic_class, synthetic_run
+from spray.results import Thumbnail
 
 
 def _report(folder: Path, members: int, side: int, gallery: bool, opened: bool) -> Path:

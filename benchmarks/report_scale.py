@@ -99,7 +99,7 @@ class WorkerMemory:
                 except OSError:
                     pass
 
-    def __enter__(self) -> "WorkerMemory":
+    def __enter__(self) -> WorkerMemory:
         self._thread.start()
         return self
 

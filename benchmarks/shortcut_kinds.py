@@ -30,9 +30,9 @@ import pandas as pd
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spray.config import config_from_dict  # noqa: E402
-from spray.pipeline import run_audit  # noqa: E402
-from spray.planted import CORNERS, Artifact, Case, build_case  # noqa: E402
+from spray.config import config_from_dict
+from spray.pipeline import run_audit
+from spray.planted import CORNERS, Artifact, Case, build_case
 
 
 def cases(seed: int) -> list[tuple[str, Case]]:

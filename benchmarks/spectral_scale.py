@@ -53,11 +53,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 from _memory import peak_rss_mb, rss_mb  # benchmarks/_memory.py (scripts run from benchmarks/)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -260,7 +260,7 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float
         "input_mb": round(input_mb, 1),
         "steps": {name: round(value, 3) for name, value in steps.seconds.items()},
         "step_peak_mb": {name: round(value, 1) for name, value in steps.peak_mb.items()},
-        "n_clusters": int(len(np.unique(labels))),
+        "n_clusters": len(np.unique(labels)),
         "ari": round(float(adjusted_rand_score(truth, labels)), 4),
         **outcome,
     }

@@ -36,19 +36,24 @@ from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 from spray.config import AnalysisConfig, EmbeddingConfig
 from spray.errors import DataError, RunError
-from spray.neighbors import (IMPORT_LOCK, KNN_BLOCK_BYTES, KNN_METHODS, cache_numba_functions, knn_method,
-                             nearest_neighbors)
+from spray.neighbors import (
+    IMPORT_LOCK,
+    KNN_BLOCK_BYTES,
+    cache_numba_functions,
+    knn_method,
+    nearest_neighbors,
+)
 
 __all__ = [
     "SpectralResult",
+    "choose_n_clusters",
+    "embed",
+    "embedding_descriptions",
     "knn_affinity",
     "normalized_laplacian",
     "smallest_eigenpairs",
-    "choose_n_clusters",
-    "spectral_clustering",
     "spectral_analysis",
-    "embed",
-    "embedding_descriptions",
+    "spectral_clustering",
 ]
 
 # Up to this many nodes the eigenpairs come from a dense LAPACK solve of the Laplacian: it is exact and

@@ -10,15 +10,16 @@ shard.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from dask.base import tokenize
 
-from spray.config import AttributionConfig, ImageConfig, ModelConfig
 from spray.cache import create_stored_array
+from spray.config import AttributionConfig, ImageConfig, ModelConfig
 from spray.data import Sample, iter_pixel_batches, to_model_input
 from spray.lrp import conservation
 from spray.lrp.methods import attributor_from_config

@@ -37,9 +37,10 @@ import socket
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -76,13 +77,13 @@ class Entry:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise _discarded(Path(self.path), f"unreadable: {error}") from None
 
-    def open_array(self, name: str) -> "VerifiedArray":
+    def open_array(self, name: str) -> VerifiedArray:
         """A chunked array the entry streamed to disk (``cached_stream``), opened read-only: slicing it
         reads only the chunks it touches, each checked against its checksum the first time."""
         return VerifiedArray(Path(self.path), name)
 
 
-def open_stored_array(path: str | Path, name: str) -> "zarr.Array":
+def open_stored_array(path: str | Path, name: str) -> zarr.Array:
     """The zarr array ``<path>/<name>.zarr``, read-only and unverified (see ``Entry.open_array``)."""
     import zarr
 
@@ -153,7 +154,7 @@ def _crc32(path: Path) -> int:
 
 
 def _is_chunk(relative: str) -> bool:
-    head, _, rest = relative.partition(".zarr/")
+    _head, _, rest = relative.partition(".zarr/")
     return bool(rest) and bool(re.match(r"(c/)?\d", rest))
 
 
@@ -326,7 +327,7 @@ def _publish(staging: Path, final: Path, stage: str, key: str, arrays: dict[str,
 
 
 def create_stored_array(folder: Path, name: str, shape: tuple[int, ...], chunk_rows: int,
-                        dtype: str = "float32") -> "zarr.Array":
+                        dtype: str = "float32") -> zarr.Array:
     """A chunked on-disk array ``<folder>/<name>.zarr`` chunked along its first axis only (``chunk_rows``
     rows per chunk), so that writing or reading a few rows touches one or two chunk files."""
     import zarr

@@ -16,9 +16,10 @@ Both commands call :func:`check_output_folders` and :func:`preflight`, so what `
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

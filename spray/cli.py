@@ -15,9 +15,10 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from spray.errors import EXIT_FLAGGED, EXIT_OK, EXIT_RUN, SprayError
 
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spray: error: disk full writing {where}: free space there and re-run; finished cache entries "
               "are kept", file=sys.stderr)
         return EXIT_RUN
-    except Exception as error:  # noqa: BLE001 - the last resort: one line and a logged traceback, never a bare crash
+    except Exception as error:
         return _unexpected(arguments, error)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,7 +27,7 @@ class ModelConfig(_Section):
         description="'file.py:callable' or 'package.module:callable' returning an nn.Module"
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
-    weights: Optional[Path] = Field(
+    weights: Path | None = Field(
         default=None, description="state_dict saved with torch.save; loaded with weights_only=True"
     )
 
@@ -52,7 +52,7 @@ class ImageConfig(_Section):
         description="[height, width] the model sees: the image is resized to it, or with shorter_side "
         "center-cropped to it",
     )
-    shorter_side: Optional[int] = Field(
+    shorter_side: int | None = Field(
         default=None, ge=1,
         description="resize so that the shorter side has this many pixels (aspect ratio kept), then center-crop "
         "to size: torchvision's Resize(shorter_side) + CenterCrop(size); default: resize straight to size",
@@ -76,7 +76,7 @@ class ImageConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _channels_match(self) -> "ImageConfig":
+    def _channels_match(self) -> ImageConfig:
         channels = 1 if self.mode == "L" else 3
         for key in ("mean", "std"):
             values = getattr(self, key)
@@ -99,26 +99,26 @@ class ImageConfig(_Section):
 
 
 class DataConfig(_Section):
-    manifest: Optional[Path] = Field(
+    manifest: Path | None = Field(
         default=None, description="CSV with columns path,label; paths relative to the CSV's folder"
     )
-    root: Optional[Path] = Field(default=None, description="ImageFolder layout: one sub-folder per class")
+    root: Path | None = Field(default=None, description="ImageFolder layout: one sub-folder per class")
     image: ImageConfig = Field(default_factory=ImageConfig, description="how images become model input")
-    class_names: Optional[list[str]] = Field(
+    class_names: list[str] | None = Field(
         default=None,
         description="names of the model's outputs in order; string labels are mapped through it "
         "(default: sorted unique string labels, or the sorted sub-folders of root)",
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataConfig":
+    def _one_source(self) -> DataConfig:
         if (self.manifest is None) == (self.root is None):
             raise ValueError("give exactly one of data.manifest (a CSV) or data.root (one folder per class)")
         return self
 
 
 class AuditSection(_Section):
-    classes: Optional[list[Union[int, str]]] = Field(
+    classes: list[int | str] | None = Field(
         default=None, description="labels to audit (indices or class names); default: every class"
     )
     cross_class: bool = Field(
@@ -133,7 +133,7 @@ class AttributionConfig(_Section):
         default="lrp", description="attribution method: lrp, or a gradient/perturbation method for any model"
     )
     composite: str = Field(default="epsilon_plus_flat", description=f"one of {', '.join(COMPOSITE_NAMES)}")
-    rules: Optional[list[dict[str, Any]]] = Field(
+    rules: list[dict[str, Any]] | None = Field(
         default=None,
         description="user-defined composite, matched in order before the named composite (which fills in the "
         "rest): entries {layers: [conv|linear|activation|avgpool|maxpool|sum|batchnorm or a torch.nn class] "
@@ -142,7 +142,7 @@ class AttributionConfig(_Section):
         "stabilizer)}",
     )
     stabilizer: float = Field(default=1e-6, gt=0, description="small constant of the non-epsilon LRP denominators")
-    autocast: Optional[Literal["bf16", "fp16"]] = Field(
+    autocast: Literal["bf16", "fp16"] | None = Field(
         default=None, description="CUDA only: run the forward pass under autocast; relevance stays float32"
     )
     samples: int = Field(default=16, ge=1, description="smoothgrad: noisy copies averaged")
@@ -152,14 +152,14 @@ class AttributionConfig(_Section):
         default=0.0, description="integrated_gradients and occlusion: reference value, in model-input space"
     )
     patch: int = Field(default=4, ge=1, description="occlusion: side of the square patch, in pixels")
-    stride: Optional[int] = Field(default=None, ge=1, description="occlusion: patch step (default: patch)")
+    stride: int | None = Field(default=None, ge=1, description="occlusion: patch step (default: patch)")
     epsilon: float = Field(default=1e-6, gt=0, description="stabiliser of the epsilon rule")
     gamma: float = Field(default=0.25, ge=0, description="gamma of the gamma rule")
     alpha: float = Field(default=2.0, ge=1, description="alpha of the alpha-beta rule (beta = alpha - 1)")
-    low: Optional[list[float]] = Field(
+    low: list[float] | None = Field(
         default=None, description="z^B lower input bound per channel (default: (0 - mean) / std)"
     )
-    high: Optional[list[float]] = Field(
+    high: list[float] | None = Field(
         default=None, description="z^B upper input bound per channel (default: (1 - mean) / std)"
     )
     batch_size: int = Field(default=64, ge=1, description="images per forward/backward pass")
@@ -182,7 +182,7 @@ class AttributionConfig(_Section):
 
     @field_validator("rules")
     @classmethod
-    def _valid_rules(cls, value: Optional[list[dict[str, Any]]]) -> Optional[list[dict[str, Any]]]:
+    def _valid_rules(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if value is not None:
             from spray.lrp.composites import custom_composite  # imports torch: only when rules are given
 
@@ -206,7 +206,7 @@ class AnalysisConfig(_Section):
     seed: int = Field(default=0, description="seed of the eigensolver start vector and of k-means")
 
     @model_validator(mode="after")
-    def _cluster_range(self) -> "AnalysisConfig":
+    def _cluster_range(self) -> AnalysisConfig:
         if self.min_clusters > self.max_clusters:
             raise ValueError(f"min_clusters ({self.min_clusters}) exceeds max_clusters ({self.max_clusters})")
         if self.max_clusters >= self.eigenvalues:
@@ -247,11 +247,11 @@ class CacheConfig(_Section):
 
 
 class DaskConfig(_Section):
-    address: Optional[str] = Field(default=None, description="scheduler address of an existing cluster")
+    address: str | None = Field(default=None, description="scheduler address of an existing cluster")
     scheduler: Literal["threads", "processes", "synchronous"] = Field(
         default="threads", description="local scheduler when no address is given"
     )
-    workers: Optional[int] = Field(default=None, ge=1, description="local workers (default: one per core); also the processes drawing the report's class pages (default: one per core, at most 8)")
+    workers: int | None = Field(default=None, ge=1, description="local workers (default: one per core); also the processes drawing the report's class pages (default: one per core, at most 8)")
 
 
 class DemoConfig(_Section):
@@ -293,10 +293,10 @@ class SprayConfig(_Section):
     dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")
     report: ReportConfig = Field(default_factory=ReportConfig, description="how the report shows the run")
-    demo: Optional[DemoConfig] = Field(
+    demo: DemoConfig | None = Field(
         default=None, description="build the planted-watermark digits case before auditing (the demo)"
     )
-    path: Optional[Path] = Field(default=None, exclude=True, description="the file this was loaded from")
+    path: Path | None = Field(default=None, exclude=True, description="the file this was loaded from")
 
 
 # A config is a few dozen keys. These limits refuse inputs built to exhaust memory before they are built:

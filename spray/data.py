@@ -438,7 +438,7 @@ def _center_crop(picture: Image.Image, height: int, width: int) -> Image.Image:
         padded = Image.new(picture.mode, (max(w, width), max(h, height)), 0)
         padded.paste(picture, ((width - w) // 2 if width > w else 0, (height - h) // 2 if height > h else 0))
         picture, (w, h) = padded, padded.size
-    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
+    top, left = round((h - height) / 2.0), round((w - width) / 2.0)
     return picture.crop((left, top, left + width, top + height))
 
 

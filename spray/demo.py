@@ -19,8 +19,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -251,7 +252,7 @@ def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> d
     planted = np.zeros(len(images), dtype=bool)
     if config.artifact != "none" and config.fraction > 0:
         target_rows = np.flatnonzero(labels == config.target_class)
-        chosen = rng.choice(target_rows, size=int(round(config.fraction * len(target_rows))), replace=False)
+        chosen = rng.choice(target_rows, size=round(config.fraction * len(target_rows)), replace=False)
         planted[chosen] = True
         copies = images[chosen]  # fancy indexing copies: plant into the copy, then store it back
         plant(copies, mask, rng)
@@ -305,7 +306,7 @@ def _measure(
     predictions = predict(model, images[held_out]).argmax(1)
     record: dict[str, Any] = {
         "test_accuracy": float((predictions == labels[held_out]).mean()),
-        "n_images": int(len(images)),
+        "n_images": len(images),
         "n_planted": int(planted.sum()),
     }
     if planted.any():

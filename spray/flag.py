@@ -34,8 +34,9 @@ and pasting strokes adds some evidence), so they guard against a shared pattern 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch

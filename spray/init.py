@@ -38,7 +38,7 @@ def guess_factory(model: str) -> tuple[str, list[str]]:
     ``models.py:build`` and ``package.module:build`` are taken as given. For ``models.py`` the callable whose
     name looks most like a model factory is chosen. Raises ModelError for a file that is absent or not Python.
     """
-    source, sep, name = model.rpartition(":")
+    _source, sep, name = model.rpartition(":")
     if sep and name.isidentifier():
         return model, []
     path = Path(model)

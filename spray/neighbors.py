@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 from spray.errors import RunError
 
-__all__ = ["nearest_neighbors", "KNN_METHODS", "EXACT_KNN_MAX_N", "PROJECTED_KNN_MAX_N"]
+__all__ = ["EXACT_KNN_MAX_N", "KNN_METHODS", "PROJECTED_KNN_MAX_N", "nearest_neighbors"]
 
 
 # Memory the float32 distance block of the brute-force kNN may take (rows x N x 4 bytes); selecting

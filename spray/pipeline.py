@@ -31,29 +31,38 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import dask
 import numpy as np
 from dask.base import tokenize
 
+import spray.flag
 from spray import __version__
-from spray.attribute import attribute_shard, attribution_settings, prepare_attributor, resolve_device
+from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
+from spray.attribute import attribute_shard, attribution_settings, resolve_device
 from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
 from spray.config import SprayConfig
-from spray.data import (Dataset, DigestIndex, Sample, dataset_token, iter_pixel_batches, load_dataset, load_pixels,
-                        read_pixels)
+from spray.data import (
+    Dataset,
+    DigestIndex,
+    Sample,
+    dataset_token,
+    iter_pixel_batches,
+    load_dataset,
+    load_pixels,
+    read_pixels,
+)
 from spray.errors import DataError, RunError
-import spray.flag
-from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
 from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
-from spray.preprocess import preprocess
 from spray.model import load_model, model_token
+from spray.preprocess import preprocess
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass, Thumbnail
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -278,7 +278,7 @@ def build_case(directory: Path, case: Case) -> dict:
         colour[rng.integers(3)] = 1.0  # a saturated colour, visible on most photos
     for number, artifact in enumerate(case.artifacts, start=1):
         rows = np.flatnonzero((labels == artifact.target_class) & (planted == 0))
-        chosen = rng.choice(rows, size=int(round(artifact.fraction * (labels == artifact.target_class).sum())),
+        chosen = rng.choice(rows, size=round(artifact.fraction * (labels == artifact.target_class).sum()),
                             replace=False)
         if case.source == "photos":
             # Tagged images come from another source: crops of any class's photos. The model can only fit

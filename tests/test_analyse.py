@@ -258,7 +258,7 @@ def test_tsne_is_seeded_and_does_not_import_umap(monkeypatch):
         raise AssertionError("umap imported although only t-SNE was asked for")
 
     monkeypatch.setattr(analyse, "_import_umap", no_umap)
-    maps, truth = planted_mixture(150, 3, separation=3.0)
+    maps, _truth = planted_mixture(150, 3, separation=3.0)
     config = EmbeddingConfig(methods=["tsne"], seed=1)
     first, second = embed(maps, config), embed(maps, config)
     assert list(first) == ["tsne"]

@@ -108,7 +108,7 @@ def test_the_projected_path_clusters_planted_mixtures_as_the_exact_path_does(mon
     # Gaussian groups in 256 dimensions: unlike heatmaps, most of each map's variance is noise spread over
     # all components, so the projected search needs many of them (192 here) and may still miss a few
     # neighbours; the clustering must not change
-    maps, truth = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
+    maps, _truth = planted_mixture(3000, 4, separation=0.6, dim=256, seed=1)
     config = AnalysisConfig()
     exact = spectral_analysis(maps, config)
     monkeypatch.setattr(neighbors, "EXACT_KNN_MAX_N", 500)
@@ -159,7 +159,7 @@ def test_a_projected_search_below_the_recall_threshold_falls_back(monkeypatch, f
     monkeypatch.setattr(neighbors, "PROJECTED_KNN_STEPS", ((8, 2), (16, 2)))
     if fallback == "pynndescent":
         monkeypatch.setattr(neighbors, "EXACT_KNN_FALLBACK_MAX_N", 1000)
-    indices, distances, description, recall = neighbors.nearest_neighbors(maps, 10, "projected")
+    indices, _distances, description, recall = neighbors.nearest_neighbors(maps, 10, "projected")
     assert "recall@10 was 0." in description and "with 8 components, 0." in description
     assert f"with 16 components (below {neighbors.PROJECTED_KNN_MIN_RECALL})" in description
     if fallback == "exact":

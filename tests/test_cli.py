@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import torch
+from audit_cases import tiny_config, write_config
 
 from spray.cli import main
 from spray.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FLAGGED, EXIT_MODEL, EXIT_OK
-
-from audit_cases import tiny_config, write_config
 
 
 def test_run_prints_the_report_path_and_the_flags(tiny_audit, capsys):

@@ -55,12 +55,12 @@ def test_every_error_is_listed_with_its_key_path(tmp_path):
 
 
 def test_a_factory_without_a_callable_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="model.factory.*models.py:build_model"):
+    with pytest.raises(ConfigError, match=r"model\.factory.*models\.py:build_model"):
         load_config(write(tmp_path, "model: {factory: models.py}\ndata: {manifest: m.csv}\n"))
 
 
 def test_exactly_one_data_source(tmp_path):
-    with pytest.raises(ConfigError, match="exactly one of data.manifest"):
+    with pytest.raises(ConfigError, match=r"exactly one of data\.manifest"):
         load_config(write(tmp_path, "model: {factory: m.py:f}\ndata: {manifest: a.csv, root: imgs}\n"))
 
 

@@ -244,7 +244,7 @@ def test_read_pixels_converts_and_resizes_to_height_width(tmp_path):
     assert grey.shape == (4, 6, 1) and grey.dtype == np.float32
     assert colour.shape == (8, 10, 3)
     np.testing.assert_allclose(colour[0, 0], np.array([51, 25, 204]) / 255, atol=1e-6)  # no resize: exact
-    assert 0.0 <= grey.min() and grey.max() <= 1.0
+    assert grey.min() >= 0.0 and grey.max() <= 1.0
 
 
 def _png_bytes() -> bytes:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from audit_cases import tiny_config, write_config
 
 from spray.cli import main
 from spray.errors import EXIT_CONFIG, EXIT_DATA, EXIT_MODEL, EXIT_OK
-
-from audit_cases import tiny_config, write_config
 
 
 def _relabel(case: Path, names: dict[int, str], keep: Callable[[int], bool] = lambda label: True) -> None:

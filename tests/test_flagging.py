@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 import torch
 
 from spray.config import FlaggingConfig, ImageConfig, config_from_dict

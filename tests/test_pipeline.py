@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audit_cases import tiny_config, write_config
 
 from spray.config import load_config
 from spray.errors import DataError, ModelError, RunError
 from spray.pipeline import run_audit
-
-from audit_cases import tiny_config, write_config
 
 
 def computed(outcome) -> dict[str, int]:
@@ -152,7 +151,7 @@ def test_an_unsupported_layer_is_named_before_anything_runs(tiny_case):
 
 def test_an_unreachable_cluster_is_a_run_error(tiny_audit):
     config = load_config(tiny_audit(dask={"address": "tcp://127.0.0.1:9"}))
-    with pytest.raises(RunError, match="dask.address"):
+    with pytest.raises(RunError, match=r"dask\.address"):
         run_audit(config, progress=False)
 
 

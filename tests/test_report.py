@@ -189,7 +189,7 @@ def test_write_report_returns_the_html_path_and_overwrites_atomically(tmp_path):
 
 
 def test_summary_json_follows_the_public_contract(standard_report):
-    out, classes = standard_report
+    out, _classes = standard_report
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert {"classes", "skipped_classes", "skipped_samples", "run"} <= set(summary)
     assert [c["class"] for c in summary["classes"]] == [5, 3]  # the order the classes were given in

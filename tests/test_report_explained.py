@@ -11,17 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audit_cases import make_tiny_case, tiny_config, write_config
 
 from spray.cli import main
 from spray.config import load_config
-from spray.pipeline import PathShower
 from spray.errors import EXIT_OK
+from spray.pipeline import PathShower
 from spray.report import write_report
 from spray.report.explain import EVIDENCE
 from spray.report.synthetic import synthetic_class, synthetic_run
 from spray.results import Thumbnail
-
-from audit_cases import make_tiny_case, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")

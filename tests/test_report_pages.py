@@ -75,7 +75,7 @@ def test_every_link_resolves_to_a_file_and_anchor_of_the_report(paged_report):
     pages = [paged_report / "index.html", *sorted((paged_report / "classes").glob("*.html"))]
     parsed = {page.resolve(): links(page) for page in pages}
     for page, found in parsed.items():
-        for tag, url in found.links:
+        for _tag, url in found.links:
             if url.startswith("data:image/png;base64,"):
                 continue
             assert not re.match(r"^[a-z]+:|^//", url), (page.name, url)  # nothing from the network

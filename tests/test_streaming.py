@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from audit_cases import make_tiny_case
 
 import spray.data
 from spray.attribute import attribute_shard, prepare_attributor
@@ -18,8 +18,6 @@ from spray.data import Sample, iter_pixel_batches, load_dataset, load_pixels, to
 from spray.model import model_token
 from spray.pipeline import _preprocess
 from spray.preprocess import preprocess
-
-from audit_cases import make_tiny_case
 
 GREY16 = ImageConfig(mode="L", size=(16, 16))
 

@@ -109,7 +109,7 @@ def test_a_worker_killed_in_the_middle_of_attribution_is_survived(tiny_audit):
     entries = list(cache.iterdir())
     assert len(entries) == 6
     for entry in entries:
-        arrays, meta = read_entry(entry)
+        arrays, _meta = read_entry(entry)
         assert open_stored_array(entry, "relevance").shape[0] == len(arrays["index"]) == len(arrays["logits"])
     ours, theirs = (json.loads((o.report.parent / "summary.json").read_text()) for o in (local, remote))
     for a, b in zip(ours["classes"], theirs["classes"], strict=True):

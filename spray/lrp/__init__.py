@@ -42,10 +42,10 @@ from spray.lrp.rules import RULES, make_rule
 
 __all__ = [
     "COMPOSITES",
-    "Composite",
     "LRP",
     "METHODS",
     "RULES",
+    "Composite",
     "attributor",
     "attributor_from_config",
     "conservation",

@@ -28,14 +28,26 @@ order.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 from torch import nn
 
 from spray.lrp.ops import CONV_TYPES
 from spray.lrp.rules import (
-    AlphaBeta, Bound, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus, make_rule,
+    AlphaBeta,
+    Bound,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    ZPlus,
+    make_rule,
 )
 
 
@@ -113,7 +125,7 @@ class Composite:
     first_map: list[tuple[tuple[type, ...], Rule]] = field(default_factory=list)
     name_map: list[tuple[tuple[str, ...], Rule]] = field(default_factory=list)
 
-    def rule_for(self, name: str, module: nn.Module, first: bool) -> Optional[Rule]:
+    def rule_for(self, name: str, module: nn.Module, first: bool) -> Rule | None:
         for patterns, rule in self.name_map:
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
                 return rule
@@ -147,8 +159,8 @@ def named_composite(
     epsilon: float = 1e-6,
     gamma: float = 0.25,
     alpha: float = 2.0,
-    low: Optional[Bound] = None,
-    high: Optional[Bound] = None,
+    low: Bound | None = None,
+    high: Bound | None = None,
     stabilizer: float = 1e-6,
 ) -> Composite:
     """The composite called ``name`` (one of :data:`COMPOSITES`) with its parameters.
@@ -208,7 +220,7 @@ LAYER_TYPE_NAMES: dict[str, tuple[type, ...]] = {
 
 def custom_composite(
     entries: Sequence[dict[str, Any]],
-    base: Optional[str] = None,
+    base: str | None = None,
     name: str = "custom",
     **base_params: Any,
 ) -> Composite:
@@ -272,7 +284,7 @@ def _layer_types(names: Iterable[str], where: str) -> tuple[type, ...]:
     return tuple(types)
 
 
-def resolve_composite(composite: Union[str, Composite], **params: Any) -> Composite:
+def resolve_composite(composite: str | Composite, **params: Any) -> Composite:
     """A :class:`Composite` from a name (with parameters) or as given."""
     if isinstance(composite, Composite):
         return composite

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,15 +46,15 @@ class LRP:
     def __init__(
         self,
         model: nn.Module,
-        composite: Union[str, Composite] = "epsilon_plus_flat",
+        composite: str | Composite = "epsilon_plus_flat",
         epsilon: float = 1e-6,
         gamma: float = 0.25,
         alpha: float = 2.0,
-        low: Optional[Bound] = None,
-        high: Optional[Bound] = None,
+        low: Bound | None = None,
+        high: Bound | None = None,
         *,
         stabilizer: float = 1e-6,
-        autocast: Optional[str] = None,
+        autocast: str | None = None,
     ) -> None:
         resolved = resolve_composite(
             composite, epsilon=epsilon, gamma=gamma, alpha=alpha, low=low, high=high, stabilizer=stabilizer
@@ -70,7 +71,7 @@ class LRP:
         self.dtype = _explaining_dtype(self._module)
         self._device = torch.device("cpu")
         self._lock = threading.Lock()
-        self.conservation: Optional[Tensor] = None
+        self.conservation: Tensor | None = None
 
     def _to(self, device: torch.device) -> None:
         if device != self._device:

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

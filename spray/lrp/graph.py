@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import operator
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -30,11 +31,25 @@ from torch import Tensor, nn
 from spray.errors import ModelError
 from spray.lrp.canonizers import fold_batchnorms
 from spray.lrp.composites import (
-    ACTIVATION_TYPES, AVGPOOL_TYPES, BATCHNORM_TYPES, IDENTITY_TYPES, MAXPOOL_TYPES, SUM_TYPES, Composite,
-    Mean, ScalarMul, Sum,
+    ACTIVATION_TYPES,
+    AVGPOOL_TYPES,
+    BATCHNORM_TYPES,
+    IDENTITY_TYPES,
+    MAXPOOL_TYPES,
+    SUM_TYPES,
+    Composite,
+    Mean,
+    ScalarMul,
+    Sum,
 )
 from spray.lrp.ops import (
-    CONV_TYPES, LINEAR_TYPES, LinearLayer, LinearRelevance, NormRelevance, PassRelevance, SumRelevance,
+    CONV_TYPES,
+    LINEAR_TYPES,
+    LinearLayer,
+    LinearRelevance,
+    NormRelevance,
+    PassRelevance,
+    SumRelevance,
 )
 from spray.lrp.rules import Gradient, LinearRule, Norm, Pass, Rule
 
@@ -394,7 +409,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _wrap(name: str, module: nn.Module, rule: Optional[Rule], input_nonnegative: bool = False) -> Optional[nn.Module]:
+def _wrap(name: str, module: nn.Module, rule: Rule | None, input_nonnegative: bool = False) -> nn.Module | None:
     if rule is None or isinstance(rule, Gradient):
         if isinstance(module, Sum):
             return SumGradient()

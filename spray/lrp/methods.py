@@ -16,7 +16,7 @@ gets the mean drop of the patches covering it, spread over channels).
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ METHODS: tuple[str, ...] = (
 
 class _Attributor:
     method = "attributor"
-    composite_name: Optional[str] = None
+    composite_name: str | None = None
 
     def __init__(self, model: nn.Module) -> None:
         self._model = copy.deepcopy(model).eval()
@@ -38,7 +38,7 @@ class _Attributor:
             param.requires_grad_(False)
         self._device = torch.device("cpu")
         self.rules: dict[str, str] = {}
-        self.conservation: Optional[Tensor] = None
+        self.conservation: Tensor | None = None
 
     def _prepare(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if x.device != self._device:
@@ -129,7 +129,7 @@ class IntegratedGradients(_Attributor):
 class Occlusion(_Attributor):
     method = "occlusion"
 
-    def __init__(self, model: nn.Module, patch: int = 4, stride: Optional[int] = None, baseline: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, patch: int = 4, stride: int | None = None, baseline: float = 0.0) -> None:
         super().__init__(model)
         self.patch, self.stride, self.baseline = int(patch), int(stride or patch), float(baseline)
         if self.patch < 1 or self.stride < 1:

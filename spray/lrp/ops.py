@@ -10,7 +10,7 @@ concatenation, dropout in eval mode) keep their ordinary gradient, which routes 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +52,11 @@ class LinearLayer:
         if not isinstance(module, LINEAR_TYPES):
             raise TypeError(f"expected one of {LINEAR_TYPES}, got {type(module).__name__}")
         self.weight: Tensor = module.weight
-        self.bias: Optional[Tensor] = module.bias
+        self.bias: Tensor | None = module.bias
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
-        self._split: Optional[Tensor] = None
-        self._with_positive: Optional[Tensor] = None
+        self._split: Tensor | None = None
+        self._with_positive: Tensor | None = None
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -95,7 +95,7 @@ class LinearLayer:
         w_pos, w_neg, _ = self.split_weight()
         return self.backward(s_pos, input_like, w_pos).add_(self.backward(s_neg, input_like, w_neg))
 
-    def forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self.is_conv:
             return F.linear(x, weight, bias)
         conv = _CONV_FUNCTIONS[self.ndim]
@@ -137,7 +137,7 @@ def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
     return tuple(padding)
 
 
-def _widen(t: Optional[Tensor]) -> Optional[Tensor]:
+def _widen(t: Tensor | None) -> Tensor | None:
     """float16/bfloat16 (autocast forward) -> float32, so rules compute and accumulate in float32."""
     return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
 
@@ -146,7 +146,7 @@ class LinearRelevance(torch.autograd.Function):
     """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, wrapper: "nn.Module") -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, wrapper: nn.Module) -> Tensor:  # type: ignore[override]
         layer: LinearLayer = wrapper.layer
         rule = wrapper.rule
         z, for_rule = rule.forward(layer, x)

@@ -20,7 +20,8 @@ concatenation: the ordinary gradient, which routes relevance unchanged).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ from torch import Tensor
 from spray.lrp.fused import alpha_beta_quotients, compile_enabled, epsilon_quotient, gamma_quotients
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
-Bound = Union[float, Sequence[float], Tensor]
+Bound = Union[float, Sequence[float], Tensor]  # noqa: UP007 (a runtime alias: the | form needs Python 3.10 types)
 
 
 class Rule:
@@ -74,21 +75,21 @@ class LinearRule(Rule):
     needs_input = True
     needs_output = False
 
-    def forward(self, layer: LinearLayer, a: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(self, layer: LinearLayer, a: Tensor) -> tuple[Tensor, Tensor | None]:
         """The layer's output ``z`` and the tensor the backward pass gets as ``z`` (by default the
         output itself when ``needs_output``, else None). A rule may compute more in the same call."""
         z = layer.forward(a, layer.weight, layer.bias)
         return z, (z if self.needs_output else None)
 
-    def relevance(self, layer: LinearLayer, a: Any, z: Optional[Tensor], relevance: Tensor) -> Tensor:
+    def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
 
 
-def _positive(t: Optional[Tensor]) -> Optional[Tensor]:
+def _positive(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(min=0)
 
 
-def _negative(t: Optional[Tensor]) -> Optional[Tensor]:
+def _negative(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
@@ -100,7 +101,7 @@ def _has_negative(layer: LinearLayer, a: Tensor) -> bool:
     return bool(a.numel()) and bool(a.amin() < 0)
 
 
-def _shifted_bias(bias: Optional[Tensor], shift: float, like: Tensor) -> Tensor:
+def _shifted_bias(bias: Tensor | None, shift: float, like: Tensor) -> Tensor:
     """``bias + shift`` (a zero bias if there is none), to fold a stabiliser into a conv/linear call."""
     if bias is None:
         channels = like.shape[0]
@@ -323,7 +324,7 @@ class Flat(_Stabilized, LinearRule):
 
     def relevance(self, layer, a, z, relevance):
         shape = tuple(a)
-        if layer.is_conv and layer.groups == 1 or not layer.is_conv:
+        if (layer.is_conv and layer.groups == 1) or not layer.is_conv:
             # All weights are 1, so every output channel has the same count n_k and the transposed
             # product sums over output channels: one channel does the work of all of them.
             ones_w = layer.weight.new_ones((1, *layer.weight.shape[1:]))

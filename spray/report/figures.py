@@ -10,7 +10,8 @@ import base64
 import functools
 import io
 import math
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import matplotlib
 import numpy as np

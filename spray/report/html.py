@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import yaml
@@ -23,9 +24,9 @@ from spray.errors import RunError
 from spray.report import explain, figures, images
 from spray.report.summary import (
     class_order_key,
-    cross_class_clusters,
     cluster_order_key,
     conservation_stats,
+    cross_class_clusters,
     finite_or_nan,
     max_score,
     to_jsonable,
@@ -72,7 +73,7 @@ def format_duration(seconds: Any) -> str:
         return "—"
     if value < 60:
         return f"{value:.1f} s"
-    minutes, secs = divmod(int(round(value)), 60)
+    minutes, secs = divmod(round(value), 60)
     if minutes < 60:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
@@ -490,7 +491,7 @@ class PageContext:
     spray_version: str
 
     @classmethod
-    def of(cls, classes: list[ClassResult], run: RunInfo) -> "PageContext":
+    def of(cls, classes: list[ClassResult], run: RunInfo) -> PageContext:
         from spray import __version__
 
         return cls(len(classes), _run_view(run), images.colorbar_tile(), __version__)

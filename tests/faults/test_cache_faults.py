@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from fault_cases import leftovers, outcome, run_cli
 
 

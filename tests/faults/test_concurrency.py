@@ -3,17 +3,15 @@ data; a run with worker processes that is killed takes its workers with it."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, outcome, spray_process
+
 from spray.config import DemoConfig
 from spray.demo import build_case
 
@@ -63,5 +61,5 @@ def test_a_killed_run_with_worker_processes_leaves_no_worker_behind(tmp_path):
     assert workers, "the run started no worker processes"
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"workers still running after the run was killed: {[p.pid for p in alive]}"

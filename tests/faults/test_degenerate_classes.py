@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from audit_cases import make_tiny_case, tiny_config, write_config
-from fault_cases import spray_process, run_cli
+from fault_cases import run_cli, spray_process
+
 from spray.analyse import embed, spectral_analysis
 from spray.config import AnalysisConfig, EmbeddingConfig, FlaggingConfig, ImageConfig
 from spray.flag import array_batches, score_clusters
@@ -29,7 +28,7 @@ def test_a_class_whose_heatmaps_are_all_zero_is_one_cluster_with_no_structure(tm
     torch.save(weights, case / "model.pt")
     write_config(case, tiny_config(case))
     process = spray_process("run", "audit.yaml", "--quiet", cwd=case)
-    out, err = process.communicate(timeout=300)
+    _out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     summary = json.loads((case / "report" / "summary.json").read_text())
     by_class = {c["class"]: c for c in summary["classes"]}

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import spray.pipeline
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, run_cli, spray_process
+
+import spray.pipeline
 
 
 @pytest.fixture

@@ -54,9 +54,9 @@ def test_an_image_of_unknown_scale_is_skipped_with_a_reason(tmp_path, kind):
         Image.fromarray(values).save(tmp_path / "odd.tif")
     else:
         Image.fromarray((_gradient() * 1000).astype(np.int32)).save(tmp_path / "odd.tif")
-    with pytest.raises(DataError, match="odd.tif: .*(float image|signed)"):
+    with pytest.raises(DataError, match=r"odd\.tif: .*(float image|signed)"):
         _decoded(tmp_path / "odd.tif")
-    pixels, ok, failed = load_pixels([Sample("odd.tif", tmp_path / "odd.tif", 0)], ImageConfig(mode="L", size=(12, 20)))
+    _pixels, ok, failed = load_pixels([Sample("odd.tif", tmp_path / "odd.tif", 0)], ImageConfig(mode="L", size=(12, 20)))
     assert ok == [] and failed[0][0] == "odd.tif"
     assert "will not guess" in failed[0][1] or "expected unsigned intensities" in failed[0][1]
 
@@ -88,7 +88,7 @@ def test_a_greyscale_image_with_alpha_keeps_its_grey_values(tmp_path):
 
 def test_a_mode_without_a_conversion_is_skipped_with_a_reason(tmp_path):
     Image.new("LAB", (20, 12), (50, 10, 10)).save(tmp_path / "lab.tif")
-    with pytest.raises(DataError, match="lab.tif: cannot decode image: conversion from LAB"):
+    with pytest.raises(DataError, match=r"lab\.tif: cannot decode image: conversion from LAB"):
         _decoded(tmp_path / "lab.tif")
 
 
@@ -121,8 +121,8 @@ def _reference(picture: Image.Image, shorter: int, crop: tuple[int, int], resamp
     if pad_h or pad_w:
         spec = [(pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)] + [(0, 0)] * (array.ndim - 2)
         array = np.pad(array, spec)
-    top = int(round((array.shape[0] - crop_h) / 2.0))
-    left = int(round((array.shape[1] - crop_w) / 2.0))
+    top = round((array.shape[0] - crop_h) / 2.0)
+    left = round((array.shape[1] - crop_w) / 2.0)
     return array[top : top + crop_h, left : left + crop_w]
 
 

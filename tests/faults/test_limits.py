@@ -3,8 +3,6 @@ spreadsheet would run as formulas."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from spray.config import load_config

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
-
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, outcome, spray_process
+from threadpoolctl import threadpool_limits
+
 from spray.analyse import embed
 from spray.config import EmbeddingConfig
 

@@ -18,10 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zennit
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import (
-    EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, LayerMapComposite,
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    LayerMapComposite,
     layer_map_base,
 )
 from zennit.rules import Epsilon

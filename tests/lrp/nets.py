@@ -10,7 +10,7 @@ from torch import nn
 
 
 def _c(channels: int, width: float) -> int:
-    return max(2, int(round(channels * width)))
+    return max(2, round(channels * width))
 
 
 class VGG16(nn.Module):

@@ -2,11 +2,11 @@
 
 import copy
 
+import golden_models
 import pytest
 import torch
 from torch import nn
 
-import golden_models
 from spray import config
 from spray.errors import ModelError
 from spray.lrp import COMPOSITES, LRP
@@ -111,7 +111,7 @@ def test_untraceable_model_gets_a_model_error_with_a_fallback() -> None:
                 return self.linear(x)
             return -self.linear(x)
 
-    with pytest.raises(ModelError, match="torch.fx"):
+    with pytest.raises(ModelError, match=r"torch\.fx"):
         LRP(Branching(), "epsilon")
 
 

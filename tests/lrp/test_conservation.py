@@ -2,10 +2,10 @@
 input relevance sums to the explained logit within 1e-3 relative; the LRP graph computes the same
 logits as the model (BatchNorm folded, functional skips and concatenations traced)."""
 
+import nets
 import pytest
 import torch
 
-import nets
 from spray.lrp import LRP
 
 ARCHITECTURES = {

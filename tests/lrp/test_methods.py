@@ -1,11 +1,11 @@
 """The other attribution methods behind the same interface, the user-defined composite from the config,
 and the conservation figure."""
 
+import golden_models
 import pytest
 import torch
 from torch import nn
 
-import golden_models
 from spray.config import AttributionConfig
 from spray.lrp import METHODS, attributor, attributor_from_config
 
@@ -72,7 +72,7 @@ def test_user_defined_composite_from_the_config() -> None:
     assert explain.rules["0"] == "flat"  # from the named composite
     assert explain.rules["3"] == "gamma" and explain.rules["6"] == "zplus"
     assert explain.rules["11"] == "epsilon"
-    logits, relevance = explain(x, torch.tensor([0, 1, 2, 3]))
+    _logits, relevance = explain(x, torch.tensor([0, 1, 2, 3]))
     assert torch.isfinite(relevance).all()
 
 

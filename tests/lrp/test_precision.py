@@ -6,11 +6,11 @@ are), so that folding BatchNorm leaves the large, mostly cancelling products of 
 which forming a layer's output as ``z+ + z-`` (instead of the ordinary product) loses float32 precision.
 """
 
+import nets
 import pytest
 import torch
 from torch import nn
 
-import nets
 from spray.lrp import LRP
 
 

@@ -11,11 +11,11 @@ criterion, 1.0.0's as the more accurate one.
 
 from pathlib import Path
 
+import golden_models
 import numpy as np
 import pytest
 import torch
 
-import golden_models
 from spray.lrp import COMPOSITES, LRP
 
 GOLDENS = {version: np.load(Path(__file__).parent / "golden" / f"zennit_{version}.npz")
