@@ -170,7 +170,7 @@ def photo_crops(photo: np.ndarray, count: int, size: int, rng: np.random.Generat
     for index in range(count):
         side = int(rng.uniform(0.2, 0.4) * min(height, width))
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        crop = np.asarray(source.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR),
+        crop = np.asarray(source.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR),
                           np.float32) / 255
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
@@ -194,14 +194,16 @@ def _source_images(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, np
     per_class = 2 if case.subgroups else 1
     photos = photo_sources(case.n_classes * per_class)
     chosen = rng.permutation(len(photos))[: case.n_classes * per_class]
-    images, labels, groups = [], [], []
+    crops: list[np.ndarray] = []
+    crop_labels: list[np.ndarray] = []
+    crop_groups: list[np.ndarray] = []
     for label in range(case.n_classes):
         for part, photo in enumerate(chosen[label * per_class : (label + 1) * per_class]):
             count = case.per_class // per_class + (part < case.per_class % per_class)
-            images.append(photo_crops(photos[photo], count, case.size, rng))
-            labels.append(np.full(count, label))
-            groups.append(np.full(count, photo))
-    return np.concatenate(images), np.concatenate(labels), np.concatenate(groups)
+            crops.append(photo_crops(photos[photo], count, case.size, rng))
+            crop_labels.append(np.full(count, label))
+            crop_groups.append(np.full(count, photo))
+    return np.concatenate(crops), np.concatenate(crop_labels), np.concatenate(crop_groups)
 
 
 def _colour(case_colour: np.ndarray, artifact: Artifact, channels: int, rng: np.random.Generator) -> np.ndarray:
@@ -226,9 +228,9 @@ def draw(image: np.ndarray, artifact: Artifact, case_colour: np.ndarray, rng: np
         return mask
     from PIL import Image
 
-    side = round(len(_RING) * size / 32 *   (1 + rng.uniform(-artifact.scale, artifact.scale)))
+    side = round(len(_RING) * size / 32 * (1 + rng.uniform(-artifact.scale, artifact.scale)))
     side = max(5, side)
-    glyph = np.asarray(Image.fromarray(_RING.astype(np.uint8) * 255).resize((side, side), Image.NEAREST)) > 127
+    glyph = np.asarray(Image.fromarray(_RING.astype(np.uint8) * 255).resize((side, side), Image.Resampling.NEAREST)) > 127
     margin = max(1, size // 32)
     if artifact.placement == "random":
         top, left = (int(rng.integers(margin, size - margin - side + 1)) for _ in range(2))
@@ -298,14 +300,15 @@ def build_case(directory: Path, case: Case) -> dict:
                             for a, c in zip(case.artifacts, colours)]}
     shutil.rmtree(directory, ignore_errors=True)
     (directory / "images").mkdir(parents=True)
-    rows = ["path,label,split,artifact,group"]
+    manifest = ["path,label,split,artifact,group"]
     for index, image in enumerate(images):
         name = f"{labels[index]}/{index:05d}.png"
         (directory / "images" / name).parent.mkdir(exist_ok=True)
         pixels = (image * 255).round().astype(np.uint8)
         Image.fromarray(pixels if case.channels == 3 else pixels[..., 0]).save(directory / "images" / name)
-        rows.append(f"{name},{labels[index]},{'train' if in_train[index] else 'test'},{planted[index]},{groups[index]}")
-    (directory / "images" / "manifest.csv").write_text("\n".join(rows) + "\n")
+        manifest.append(f"{name},{labels[index]},{'train' if in_train[index] else 'test'},{planted[index]},"
+                        f"{groups[index]}")
+    (directory / "images" / "manifest.csv").write_text("\n".join(manifest) + "\n")
     torch.save(model.state_dict(), directory / "model.pt")
     (directory / "training.json").write_text(json.dumps(record, indent=2))
     return record

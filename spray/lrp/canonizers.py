@@ -11,32 +11,38 @@ stays and the composites give it the pass rule, as zennit does.
 
 from __future__ import annotations
 
+from typing import Union, cast
+
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from spray.errors import ModelError
 from spray.lrp.ops import CONV_TYPES, LINEAR_TYPES
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+Foldable = Union[_ConvNd, nn.Linear]  # noqa: UP007 (a runtime alias)
 
 
 @torch.no_grad()
-def fold_batchnorm(layer: nn.Module, batchnorm: nn.Module) -> None:
+def fold_batchnorm(layer: Foldable, batchnorm: _BatchNorm) -> None:
     """Merge ``batchnorm`` (eval mode, running statistics) into ``layer`` in place.
 
     ``layer``: Conv1d/2d/3d or Linear with ``out`` channels; ``batchnorm`` normalises those ``out``
     channels. ``layer`` gains a bias if it had none.
     """
-    if batchnorm.running_mean is None or batchnorm.running_var is None:
+    mean, var = batchnorm.running_mean, batchnorm.running_var
+    if mean is None or var is None:
         raise ValueError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
     weight = layer.weight
-    gamma = batchnorm.weight if batchnorm.weight is not None else torch.ones_like(batchnorm.running_var)
-    beta = batchnorm.bias if batchnorm.bias is not None else torch.zeros_like(batchnorm.running_mean)
-    scale = gamma / (batchnorm.running_var + batchnorm.eps) ** 0.5
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(batchnorm.running_mean)
+    gamma = batchnorm.weight if batchnorm.weight is not None else torch.ones_like(var)
+    beta = batchnorm.bias if batchnorm.bias is not None else torch.zeros_like(mean)
+    scale = gamma / (var + batchnorm.eps) ** 0.5
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(mean)
     new_weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
-    new_bias = (bias - batchnorm.running_mean) * scale + beta
+    new_bias = (bias - mean) * scale + beta
     layer.weight = nn.Parameter(new_weight, requires_grad=False)
     layer.bias = nn.Parameter(new_bias, requires_grad=False)
 
@@ -51,7 +57,7 @@ def fold_batchnorms(gm: fx.GraphModule, tolerance: float = 1e-4) -> dict[str, st
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     folded: dict[str, str] = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], BATCHNORMS):
@@ -62,11 +68,12 @@ def fold_batchnorms(gm: fx.GraphModule, tolerance: float = 1e-4) -> dict[str, st
             and producer.op == "call_module"
             and isinstance(modules[producer.target], LINEAR_TYPES)
             and len(producer.users) == 1
-            and calls[producer.target] == 1  # a shared layer cannot absorb one of its uses' BatchNorm
-            and calls[node.target] == 1
+            and calls[str(producer.target)] == 1  # a shared layer cannot absorb one of its uses' BatchNorm
+            and calls[str(node.target)] == 1
         ):
             continue
-        layer, batchnorm = modules[producer.target], modules[node.target]
+        layer = cast(Foldable, modules[str(producer.target)])
+        batchnorm = cast(_BatchNorm, modules[str(node.target)])
         if batchnorm.running_mean is None or batchnorm.num_features != layer.weight.shape[0]:
             continue
         probe = _probe_input(layer)
@@ -82,7 +89,7 @@ def fold_batchnorms(gm: fx.GraphModule, tolerance: float = 1e-4) -> dict[str, st
             )
         node.replace_all_uses_with(producer)
         gm.graph.erase_node(node)
-        folded[node.target] = producer.target
+        folded[str(node.target)] = str(producer.target)
     if folded:
         gm.graph.lint()
         gm.recompile()
@@ -97,7 +104,7 @@ def fold_batchnorms(gm: fx.GraphModule, tolerance: float = 1e-4) -> dict[str, st
     return folded
 
 
-def _probe_input(layer: nn.Module) -> torch.Tensor:
+def _probe_input(layer: Foldable) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     weight = layer.weight
     if isinstance(layer, CONV_TYPES):

@@ -192,7 +192,8 @@ def named_composite(
         )
     if name in ("epsilon_alpha2_beta1", "epsilon_alpha2_beta1_flat"):
         layers = base + [(CONV_TYPES, AlphaBeta(alpha, alpha - 1.0, stabilizer)), dense]
-        first = [(_CONV_OR_LINEAR, Flat(stabilizer))] if name.endswith("_flat") else []
+        first: list[tuple[tuple[type, ...], Rule]] = (
+            [(_CONV_OR_LINEAR, Flat(stabilizer))] if name.endswith("_flat") else [])
         return Composite(name, layers, first_map=first)
     raise ValueError(f"unknown composite {name!r}; expected one of {', '.join(COMPOSITES)}")
 

@@ -21,7 +21,7 @@ import copy
 import operator
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -304,7 +304,7 @@ def _mean_module(node: fx.Node) -> nn.Module:
     keepdim = node.kwargs.get("keepdim", args[1] if len(args) > 1 else False)
     if dim is None:
         raise _unsupported(node, "a mean over all dimensions (including the batch)")
-    return Mean(dim, keepdim)
+    return Mean(dim, bool(keepdim))
 
 
 def _scalar_mul(gm: fx.GraphModule, node: fx.Node, divide: bool) -> None:
@@ -379,7 +379,7 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
     for module in private.modules():
         # In-place activations would overwrite tensors the rules saved for the backward pass.
         if getattr(module, "inplace", False) is True:
-            module.inplace = False
+            cast(Any, module).inplace = False
     gm = trace(private)
     canonicalize(gm)
     rules: dict[str, str] = {}

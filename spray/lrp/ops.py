@@ -11,6 +11,7 @@ concatenation, dropout in eval mode) keep their ordinary gradient, which routes 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,9 @@ class LinearLayer:
     def __init__(self, module: nn.Module) -> None:
         if not isinstance(module, LINEAR_TYPES):
             raise TypeError(f"expected one of {LINEAR_TYPES}, got {type(module).__name__}")
-        self.weight: Tensor = module.weight
-        self.bias: Tensor | None = module.bias
+        layer: Any = module  # torch types module attributes as Tensor | Module
+        self.weight: Tensor = layer.weight
+        self.bias: Tensor | None = layer.bias
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
         self._split: Tensor | None = None
@@ -60,10 +62,10 @@ class LinearLayer:
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
-            self.stride = tuple(module.stride)
-            self.dilation = tuple(module.dilation)
-            self.groups = module.groups
-            self.padding = _explicit_padding(module)
+            self.stride: tuple[int, ...] = tuple(layer.stride)
+            self.dilation: tuple[int, ...] = tuple(layer.dilation)
+            self.groups: int = layer.groups
+            self.padding = _explicit_padding(layer)
 
     @property
     def can_stack(self) -> bool:
@@ -121,7 +123,7 @@ class LinearLayer:
         return bias.view(1, -1, *([1] * (like.ndim - 2)))
 
 
-def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
+def _explicit_padding(module: Any) -> tuple[int, ...]:
     """Integer padding of a conv layer; 'same'/'valid' are resolved because convolution_backward needs ints."""
     if module.padding_mode != "zeros":
         # Checked earlier by the graph builder, which names the layer; this is a last guard.
@@ -137,6 +139,10 @@ def _explicit_padding(module: nn.Module) -> tuple[int, ...]:
     return tuple(padding)
 
 
+@overload
+def _widen(t: Tensor) -> Tensor: ...
+@overload
+def _widen(t: None) -> None: ...
 def _widen(t: Tensor | None) -> Tensor | None:
     """float16/bfloat16 (autocast forward) -> float32, so rules compute and accumulate in float32."""
     return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
@@ -146,7 +152,7 @@ class LinearRelevance(torch.autograd.Function):
     """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, wrapper: nn.Module) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, wrapper: Any) -> Tensor:
         layer: LinearLayer = wrapper.layer
         rule = wrapper.rule
         z, for_rule = rule.forward(layer, x)
@@ -159,7 +165,7 @@ class LinearRelevance(torch.autograd.Function):
         return z.to(x.dtype) if z.dtype != x.dtype else z
 
     @staticmethod
-    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+    def backward(ctx, relevance: Tensor):
         if not ctx.needs_input_grad[0]:
             return None, None
         x, z = ctx.saved_tensors
@@ -175,12 +181,12 @@ class PassRelevance(torch.autograd.Function):
     """Forward: ``fn(x)``. Backward: the output relevance unchanged (element-wise activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         out = fn(x)
         return out.to(x.dtype) if out.dtype != x.dtype else out
 
     @staticmethod
-    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+    def backward(ctx, relevance: Tensor):
         return relevance, None
 
 
@@ -192,7 +198,7 @@ class NormRelevance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], stabilizer: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], stabilizer: float) -> Tensor:
         z = fn(x)
         z = z.to(x.dtype) if z.dtype != x.dtype else z
         ctx.fn = fn
@@ -201,7 +207,7 @@ class NormRelevance(torch.autograd.Function):
         return z
 
     @staticmethod
-    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+    def backward(ctx, relevance: Tensor):
         x, z = (_widen(t) for t in ctx.saved_tensors)
         relevance = _widen(relevance)
         s = epsilon_quotient(relevance, z, ctx.stabilizer)
@@ -220,7 +226,7 @@ class SumRelevance(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, stabilizer: float, *summands: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, stabilizer: float, *summands: Tensor) -> Tensor:
         z = summands[0]
         for summand in summands[1:]:
             z = z + summand
@@ -229,11 +235,11 @@ class SumRelevance(torch.autograd.Function):
         return z
 
     @staticmethod
-    def backward(ctx, relevance: Tensor):  # type: ignore[override]
+    def backward(ctx, relevance: Tensor):
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
         s = epsilon_quotient(relevance, z, ctx.stabilizer)
-        grads = []
+        grads: list[Tensor | None] = []
         for index, summand in enumerate(summands):
             if not ctx.needs_input_grad[index + 1]:
                 grads.append(None)

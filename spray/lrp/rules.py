@@ -48,7 +48,7 @@ class Rule:
         return self.describe()
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params() == other.params()  # type: ignore[union-attr]
+        return type(self) is type(other) and self.params() == other.params()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, tuple(sorted((k, str(v)) for k, v in self.params().items()))))
