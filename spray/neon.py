@@ -1,0 +1,149 @@
+"""NEON: why is this sample in its cluster? A k-means assignment rewritten as a network and explained by LRP.
+
+Neuralization (Kauffmann et al. 2019, "From clustering to cluster explanations via neural networks"):
+with centroids ``mu_k`` and a sample ``x`` assigned to cluster ``c``, the evidence for ``c`` against each
+competitor ``k != c`` is a linear layer
+
+    h_k(x) = ||x - mu_k||^2 - ||x - mu_c||^2 = w_k . x + b_k,   w_k = 2 (mu_c - mu_k),
+                                                                b_k = ||mu_k||^2 - ||mu_c||^2,
+
+followed by a soft min-pooling over the competitors, the cluster logit
+
+    f_c(x) = min^beta_k h_k = -1/beta log sum_{k != c} exp(-beta h_k)
+
+(squared-distance units; ``beta * f_c`` is the seed's log-odds of membership, and as ``beta`` grows the soft
+min tends to the hard ``min_k h_k``). ``f_c > 0`` means ``x`` is nearer ``mu_c`` than every competitor by
+that margin; a sample whose spectral cluster is not the nearest centroid gets a negative logit.
+
+Relevance flows back in two steps: through the soft min each competitor receives ``R_k = p_k f_c`` with
+``p = softmin(beta h)`` (so ``sum_k R_k = f_c``), and through the linear layer by the midpoint rule, with
+root point ``m_k = (mu_c + mu_k) / 2`` on the decision boundary between ``c`` and ``k``:
+
+    R_i = sum_k (x_i - m_ik) w_ik / h_k * R_k.
+
+Since ``sum_i (x_i - m_ik) w_ik = h_k`` exactly, relevance is conserved: ``sum_i R_i = f_c`` for every sample
+(except a sample exactly on a boundary, ``h_k = 0``, whose ``R_k`` has no direction and is dropped).
+The sum over ``k`` is done with two ``(N, K) @ (K, D)`` products (no ``(N, K, D)`` tensor), because
+``(x_i - m_ik) w_ik = 2 x_i (mu_ci - mu_ki) - (mu_ci^2 - mu_ki^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Membership:
+    """NEON explanation of ``N`` samples' cluster assignments over ``D`` features.
+
+    - ``logit (N,)``: the soft-min cluster logit ``f_c(x)`` (squared-distance units of the features).
+    - ``relevance (N, D)``: each feature's share of the logit; ``relevance.sum(1) == logit``.
+    - ``competitor (N,)``: the competitor cluster with the smallest evidence ``h_k`` (the nearest other
+      centroid), the cluster each sample is most nearly confused with.
+    - ``competitor_relevance (N, K)``: ``R_k``, the logit split over competitors (0 for the own cluster).
+    - ``beta``: the soft min's stiffness used (per squared-distance unit).
+    """
+
+    logit: np.ndarray
+    relevance: np.ndarray
+    competitor: np.ndarray
+    competitor_relevance: np.ndarray
+    beta: float
+
+
+def default_beta(evidence: np.ndarray) -> float:
+    """``1 / mean |min_k h_k|``: the soft min is then neither a hard min nor an average over competitors,
+    whatever the scale of the features. ``evidence (N, K)`` with ``inf`` for each sample's own cluster."""
+    margins = np.abs(evidence.min(1))
+    margins = margins[np.isfinite(margins)]
+    scale = float(margins.mean()) if len(margins) else 0.0
+    return 1.0 / scale if scale > 0 else 1.0
+
+
+def competitor_evidence(points: np.ndarray, centroids: np.ndarray, assigned: np.ndarray) -> np.ndarray:
+    """``h (N, K)``: ``||x - mu_k||^2 - ||x - mu_c||^2`` for each sample and centroid, ``inf`` at ``k = c``."""
+    points, centroids, assigned = _checked(points, centroids, assigned)
+    x, mu = torch.from_numpy(points), torch.from_numpy(centroids)
+    evidence = _evidence(x, mu, torch.from_numpy(assigned))
+    return evidence.numpy()
+
+
+def explain_membership(points: np.ndarray, centroids: np.ndarray, assigned: np.ndarray, *,
+                       beta: float | None = None, batch_size: int = 4096) -> Membership:
+    """NEON relevance of each sample's membership in its assigned cluster.
+
+    ``points (N, D)``: the samples in the space the clusters were formed in (e.g. flattened heatmaps);
+    ``centroids (K, D)``: the clusters' centres in that space, ``K >= 2``; ``assigned (N,)``: each sample's
+    cluster, an index into ``centroids``. ``beta`` > 0: the soft min's stiffness per squared-distance unit
+    (default :func:`default_beta`). Computed in float64 in batches of ``batch_size`` samples.
+    """
+    points, centroids, assigned = _checked(points, centroids, assigned)
+    if beta is not None and not (np.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    mu = torch.from_numpy(centroids)
+    if beta is None:
+        beta = default_beta(competitor_evidence(points, centroids, assigned))
+    parts = [_explain_batch(torch.from_numpy(points[start : start + batch_size]), mu,
+                            torch.from_numpy(assigned[start : start + batch_size]), beta)
+             for start in range(0, len(points), batch_size)]
+    logit, relevance, competitor, shares = (torch.cat(column).numpy() for column in zip(*parts))
+    return Membership(logit=logit, relevance=relevance, competitor=competitor, competitor_relevance=shares,
+                      beta=float(beta))
+
+
+def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor,
+                   beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    evidence = _evidence(x, mu, assigned)  # (B, K), inf at the own cluster
+    # soft min over competitors: -1/beta log sum exp(-beta h); the own cluster's inf contributes exp(-inf) = 0
+    logit = -torch.logsumexp(-beta * evidence, dim=1) / beta
+    shares = torch.softmax(-beta * evidence, dim=1) * logit[:, None]  # R_k, summing to the logit
+    # midpoint rule: R_i = sum_k (x_i - m_ik) w_ik R_k / h_k, with the own cluster's term zero
+    finite = torch.isfinite(evidence)
+    # a sample exactly on the boundary with k (h_k = 0) has no direction to spread R_k along: that share,
+    # and only it, is dropped (the one case where the sum falls short of the logit)
+    usable = finite & (evidence != 0)
+    denominator = torch.where(usable, evidence, torch.ones_like(evidence))
+    a = torch.where(usable, shares / denominator, torch.zeros_like(shares))  # (B, K)
+    own = mu[assigned]  # (B, D)
+    total = a.sum(1, keepdim=True)
+    relevance = 2 * x * (total * own - a @ mu) - (total * own**2 - a @ mu**2)
+    competitor = torch.where(finite, evidence, torch.full_like(evidence, torch.inf)).argmin(1)
+    return logit, relevance, competitor, shares
+
+
+def _evidence(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor) -> torch.Tensor:
+    # the linear layer itself, 2 x.(mu_c - mu_k) + ||mu_k||^2 - ||mu_c||^2: no ||x||^2 is formed, so none
+    # cancels, and the midpoint rule's contributions sum to exactly these values
+    products = x @ mu.T  # (B, K)
+    norms = (mu**2).sum(1)  # (K,)
+    evidence = 2 * (products.gather(1, assigned[:, None]) - products) + norms[None] - norms[assigned][:, None]
+    return evidence.scatter(1, assigned[:, None], torch.inf)
+
+
+def _checked(points: np.ndarray, centroids: np.ndarray,
+             assigned: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    points = np.asarray(points, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    assigned = np.asarray(assigned)
+    if points.ndim != 2:
+        raise ValueError(f"points must be (N, D), got shape {points.shape}")
+    if centroids.ndim != 2 or centroids.shape[1] != points.shape[1]:
+        raise ValueError(f"centroids must be (K, D) with D = {points.shape[1]} (the points' width), "
+                         f"got shape {centroids.shape}")
+    if len(centroids) < 2:
+        raise ValueError(f"need at least 2 centroids to compare a cluster against, got {len(centroids)}")
+    if assigned.shape != (len(points),) or not np.issubdtype(assigned.dtype, np.integer):
+        raise ValueError(f"assigned must be ({len(points)},) integers, got shape {assigned.shape} "
+                         f"of {assigned.dtype}")
+    outside = assigned[(assigned < 0) | (assigned >= len(centroids))]
+    if len(outside):
+        raise ValueError(f"assigned holds cluster {int(outside[0])}, but there are {len(centroids)} centroids "
+                         f"(indices 0..{len(centroids) - 1})")
+    if not (np.isfinite(points).all() and np.isfinite(centroids).all()):
+        raise ValueError("points and centroids must be finite (no NaN or inf)")
+    return np.ascontiguousarray(points), np.ascontiguousarray(centroids), assigned.astype(np.int64)

@@ -1,0 +1,92 @@
+"""NEON: the neuralized k-means logit and its relevance (spray.neon)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from spray.neon import competitor_evidence, default_beta, explain_membership
+
+# Three centroids in the plane; the sample (0.5, 0.5) belongs to cluster 0. By hand:
+# h_1 = ||x - mu_1||^2 - ||x - mu_0||^2 = 2.5 - 0.5 = 2, h_2 = 12.5 - 0.5 = 12.
+# Midpoint rule: for k = 1, w = 2 (mu_0 - mu_1) = (-4, 0), m = (1, 0), (x - m) * w = (2, 0), which sums to h_1;
+# for k = 2, w = (0, -8), m = (0, 2), (x - m) * w = (0, 12). So feature 0 carries R_1 and feature 1 carries R_2.
+CENTROIDS = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+POINT = np.array([[0.5, 0.5]])
+
+
+def test_hand_computed_example():
+    result = explain_membership(POINT, CENTROIDS, np.array([0]), beta=1.0)
+    softmin = -math.log(math.exp(-2) + math.exp(-12))
+    p1 = 1 / (1 + math.exp(-10))
+    assert result.logit[0] == pytest.approx(softmin, abs=1e-12)
+    assert result.competitor_relevance[0] == pytest.approx([0.0, p1 * softmin, (1 - p1) * softmin], abs=1e-12)
+    assert result.relevance[0] == pytest.approx([p1 * softmin, (1 - p1) * softmin], abs=1e-12)
+    assert result.competitor[0] == 1
+    np.testing.assert_allclose(competitor_evidence(POINT, CENTROIDS, np.array([0])), [[np.inf, 2.0, 12.0]])
+
+
+def test_stiff_soft_min_tends_to_the_hard_min():
+    result = explain_membership(POINT, CENTROIDS, np.array([0]), beta=1e3)
+    assert result.logit[0] == pytest.approx(2.0, abs=1e-9)
+    assert result.relevance[0] == pytest.approx([2.0, 0.0], abs=1e-9)
+
+
+def test_relevance_is_conserved_for_every_sample_also_when_the_cluster_is_not_the_nearest():
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(6, 40))
+    points = centroids[rng.integers(6, size=300)] + rng.normal(scale=0.7, size=(300, 40))
+    nearest = ((points[:, None] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assigned = nearest.copy()
+    assigned[:50] = (nearest[:50] + 1) % 6  # spectral clusters need not follow the nearest centroid
+    result = explain_membership(points, centroids, assigned, batch_size=64)
+    np.testing.assert_allclose(result.relevance.sum(1), result.logit, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(result.competitor_relevance.sum(1), result.logit, rtol=1e-5, atol=1e-8)
+    assert (result.logit[50:] > -np.log(5) / result.beta - 1e-9).all()  # nearest: at most the soft min's shift
+    assert (result.logit[:50] < 0).all()  # assigned to a farther centroid: evidence against membership
+
+
+def test_batches_do_not_change_the_result():
+    rng = np.random.default_rng(1)
+    points, centroids = rng.normal(size=(37, 8)), rng.normal(size=(3, 8))
+    assigned = rng.integers(3, size=37)
+    whole = explain_membership(points, centroids, assigned, beta=0.5)
+    batched = explain_membership(points, centroids, assigned, beta=0.5, batch_size=5)
+    np.testing.assert_allclose(batched.relevance, whole.relevance, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(batched.competitor, whole.competitor)
+
+
+def test_relevance_lands_on_the_features_that_set_the_cluster_apart():
+    """Heatmap-like points: cluster 1 differs from cluster 0 only by a bright corner (features 0-3)."""
+    rng = np.random.default_rng(2)
+    points = rng.normal(scale=0.1, size=(200, 64)) + 1.0
+    points[100:, :4] += 3.0
+    assigned = np.repeat([0, 1], 100)
+    centroids = np.stack([points[assigned == c].mean(0) for c in (0, 1)])
+    relevance = explain_membership(points, centroids, assigned).relevance
+    positive = np.clip(relevance[100:], 0, None)
+    assert positive[:, :4].sum() / positive.sum() > 0.9
+
+
+def test_default_beta_follows_the_scale_of_the_features():
+    points = np.array([[0.5, 0.5], [1.5, 0.0]])
+    assigned = np.array([0, 1])
+    beta = default_beta(competitor_evidence(points, CENTROIDS, assigned))
+    assert beta == pytest.approx(default_beta(competitor_evidence(points * 10, CENTROIDS * 10, assigned)) * 100)
+
+
+@pytest.mark.parametrize(("points", "centroids", "assigned", "message"), [
+    (np.zeros((2, 3)), np.zeros((2, 4)), np.array([0, 1]), r"centroids must be \(K, D\) with D = 3"),
+    (np.zeros((2, 3)), np.zeros((1, 3)), np.array([0, 0]), "at least 2 centroids"),
+    (np.zeros((2, 3)), np.zeros((2, 3)), np.array([0, 2]), r"cluster 2, but there are 2 centroids \(indices 0..1\)"),
+    (np.zeros((2, 3)), np.zeros((2, 3)), np.array([0.0, 1.0]), "integers"),
+    (np.full((2, 3), np.nan), np.zeros((2, 3)), np.array([0, 1]), "finite"),
+])
+def test_bad_input_is_named(points, centroids, assigned, message):
+    with pytest.raises(ValueError, match=message):
+        explain_membership(points, centroids, assigned)
+
+
+def test_beta_must_be_positive():
+    with pytest.raises(ValueError, match="beta must be a positive number"):
+        explain_membership(POINT, CENTROIDS, np.array([0]), beta=0.0)
