@@ -34,8 +34,7 @@ Order = Literal["morf", "random"]
 class RegionPerturbation:
     """Parameters of region perturbation.
 
-    - ``patch_size``: side of the square patches in pixels (the grid starts at the top-left corner; patches
-      at the right and bottom edges may be smaller).
+    - ``patch_size``: side of the square patches in pixels (a centred grid: see :func:`patch_grid`).
     - ``steps``: patches destroyed, ``L`` (capped at the number of patches).
     - ``perturbation``: what replaces a destroyed patch: ``uniform`` noise in ``[low, high]`` (one noise image
       per sample, drawn from ``seed``), a ``blur`` of the image (Gaussian, ``blur_sigma`` pixels), or the
@@ -81,11 +80,20 @@ class Faithfulness:
 
 
 def patch_grid(height: int, width: int, patch_size: int) -> np.ndarray:
-    """``(H, W)`` int array: the index of the grid patch each pixel belongs to, row-major."""
-    rows = np.arange(height) // patch_size
-    columns = np.arange(width) // patch_size
-    per_row = -(-width // patch_size)
+    """``(H, W)`` int array: the index of the grid patch each pixel belongs to, row-major.
+
+    The grid is centred: when a side is not a multiple of ``patch_size``, the patches at both edges are cut
+    (the first by ``floor(missing / 2)`` pixels), the layout Quantus' RegionPerturbation uses.
+    """
+    rows = (np.arange(height) + _offset(height, patch_size)) // patch_size
+    columns = (np.arange(width) + _offset(width, patch_size)) // patch_size
+    per_row = int(columns[-1]) + 1
     return rows[:, None] * per_row + columns[None, :]
+
+
+def _offset(side: int, patch_size: int) -> int:
+    missing = -side % patch_size
+    return missing // 2
 
 
 def patch_order(relevance: np.ndarray, patch_size: int, order: Order, seed: int = 0) -> np.ndarray:
@@ -102,15 +110,14 @@ def patch_order(relevance: np.ndarray, patch_size: int, order: Order, seed: int 
         return np.stack([rng.permutation(n_patches) for _ in range(n)]) if n else np.zeros((0, n_patches), int)
     if order != "morf":
         raise ValueError(f"order must be morf or random, got {order!r}")
-    rows, columns = -(-height // patch_size), -(-width // patch_size)
-    padded = np.zeros((n, rows * patch_size, columns * patch_size))
-    padded[:, :height, :width] = relevance
-    sums = padded.reshape(n, rows, patch_size, columns, patch_size).sum((2, 4)).reshape(n, n_patches)
+    flat = (np.arange(n)[:, None] * n_patches + grid.ravel()[None]).ravel()
+    sums = np.bincount(flat, weights=relevance.reshape(-1).astype(np.float64), minlength=n * n_patches)
+    sums = sums.reshape(n, n_patches)
     return np.argsort(-sums, axis=1, kind="stable")
 
 
 def perturbation_curves(score: Score, pixels: np.ndarray, relevance: np.ndarray,
-                        params: RegionPerturbation, order: Order, *, batch_size: int = 256) -> np.ndarray:
+                        params: RegionPerturbation, order: Order, *, batch_size: int = 64) -> np.ndarray:
     """``(N, L + 1)`` scores of the explained class as patches are destroyed in ``order``.
 
     ``score(batch, samples)`` maps a float32 ``(B, C, H, W)`` batch of pixels (in ``[low, high]``) and the
@@ -140,7 +147,7 @@ def aopc(curves: np.ndarray) -> np.ndarray:
 
 
 def faithfulness(score: Score, pixels: np.ndarray, relevance: np.ndarray,
-                 params: RegionPerturbation | None = None, *, batch_size: int = 256) -> Faithfulness:
+                 params: RegionPerturbation | None = None, *, batch_size: int = 64) -> Faithfulness:
     """MoRF and random perturbation curves of ``N`` samples and their AOPC (see :func:`perturbation_curves`)."""
     params = params or RegionPerturbation()
     morf = perturbation_curves(score, pixels, relevance, params, "morf", batch_size=batch_size)

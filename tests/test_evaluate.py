@@ -1,5 +1,7 @@
 """Region perturbation and AOPC (spray.evaluate)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,12 +22,14 @@ def corner_score(batch: torch.Tensor, samples: np.ndarray) -> torch.Tensor:
     return batch[:, :, :3, :3].sum((1, 2, 3))
 
 
-def test_patch_grid_tiles_from_the_top_left_with_smaller_patches_at_the_edges():
+def test_patch_grid_is_centred_with_cut_patches_at_both_edges():
+    # 7 columns = 2 + 3 + 2 (2 missing, one cut from each edge); 5 rows = 3 + 2 (1 missing, cut at the bottom)
     grid = patch_grid(5, 7, 3)
     assert grid.shape == (5, 7)
-    np.testing.assert_array_equal(grid[0], [0, 0, 0, 1, 1, 1, 2])
+    np.testing.assert_array_equal(grid[0], [0, 0, 1, 1, 1, 2, 2])
     np.testing.assert_array_equal(grid[:, 0], [0, 0, 0, 3, 3])
     assert grid.max() == 5
+    np.testing.assert_array_equal(np.unique(patch_grid(6, 6, 3)), [0, 1, 2, 3])
 
 
 def test_most_relevant_patches_come_first():
@@ -139,3 +143,16 @@ def test_parameters_are_checked(kwargs, message):
 def test_relevance_of_the_wrong_shape_is_named():
     with pytest.raises(ValueError, match=r"relevance must be \(N, H, W\) = \(1, 6, 6\)"):
         perturbation_curves(corner_score, np.ones((1, 1, 6, 6)), np.zeros((1, 5, 5)), RegionPerturbation(), "morf")
+
+
+def test_region_perturbation_equals_quantus():
+    """Same grid, order and black baseline as Quantus 0.6.0's RegionPerturbation (tests/quantus_golden.py)."""
+    import quantus_golden
+
+    golden = np.load(Path(__file__).parent / "golden" / "quantus_0.6.0.npz")
+    x, targets, attributions = quantus_golden.inputs()
+    params = RegionPerturbation(patch_size=int(golden["patch_size"]), steps=int(golden["regions"]),
+                                perturbation="constant", low=0.0)
+    curve = perturbation_curves(class_score(quantus_golden.build_model(), targets), x, attributions[:, 0],
+                                params, "morf")
+    np.testing.assert_allclose(curve[:, :1] - curve[:, 1:], golden["curves"], rtol=1e-5, atol=1e-6)
