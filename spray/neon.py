@@ -147,3 +147,54 @@ def _checked(points: np.ndarray, centroids: np.ndarray,
     if not (np.isfinite(points).all() and np.isfinite(centroids).all()):
         raise ValueError("points and centroids must be finite (no NaN or inf)")
     return np.ascontiguousarray(points), np.ascontiguousarray(centroids), assigned.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ClusterMembership:
+    """What sets one cluster of heatmaps apart, by NEON over the heatmap grid.
+
+    - ``cluster``: the cluster's label; ``size``: its members.
+    - ``competitor``: the cluster its members are most often nearest to after their own (by the mean map).
+    - ``mean_logit``: the members' mean cluster logit (squared-distance units of the maps).
+    - ``mean_map (h, w)``: the members' mean membership relevance: positive where the members' heatmaps
+      differ from the competitors' means in the direction of their own cluster's mean.
+    """
+
+    cluster: int
+    size: int
+    competitor: int
+    mean_logit: float
+    mean_map: np.ndarray
+
+
+def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None) -> list[ClusterMembership]:
+    """NEON explanation of every cluster of a class's heatmaps.
+
+    ``maps (N, h, w)``: the preprocessed heatmaps the clusters were formed from; ``labels (N,)``: each map's
+    cluster. The centroids are the clusters' mean maps: spray's spectral clustering runs k-means in the
+    eigenvector space, which has no pixels; the mean maps are the centroids k-means would have over the
+    heatmaps themselves, so membership relevance lands on heatmap pixels. Needs at least two clusters; a class
+    with one cluster returns one entry with no competitor (``-1``), a zero logit and a zero map.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (N, h, w), got shape {maps.shape}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(maps),):
+        raise ValueError(f"labels must be ({len(maps)},), got shape {labels.shape}")
+    clusters, assigned = np.unique(labels, return_inverse=True)
+    if len(clusters) < 2:
+        return [ClusterMembership(int(c), int((labels == c).sum()), -1, 0.0, np.zeros(maps.shape[1:]))
+                for c in clusters]
+    points = maps.reshape(len(maps), -1)
+    centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
+    membership = explain_membership(points, centroids, assigned, beta=beta)
+    out = []
+    for k, cluster in enumerate(clusters):
+        members = assigned == k
+        competitor = int(np.bincount(membership.competitor[members], minlength=len(clusters)).argmax())
+        out.append(ClusterMembership(
+            cluster=int(cluster), size=int(members.sum()), competitor=int(clusters[competitor]),
+            mean_logit=float(membership.logit[members].mean()),
+            mean_map=membership.relevance[members].mean(0).reshape(maps.shape[1:])))
+    return out

@@ -90,3 +90,32 @@ def test_bad_input_is_named(points, centroids, assigned, message):
 def test_beta_must_be_positive():
     with pytest.raises(ValueError, match="beta must be a positive number"):
         explain_membership(POINT, CENTROIDS, np.array([0]), beta=0.0)
+
+
+def test_each_cluster_is_explained_against_its_nearest_competitor():
+    """Three clusters of 8x8 maps: a plain one, one with a bright corner, one with a bright centre."""
+    from spray.neon import explain_clusters
+
+    rng = np.random.default_rng(3)
+    maps = rng.normal(scale=0.05, size=(90, 8, 8)) + 0.2
+    maps[30:60, :2, :2] += 2.0
+    maps[60:, 3:5, 3:5] += 2.0
+    labels = np.repeat([4, 7, 9], 30)
+    explained = {c.cluster: c for c in explain_clusters(maps, labels)}
+    corner = explained[7]
+    assert corner.size == 30 and corner.competitor == 4 and corner.mean_logit > 0
+    # most of the evidence is the cluster's own bright corner; the rest is the absence of cluster 9's centre
+    positive = np.clip(corner.mean_map, 0, None)
+    outside = np.ones((8, 8), bool)
+    outside[:2, :2] = False
+    assert positive[:2, :2].min() > positive[outside].max()
+    assert positive[:2, :2].sum() / positive.sum() > 0.75
+    centre = np.clip(explained[9].mean_map, 0, None)
+    assert centre[3:5, 3:5].sum() / centre.sum() > 0.75
+
+
+def test_a_class_with_one_cluster_has_no_competitor():
+    from spray.neon import explain_clusters
+
+    (only,) = explain_clusters(np.ones((5, 4, 4)), np.zeros(5, int))
+    assert only.competitor == -1 and only.mean_logit == 0.0 and not only.mean_map.any()
