@@ -1,0 +1,168 @@
+"""What changed since a previous audit: new, persisting and resolved flags, matched by their members.
+
+A scheduled audit should say "a *new* shortcut appeared", not only "something is flagged". Clusters of two runs
+are matched within each class by the samples they share. Sample ids are the key: when the data changed, only
+the ids present in both runs count, so added or removed images neither make nor break a match; when the model
+changed, the same images still identify the same group. Two flagged clusters match when their overlap,
+
+    |A & B| / min(|A & S|, |B & S|)    (S: the ids audited in both runs),
+
+reaches ``MATCH_OVERLAP``: at least half of the smaller cluster's shared samples lie in the other, so a
+cluster that grew by pattern carriers or lost a few members still matches, while two different groups of a
+class (which share no members, as clusters partition a class) never do.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spray.errors import ConfigError
+
+MATCH_OVERLAP = 0.5
+
+
+@dataclass(frozen=True)
+class FlaggedCluster:
+    """One flagged cluster of a run: its class, id, score and member sample ids."""
+
+    class_index: int
+    cluster: int
+    score: float
+    members: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ClassSnapshot:
+    """What a run said about one class: every sample id audited, the flagged clusters, the highest score."""
+
+    class_index: int
+    ids: frozenset[str]
+    flagged: tuple[FlaggedCluster, ...]
+    max_score: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A run's verdicts, per audited class index."""
+
+    classes: dict[int, ClassSnapshot]
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    """A flag that is new (``baseline`` None), persisting (both) or resolved (``current`` None)."""
+
+    class_index: int
+    current: FlaggedCluster | None
+    baseline: FlaggedCluster | None
+    overlap: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.class_index,
+                "cluster": self.current.cluster if self.current else None,
+                "baseline_cluster": self.baseline.cluster if self.baseline else None,
+                "score": self.current.score if self.current else None,
+                "baseline_score": self.baseline.score if self.baseline else None,
+                "overlap": round(self.overlap, 4)}
+
+
+@dataclass(frozen=True)
+class AuditDiff:
+    """New, persisting and resolved flags; per class the change of the highest score; classes audited in only
+    one of the runs."""
+
+    baseline: str
+    new: tuple[FlagChange, ...]
+    persisting: tuple[FlagChange, ...]
+    resolved: tuple[FlagChange, ...]
+    score_change: dict[int, float]
+    only_now: tuple[int, ...]
+    only_before: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "match_overlap": MATCH_OVERLAP,
+                "new": [c.to_dict() for c in self.new],
+                "persisting": [c.to_dict() for c in self.persisting],
+                "resolved": [c.to_dict() for c in self.resolved],
+                "score_change": {str(k): round(v, 6) for k, v in self.score_change.items()},
+                "classes_only_now": list(self.only_now), "classes_only_in_baseline": list(self.only_before)}
+
+
+def snapshot_from_summary(summary: dict[str, Any], source: str = "summary.json") -> Snapshot:
+    """Read a run's verdicts from its parsed summary.json; a file that is not one names what is missing."""
+    try:
+        classes = {}
+        for entry in summary["classes"]:
+            index = int(entry["class"])
+            ids: set[str] = set()
+            flagged = []
+            for cluster in entry["clusters"]:
+                members = frozenset(str(m) for m in cluster["members"])
+                ids |= members
+                if cluster["flagged"]:
+                    flagged.append(FlaggedCluster(index, int(cluster["id"]), float(cluster["score"]), members))
+            classes[index] = ClassSnapshot(index, frozenset(ids), tuple(flagged), float(entry["max_score"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{source} is not a spray summary (missing or malformed {error}); "
+                          "point the baseline at the output folder of an earlier spray run") from None
+    return Snapshot(classes)
+
+
+def load_baseline(folder: str | Path) -> Snapshot:
+    """The verdicts of the run whose output folder is ``folder`` (its summary.json)."""
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"baseline {folder}: no summary.json there; give the output folder of an earlier run")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"baseline {path}: cannot be read as JSON ({error})") from None
+    return snapshot_from_summary(summary, str(path))
+
+
+def overlap(a: frozenset[str], b: frozenset[str], shared: frozenset[str]) -> float:
+    """``|A & B| / min(|A & S|, |B & S|)``; 0 when either has no shared sample."""
+    smaller = min(len(a & shared), len(b & shared))
+    return len(a & b) / smaller if smaller else 0.0
+
+
+def compare(current: Snapshot, baseline: Snapshot, baseline_name: str) -> AuditDiff:
+    """Match each class's flagged clusters across the two runs (best overlap first, each used once)."""
+    new: list[FlagChange] = []
+    persisting: list[FlagChange] = []
+    resolved: list[FlagChange] = []
+    score_change = {}
+    for index in sorted(set(current.classes) & set(baseline.classes)):
+        now, before = current.classes[index], baseline.classes[index]
+        pairs = _matched(now, before)
+        persisting += pairs
+        matched_now = {id(p.current) for p in pairs}
+        matched_before = {id(p.baseline) for p in pairs}
+        new += [FlagChange(index, c, None, 0.0) for c in now.flagged if id(c) not in matched_now]
+        resolved += [FlagChange(index, None, b, 0.0) for b in before.flagged if id(b) not in matched_before]
+        score_change[index] = now.max_score - before.max_score
+    for index in sorted(set(current.classes) - set(baseline.classes)):
+        new += [FlagChange(index, c, None, 0.0) for c in current.classes[index].flagged]
+    return AuditDiff(baseline=baseline_name, new=tuple(new), persisting=tuple(persisting), resolved=tuple(resolved),
+                     score_change=score_change,
+                     only_now=tuple(sorted(set(current.classes) - set(baseline.classes))),
+                     only_before=tuple(sorted(set(baseline.classes) - set(current.classes))))
+
+
+def _matched(now: ClassSnapshot, before: ClassSnapshot) -> list[FlagChange]:
+    shared = now.ids & before.ids
+    candidates = sorted(((overlap(c.members, b.members, shared), i, j)
+                         for i, c in enumerate(now.flagged) for j, b in enumerate(before.flagged)), reverse=True)
+    used_now: set[int] = set()
+    used_before: set[int] = set()
+    pairs = []
+    for value, i, j in candidates:
+        if value < MATCH_OVERLAP or i in used_now or j in used_before:
+            continue
+        used_now.add(i)
+        used_before.add(j)
+        pairs.append(FlagChange(now.class_index, now.flagged[i], before.flagged[j], value))
+    return pairs
