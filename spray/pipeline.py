@@ -259,12 +259,14 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
             chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
                                        replace=False)) if len(others) else []
             recipients = [dataset.samples[others[i]] for i in chosen]
-            flag_key = store_key(config.flagging, image, analyse_key, pre_key, token, dataset_token(recipients, digests))
-            flag_task_of_class = FlagTask(index, config.model, image, config.flagging, attribution.device,
-                                          attribution.batch_size, attribution.loader_workers, tuple(samples),
-                                          tuple(recipients))
+            flag_key = store_key(config.flagging, image, analyse_key, pre_key, token,
+                                 dataset_token(recipients, digests))
+            flag_inputs = FlagTask(
+                class_index=index, model=config.model, image=image, flagging=config.flagging,
+                device=attribution.device, batch_size=attribution.batch_size,
+                loader_workers=attribution.loader_workers, samples=tuple(samples), recipients=tuple(recipients))
             flagged = dask.delayed(flag_task, pure=True)(
-                directory, flag_key, pre, analysis, flag_task_of_class, dask_key_name=f"flag-{index}-{flag_key[:8]}")
+                directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
             graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
                             "flag": flagged, "_pre_key": pre_key}
     finally:

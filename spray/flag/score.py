@@ -10,7 +10,7 @@ import torch
 
 from spray.config import FlaggingConfig, ImageConfig
 from spray.flag.evidence import Evidence, Measured, Transplant, not_scored, weigh
-from spray.flag.passes import FirstPass, LogitScorer, PixelBatches, SecondPass, first_pass, second_pass
+from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, second_pass
 from spray.flag.plan import ClusterPlan, plan_clusters
 
 
@@ -69,31 +69,33 @@ def score_clusters(
     absolute = np.abs(maps).reshape(n, -1)
     results = {skip.cluster: ClusterEvidence(skip.cluster, skip.size, not_scored(skip.reason), None)
                for skip in unscored}
-    for position, (plan, tally) in enumerate(zip(plans, second)):
-        measured = measure(plan, first, position, tally, absolute, scale, baseline)
+    for plan, pasted, tally in zip(plans, first.pasted, second):
+        measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline)
         results[plan.cluster] = ClusterEvidence(plan.cluster, int(plan.members.sum()),
                                                 weigh(measured, config.threshold), plan.region,
                                                 tally.to_members, tally.to_rest)
     return [results[cluster] for cluster in sorted(results)]
 
 
-def measure(plan: ClusterPlan, first: FirstPass, position: int, second: SecondPass, absolute: np.ndarray,
-            scale: float, baseline: tuple[np.ndarray, np.ndarray] | None) -> Measured:
-    """The numbers of one scored cluster (the ``position``-th plan) from the two passes.
+def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted], second: SecondPass,
+            absolute: np.ndarray, scale: float, baseline: tuple[np.ndarray, np.ndarray] | None) -> Measured:
+    """The numbers of one scored cluster from the two passes.
 
-    absolute: (N, h*w) |preprocessed relevance|; scale: the class's median |logit|, the unit of logit
-    changes; baseline: the recipients' (M,) logits and is-the-class flags as they are, None without any.
+    logits: (N,) the class's audited logits (pass one); pasted: the recipients with the members' region and
+    with the rest's (pass one); second: this plan's pass two; absolute: (N, h*w) |preprocessed relevance|;
+    scale: the class's median |logit|, the unit of logit changes; baseline: the recipients' (M,) logits and
+    whether they are the class as they are, None without recipients.
     """
     members = plan.members
     in_region = absolute[:, plan.region.ravel()].sum(1) / np.maximum(absolute.sum(1), 1e-12)
     spread_rest = float(second.to_members[~members].mean())
     consistency = float(1.0 - second.to_members[members].mean() / spread_rest) if spread_rest > 0 else 0.0
-    drop = (first.logits - second.masked_logits) / scale
+    drop = (logits - second.masked_logits) / scale
     transplant = None
     if baseline is not None:
-        logits, is_class = baseline
-        gains = [float(((group.logits - logits) / scale).mean()) for group in first.pasted[position]]
-        flips = [float((group.is_class & ~is_class).mean()) for group in first.pasted[position]]
+        recipient_logits, is_class = baseline
+        gains = [float(((group.logits - recipient_logits) / scale).mean()) for group in pasted]
+        flips = [float((group.is_class & ~is_class).mean()) for group in pasted]
         transplant = Transplant(gains[0], gains[1], flips[0], flips[1])
     return Measured(
         region_area=float(plan.mask.mean()), relevance_in_region=float(in_region[members].mean()),
