@@ -128,13 +128,11 @@ def cluster_evidence(outcome, manifest: pd.DataFrame) -> list[dict]:
     found = []
     for result in outcome.classes:
         for cluster in result.clusters:
-            if "consistency" not in cluster.evidence:
+            if cluster.evidence.consistency is None:
                 continue
             found.append({"class": result.class_index, "cluster": cluster.id, "size": cluster.size,
                           "planted": round(float((planted.loc[cluster.members] > 0).mean()), 2) if cluster.members else 0.0,
-                          **{key: round(float(cluster.evidence[key]), 3)
-                             for key in ("consistency", "necessity", "sufficiency")
-                             if key in cluster.evidence}})
+                          **{line.name: round(float(line.value), 3) for line in cluster.evidence.lines}})
     return found
 
 

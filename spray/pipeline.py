@@ -42,9 +42,9 @@ import dask
 import numpy as np
 from dask.base import tokenize
 
-import spray.flag
 from spray import __version__
 from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
+from spray.assemble import assemble_class
 from spray.attribute import attribute_shard, attribution_settings, resolve_device
 from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
@@ -54,24 +54,19 @@ from spray.data import (
     DigestIndex,
     Sample,
     dataset_token,
-    iter_pixel_batches,
     load_dataset,
-    load_pixels,
-    read_pixels,
 )
 from spray.errors import DataError, RunError
-from spray.flag import CONSISTENCY, NECESSITY, REGION_MASS, SUFFICIENCY
-from spray.model import load_model, model_token
+from spray.flag import FlagTask, flag_task, store_key
+from spray.model import model_token
 from spray.preprocess import preprocess
-from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass, Thumbnail
+from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
-# Part of every key: a new release may compute differently. The flag thresholds are constants of the code,
-# so they are part of the flag stage's key.
+# Part of every key: a new release may compute differently.
 _CODE = __version__
-# Bump the revision when what a stage stores changes within a release (2: flag entries hold refined labels;
-# attribute 2: relevance in a chunked zarr array beside the npz).
-_FLAG_CODE = (__version__, 4, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+# Bump the revision when what a stage stores changes within a release (attribute 2: relevance in a chunked
+# zarr array beside the npz).
 _ATTRIBUTE_CODE = (__version__, 2)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
@@ -169,43 +164,6 @@ def _embed_task(directory, key, pre, config) -> Entry:
     return cached(directory, "embed", key, _embed, pre, config)
 
 
-def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipients: list[Sample],
-          class_index: int, model_config, image, flagging, device: str, batch_size: int = 256,
-          loader_workers: int = 2) -> tuple[dict, dict]:
-    pre_arrays, pre_meta = pre.read()
-    analysis_arrays, analysis_meta = analysis.read()
-    if "skipped" in analysis_meta:
-        return {}, {"clusters": []}
-    members = [samples_by_id[i] for i in pre_meta["ids"]]
-
-    def batches() -> Iterator[np.ndarray]:
-        # the class streams past twice (spray.flag.score_clusters); an image that decoded for attribution
-        # and fails now has changed on disk since
-        for batch in iter_pixel_batches(members, image, batch_size, loader_workers):
-            if batch.failed:
-                sample, reason = batch.failed[0]
-                raise RunError(f"class {class_index}: sample {sample} can no longer be read ({reason}); "
-                               "the images changed while auditing: re-run")
-            yield batch.pixels
-
-    recipient_pixels, _, _ = load_pixels(recipients, image)
-    model = load_model(model_config)
-    scored = spray.flag.score_clusters(model, class_index, batches, pre_arrays["maps"], analysis_arrays["labels"],
-                                       recipient_pixels, image, flagging, resolve_device(device))
-    labels = spray.flag.join_pattern_carriers(analysis_arrays["labels"], scored)
-    regions = np.stack([s.region if s.region is not None else np.zeros(pre_arrays["maps"].shape[1:], bool)
-                        for s in scored]) if scored else np.zeros((0, *pre_arrays["maps"].shape[1:]), bool)
-    meta = {"clusters": [{"id": s.id, "size": s.size, "score": s.score, "flagged": s.flagged,
-                          "evidence": s.evidence, "has_region": s.region is not None} for s in scored]}
-    return {"regions": regions, "labels": labels}, meta
-
-
-def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_index, model_config, image,
-               flagging, device, batch_size, loader_workers) -> Entry:
-    return cached(directory, "flag", key, _flag, pre, analysis, samples_by_id, recipients, class_index,
-                  model_config, image, flagging, device, batch_size, loader_workers)
-
-
 def _cross_class(pres: list[Entry], classes: list[int], analysis, embedding) -> tuple[dict, dict]:
     """One spectral analysis and the embeddings of the maps of every audited class together."""
     maps, ids, labels = [], [], []
@@ -301,12 +259,14 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
             chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
                                        replace=False)) if len(others) else []
             recipients = [dataset.samples[others[i]] for i in chosen]
-            flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
-                                dataset_token(recipients, digests))
-            flagged = dask.delayed(_flag_task, pure=True)(
-                directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
-                image, config.flagging, attribution.device, attribution.batch_size, attribution.loader_workers,
-                dask_key_name=f"flag-{index}-{flag_key[:8]}")
+            flag_key = store_key(config.flagging, image, analyse_key, pre_key, token,
+                                 dataset_token(recipients, digests))
+            flag_inputs = FlagTask(
+                class_index=index, model=config.model, image=image, flagging=config.flagging,
+                device=attribution.device, batch_size=attribution.batch_size,
+                loader_workers=attribution.loader_workers, samples=tuple(samples), recipients=tuple(recipients))
+            flagged = dask.delayed(flag_task, pure=True)(
+                directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
             graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
                             "flag": flagged, "_pre_key": pre_key}
     finally:
@@ -579,67 +539,6 @@ def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, in
     return counts
 
 
-def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: list[Sample],
-                   tasks: dict[str, Any]) -> ClassResult:
-    """Read one class's entries back (``samples``: the class's samples, in shard order) and build the
-    ClassResult the report is drawn from."""
-    pre_arrays, pre_meta = tasks["preprocess"].read()
-    analysis_arrays, analysis_meta = tasks["analyse"].read()
-    embeddings, _ = tasks["embed"].read()
-    flag_arrays, flag_meta = tasks["flag"].read()
-    ids = pre_meta["ids"]
-    maps = pre_arrays["maps"]
-    labels = flag_arrays["labels"]  # the spectral clusters, with pattern carriers moved into flagged ones
-    logits = pre_arrays["logits"]
-    samples_by_id = {s.id: s for s in samples}
-    relevance_by_id = _relevance_lookup(tasks["shards"], samples, config)
-    clusters = []
-    for position, cluster in enumerate(flag_meta["clusters"]):
-        member_index = np.flatnonzero(labels == cluster["id"])
-        mean_map = maps[member_index].mean(0)
-        distance = ((maps[member_index] - mean_map) ** 2).reshape(len(member_index), -1).sum(1)
-        typical = [ids[i] for i in member_index[np.argsort(distance)][: config.flagging.prototypes]]
-        images = [_display(read_pixels(samples_by_id[i].path, config.data.image)) for i in typical]
-        heatmaps = [relevance_by_id(i) for i in typical]
-        members = [ids[i] for i in member_index]
-        shown = (member_thumbnails(members[:MAX_MEMBERS_SHOWN], samples_by_id, relevance_by_id, config.data.image)
-                 if cluster["flagged"] else [])
-        clusters.append(ClusterResult(
-            id=cluster["id"], members=members, score=cluster["score"],
-            flagged=cluster["flagged"], evidence=cluster["evidence"], mean_map=mean_map,
-            region=flag_arrays["regions"][position] if cluster["has_region"] else None,
-            prototypes=typical, prototype_images=images, prototype_heatmaps=heatmaps, members_shown=shown))
-    clusters.sort(key=lambda c: (not c.flagged, -c.score))
-    notes = list(analysis_meta.get("notes", []))
-    return ClassResult(
-        class_index=index, class_name=dataset.class_names[index], ids=ids,
-        labels=np.full(len(ids), index), predictions=logits.argmax(1) if len(logits) else np.zeros(0, int),
-        logits=logits[:, index] if len(logits) else np.zeros(0), conservation=pre_arrays["conservation"],
-        eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
-        cluster_labels=labels, embeddings=dict(embeddings), clusters=clusters,
-        class_mean_map=maps.mean(0), notes=notes,
-        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
-
-
-# Members of a flagged cluster shown in the report's gallery, and their side in pixels: a reviewer checks
-# that every member carries the pattern; the ids of all members are in summary.json and samples.csv.
-MAX_MEMBERS_SHOWN = 2000
-MEMBER_SIDE = 48
-
-
-def member_thumbnails(ids: list[str], samples_by_id: dict[str, Sample], relevance_by_id: Any,
-                      image: Any) -> list[Thumbnail]:
-    """Small image + relevance of each sample id, for the gallery (at most MEMBER_SIDE pixels a side)."""
-    from spray.report.images import resize_float, shrink
-
-    thumbnails = []
-    for sample_id in ids:
-        pixels = shrink(_display(read_pixels(samples_by_id[sample_id].path, image)), MEMBER_SIDE)
-        heatmap = resize_float(np.asarray(relevance_by_id(sample_id), dtype=np.float64), *pixels.shape[:2])
-        thumbnails.append(Thumbnail(sample_id, pixels, heatmap.astype(np.float32)))
-    return thumbnails
-
-
 def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:
     """Read the cross-class entry back as the CrossClassResult the report is drawn from."""
     arrays, meta = entry.read()
@@ -649,31 +548,6 @@ def assemble_cross_class(dataset: Dataset, entry: Entry) -> CrossClassResult:
         class_names={int(i): dataset.class_names[int(i)] for i in np.unique(classes)},
         eigenvalues=arrays["eigenvalues"], n_clusters=int(meta["n_clusters"]), cluster_labels=arrays["labels"],
         embeddings={name: arrays[f"embedding_{name}"] for name in meta["embeddings"]}, notes=meta["notes"])
-
-
-def _relevance_lookup(shards: list[Entry], samples: list[Sample], config: SprayConfig):
-    """sample id -> (H, W) channel-summed full-resolution relevance, reading only that sample's chunk."""
-    shard_size = config.attribution.shard_size
-    position_of = {s.id: i for i, s in enumerate(samples)}
-    opened: dict[int, tuple[dict[int, int], Any]] = {}
-
-    def lookup(sample_id: str) -> np.ndarray:
-        number, offset = divmod(position_of[sample_id], shard_size)
-        if number not in opened:
-            arrays, _ = shards[number].read()
-            opened[number] = ({int(i): row for row, i in enumerate(arrays["index"])},
-                              shards[number].open_array("relevance"))
-        rows, relevance = opened[number]
-        row = rows[offset]
-        return np.asarray(relevance[row : row + 1])[0].sum(0)
-
-    return lookup
-
-
-def _display(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, C) in [0, 1] -> (H, W, 3) uint8 for the report."""
-    rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _versions() -> dict[str, str]:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from spray.flag.evidence import Evidence
+
 
 @dataclass
 class Thumbnail:
@@ -21,16 +23,14 @@ class Thumbnail:
 class ClusterResult:
     """One spectral cluster of one audited class.
 
-    ``evidence`` holds the measured numbers behind ``score`` (their meaning is documented in
-    ``spray.flag``); ``region`` is the cluster's distinctive relevance region at preprocessing
-    resolution, or None when the cluster was too small to score.
+    ``evidence`` holds the measured numbers behind the score and the verdict (their meaning is documented
+    in ``spray.flag``); ``region`` is the cluster's distinctive relevance region at preprocessing
+    resolution, or None when the cluster was not scored.
     """
 
     id: int
     members: list[str]
-    score: float
-    flagged: bool
-    evidence: dict[str, Any]
+    evidence: Evidence
     mean_map: np.ndarray  # (h, w) mean preprocessed relevance of the members
     region: np.ndarray | None  # (h, w) bool
     prototypes: list[str]  # sample ids, most typical first
@@ -41,6 +41,15 @@ class ClusterResult:
     @property
     def size(self) -> int:
         return len(self.members)
+
+    @property
+    def score(self) -> float:
+        """The weakest line of evidence's ratio measured / threshold; 0 when not scored."""
+        return self.evidence.score
+
+    @property
+    def flagged(self) -> bool:
+        return self.evidence.flagged
 
 
 @dataclass

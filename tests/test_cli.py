@@ -37,7 +37,8 @@ def test_fail_on_flag_exits_non_zero_when_a_cluster_is_flagged(tiny_audit, monke
 
     def first_cluster_flagged(*args, **kwargs):
         scored = measured(*args, **kwargs)
-        return [dataclasses.replace(scored[0], flagged=True)] + scored[1:]
+        flagged = dataclasses.replace(scored[0].evidence, flagged=True)
+        return [dataclasses.replace(scored[0], evidence=flagged)] + scored[1:]
 
     monkeypatch.setattr(spray.flag, "score_clusters", first_cluster_flagged)
     path = tiny_audit()

@@ -68,7 +68,7 @@ def test_a_cluster_that_shares_a_pattern_the_model_needs_is_flagged():
                             FlaggingConfig(min_cluster_size=5))
     by_id = {s.id: s for s in scored}
     assert by_id[0].flagged and by_id[0].region[:4, :4].sum() == by_id[0].region.sum() > 0  # inside the corner
-    assert by_id[0].evidence["consistency"] > 0.9 and by_id[0].evidence["necessity"] > 0.15
+    assert by_id[0].evidence.consistency.value > 0.9 and by_id[0].evidence.necessity.value > 0.15
     assert not by_id[1].flagged and not by_id[2].flagged
 
 
@@ -91,9 +91,9 @@ def test_the_class_streams_past_in_batches_and_the_batch_size_does_not_change_th
     assert max(largest) == 7 and passes.count(7) == 2  # two passes, one batch at a time
     for a, b in zip(whole, streamed):
         assert a.flagged == b.flagged
-        for key, value in a.evidence.items():
+        for (key, value, _), (_, other, _) in zip(a.evidence.entries(), b.evidence.entries(), strict=True):
             if isinstance(value, float):
-                assert value == pytest.approx(b.evidence[key], abs=1e-5), key
+                assert value == pytest.approx(other, abs=1e-5), key
 
 
 def test_images_and_maps_of_different_samples_are_refused():
@@ -108,9 +108,12 @@ def test_samples_carrying_the_flagged_pattern_join_the_flagged_cluster():
     labels[:3] = 1  # three carriers that spectral clustering put elsewhere
     scored = score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients, IMAGE,
                             FlaggingConfig(min_cluster_size=5))
-    joined = join_pattern_carriers(labels, scored)
+    joined, clusters = join_pattern_carriers(labels, scored)
     assert (joined[:20] == 0).all() and (joined[20:] != 0).all()
-    assert {s.id: s for s in scored}[0].evidence["joined_by_pattern"] == 3
+    flagged = {s.id: s for s in clusters}[0]
+    assert flagged.evidence.joined_by_pattern == 3 and flagged.evidence.spectral_size == 17
+    assert flagged.size == 20 and [s.size for s in clusters if s.id != 0] == [(joined == c).sum() for c in (1, 2)]
+    assert scored[0].evidence.joined_by_pattern is None and (labels[:3] == 1).all()  # the inputs are kept
 
 
 def audit(folder: Path, classes: list[int] | None, **demo) -> tuple[dict[str, bool], set[str], list]:

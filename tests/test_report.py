@@ -6,6 +6,7 @@ config values and paths carry HTML metacharacters, so that any unescaped string 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spray.flag import Evidence, Line
 from spray.report import write_report
 from spray.report.figures import CLUSTER_COLOURS, FLAGGED_COLOURS, cluster_colours
 from spray.report.images import heatmap_rgb, mask_outline
@@ -37,7 +39,6 @@ def make_cluster(
     score: float,
     flagged: bool,
     region: bool = True,
-    evidence: dict | None = None,
     seed: int = 0,
 ) -> ClusterResult:
     rng = np.random.default_rng(seed)
@@ -47,9 +48,7 @@ def make_cluster(
     return ClusterResult(
         id=cluster_id,
         members=members,
-        score=score,
-        flagged=flagged,
-        evidence=evidence if evidence is not None else {"concentration": np.float32(0.5), "masking_drop": 0.25},
+        evidence=Evidence(score=score, flagged=flagged, region_area=0.5, masking_drop=0.25),
         mean_map=rng.normal(size=(MAP, MAP)).astype(np.float32),
         region=mask if region else None,
         prototypes=prototypes,
@@ -206,7 +205,7 @@ def test_summary_json_follows_the_public_contract(standard_report):
     first = entry["clusters"][0]
     assert first["id"] == 0 and first["flagged"] is True and first["score"] == pytest.approx(0.9)
     assert first["members"][0] == XSS_ID  # data, not markup: stored as is
-    assert first["evidence"] == {"concentration": 0.5, "masking_drop": 0.25}
+    assert first["evidence"] == {"region_area": 0.5, "masking_drop": 0.25}
     assert summary["classes"][0]["flagged"] is False
     assert summary["skipped_classes"] == [{"class": 7, "name": "seven & co", "reason": "4 samples < k+1 = 11"}]
     assert summary["skipped_samples"] == [{"id": "broken/<x>.png", "reason": "cannot identify image file <PIL>"}]
@@ -226,21 +225,20 @@ def test_summary_clusters_are_flagged_first_then_by_score(standard_report):
 
 def test_summary_json_is_strict_json_with_null_for_nan(tmp_path):
     result = make_class(1, "one")
-    result.clusters[0].score = float("nan")
-    result.clusters[0].evidence = {
-        "ratio": np.float64("nan"),
-        "count": np.int64(3),
-        "passed": np.bool_(True),
-        "per_layer": np.array([1.5, np.inf]),
-        "nested": {"drop": np.float32(0.25)},
-    }
+    result.clusters[0].evidence = Evidence(
+        score=float("nan"), consistency=Line("consistency", float("nan"), 0.9), weakest="consistency",
+        masking_drop=np.float64("inf"), region_area=np.float32(0.25), joined_by_pattern=np.int64(3),
+        not_scored="consistency could not be measured",
+    )
     write_report(tmp_path, [result], make_run())
     text = (tmp_path / "summary.json").read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text
     cluster = next(c for c in json.loads(text)["classes"][0]["clusters"] if c["id"] == result.clusters[0].id)
     assert cluster["score"] is None
     assert cluster["evidence"] == {
-        "ratio": None, "count": 3, "passed": True, "per_layer": [1.5, None], "nested": {"drop": 0.25}
+        "region_area": 0.25, "consistency": None, "masking_drop": None,
+        "not_scored": "consistency could not be measured",
+        "weakest_evidence": "consistency", "thresholds": {"consistency": 0.9}, "joined_by_pattern": 3,
     }
 
 
@@ -329,24 +327,22 @@ def test_html_escapes_every_string_from_data(standard_report):
         assert html.escape(raw, quote=False) in page or html.escape(raw) in page, raw
 
 
-def test_html_escapes_evidence_keys_and_values(tmp_path):
+def test_html_escapes_evidence_text(tmp_path):
     result = make_class(0, "zero")
-    result.clusters[0].evidence = {"<key>": "<value & more>", "table": {"<inner>": 1.0}}
+    result.clusters[0].evidence = Evidence(not_scored="<value & more>")
     write_report(tmp_path, [result], make_run())
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
-    assert "<key>" not in page and "&lt;key&gt;" in page
     assert "<value & more>" not in page and "&lt;value &amp; more&gt;" in page
-    assert "table.&lt;inner&gt;" in page  # nested evidence flattened to dotted keys
 
 
 def test_evidence_with_thresholds_shows_each_test_and_the_weakest_line(tmp_path):
     """spray.flag's convention: ``thresholds`` names the minimum of each measurement, ``weakest_evidence`` the
     measurement that set the score; the table shows value, threshold and pass/fail side by side."""
     result = make_class(0, "zero", flagged_cluster=None)
-    result.clusters[0].evidence = {  # clusters[0] is cluster 2, the first in the report
-        "consistency": 0.95, "necessity": 0.1, "masking_drop": 0.4,
-        "weakest_evidence": "necessity", "thresholds": {"consistency": 0.85, "necessity": 0.2},
-    }
+    result.clusters[0].evidence = Evidence(  # clusters[0] is cluster 2, the first in the report
+        score=0.5, consistency=Line("consistency", 0.95, 0.85), necessity=Line("necessity", 0.1, 0.2),
+        masking_drop=0.4, weakest="necessity",
+    )
     write_report(tmp_path, [result], make_run())
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     table = page[page.index('id="class-0-cluster-2"'):]
@@ -397,8 +393,10 @@ def test_header_verdict_names_the_flagged_clusters_and_classes(standard_report):
 
 def test_summary_table_ranks_classes_by_evidence_and_links_to_each_section(tmp_path):
     classes = [make_class(i, f"class {i}", flagged_cluster=None) for i in range(3)]
-    classes[1].clusters[0].score = 0.95  # the strongest evidence, though not flagged
-    classes[2].clusters[1].flagged = True  # flagged classes rank first
+    # the strongest evidence, though not flagged
+    classes[1].clusters[0].evidence = dataclasses.replace(classes[1].clusters[0].evidence, score=0.95)
+    # flagged classes rank first
+    classes[2].clusters[1].evidence = dataclasses.replace(classes[2].clusters[1].evidence, flagged=True)
     write_report(tmp_path, classes, make_run())
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     start = page.index('<table class="data summary-table">')

@@ -4,6 +4,7 @@ mapping, and no absolute machine paths."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -16,6 +17,7 @@ from audit_cases import make_tiny_case, tiny_config, write_config
 from spray.cli import main
 from spray.config import load_config
 from spray.errors import EXIT_OK
+from spray.flag import Measured, Transplant, weigh
 from spray.pipeline import PathShower
 from spray.report import write_report
 from spray.report.explain import EVIDENCE
@@ -109,3 +111,11 @@ def test_clean_classes_are_collapsed_and_flagged_ones_open(tmp_path):
                           page)
     assert sections == [("class-0", " open"), ("class-1", "")]  # flagged first, and open; the clean one closed
     assert "<script" not in page
+
+
+def test_every_line_the_evidence_can_hold_has_a_name_and_a_meaning():
+    measured = Measured(region_area=0.1, relevance_in_region=0.5, relevance_in_region_rest=0.1, consistency=0.9,
+                        masking_drop=0.4, masking_drop_rest=0.1, transplant=Transplant(0.3, 0.1, 0.2, 0.01))
+    everything = dataclasses.replace(weigh(measured, 1.0).joined(carriers=2, spectral_size=30), not_scored="why")
+    keys = set(everything.to_dict()) - {"thresholds"}
+    assert len(keys) == 16 and keys <= set(EVIDENCE), f"add {sorted(keys - set(EVIDENCE))} to spray/report/explain.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -45,7 +46,8 @@ def paged_report(tmp_path_factory) -> Path:
     ]
     for result in classes:
         for cluster in result.clusters:
-            cluster.score = 0.95 if result.class_index == 12 and cluster.id == 1 else min(cluster.score, 0.5)
+            score = 0.95 if result.class_index == 12 and cluster.id == 1 else min(cluster.score, 0.5)
+            cluster.evidence = dataclasses.replace(cluster.evidence, score=score)
     (out / "classes").mkdir(parents=True)
     (out / "classes" / "99.html").write_text("a page of an earlier run")
     (out / "classes" / ".3.html.k2j4x9.tmp").write_text("left by a writer killed in an earlier run")

@@ -140,4 +140,3 @@ def _sweep_staging(output_dir: Path) -> None:
                     and not (output_dir / entry.name).exists():
                 os.rename(entry, output_dir / entry.name)
         shutil.rmtree(folder, ignore_errors=True)
-    return True

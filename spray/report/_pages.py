@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from spray.errors import RunError
 from spray.report._io import write_atomic
@@ -60,7 +60,7 @@ def _start_worker(output_dir: str, context: PageContext, settings: dict[str, Any
     import matplotlib
 
     global _worker
-    matplotlib.rcParams.update(settings)
+    matplotlib.rcParams.update(settings)  # type: ignore[arg-type]  # keys read from rcParams itself
     _worker = (Path(output_dir), ClassPageRenderer(context))
 
 
@@ -71,6 +71,16 @@ def _draw_and_write(result: ClassResult, rank: int) -> str:
     relative = class_page(result.class_index)
     write_atomic(output_dir / relative, render(result, rank))
     return relative
+
+
+@overload
+def write_class_pages(output_dir: Path, classes: list[ClassResult], context: PageContext, workers: int | None = None,
+                      *, while_drawing: Callable[[], _T]) -> _T: ...
+
+
+@overload
+def write_class_pages(output_dir: Path, classes: list[ClassResult], context: PageContext, workers: int | None = None,
+                      while_drawing: None = None) -> None: ...
 
 
 def write_class_pages(output_dir: Path, classes: list[ClassResult], context: PageContext,
@@ -114,9 +124,11 @@ def write_class_pages(output_dir: Path, classes: list[ClassResult], context: Pag
             return made
         pool.shutdown(wait=True, cancel_futures=True)
         # The first class (in rank order) whose own drawing failed; a dead worker fails every unfinished page.
-        own = [future for future in failed if not isinstance(future.exception(), BrokenProcessPool)]
+        own = [(future, failure) for future in failed
+               if (failure := future.exception()) is not None and not isinstance(failure, BrokenProcessPool)]
         if own:
-            raise drawing_failed(futures[own[0]], own[0].exception()) from own[0].exception()
+            first, failure = own[0]
+            raise drawing_failed(futures[first], failure) from failure
         written = sum(1 for f in futures if f.done() and not f.cancelled() and f.exception() is None)
         raise RunError(
             f"a worker process drawing the report's class pages died (killed, or out of memory?) after {written} "

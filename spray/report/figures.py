@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -83,6 +84,8 @@ def _to_data_uri(figure: Figure) -> str:
     and encoded once, by Pillow, instead of letting savefig encode a PNG that would be decoded again.
     """
     canvas = figure.canvas
+    if not isinstance(canvas, FigureCanvasAgg):  # _new_figure attaches one; anything else cannot be read back
+        raise TypeError(f"expected a figure from _new_figure (an Agg canvas), got {type(canvas).__name__}")
     canvas.draw()
     rgb = np.asarray(canvas.buffer_rgba())[..., :3]
     palette = Image.fromarray(np.ascontiguousarray(rgb)).quantize(
@@ -186,8 +189,7 @@ def embedding_figure(
     # Flagged clusters are drawn last, so that they stay visible where groups overlap.
     clusters = sorted(set(labels.tolist()), key=lambda c: (c in flagged, c))
     colours = cluster_colours(clusters, flagged)
-    n_points = max(1, labels.size)
-    size = float(np.clip(2400.0 / n_points, 3.0, 22.0))
+    size = float(np.clip(2400.0 / max(1, labels.size), 3.0, 22.0))
     panels = max(1, len(names))
     figure = _new_figure(EMBEDDING_PANEL_IN[0] * panels, EMBEDDING_PANEL_IN[1])
     for position, name in enumerate(names, start=1):
@@ -201,34 +203,43 @@ def embedding_figure(
                 color=colours[cluster], alpha=0.95 if is_flagged else 0.65, linewidths=0,
                 zorder=3 if is_flagged else 2, rasterized=True,
             )
-        axes.set_title(titles.get(name, name), loc="left")
-        axes.set_xticks([])
-        axes.set_yticks([])
-        for spine in axes.spines.values():  # a light frame on all sides: the axes carry no scale
-            spine.set_visible(True)
-            spine.set_color(GRID)
-        axes.set_aspect("equal", adjustable="datalim")
+        _frame_embedding_axes(axes, titles.get(name, name))
+    _cluster_legend(figure, clusters, flagged, colours, panels)
+    return _to_data_uri(figure)
+
+
+def _frame_embedding_axes(axes: Axes, title: str) -> None:
+    """Title, no ticks, a light frame on all sides (the axes carry no scale) and equal aspect."""
+    axes.set_title(title, loc="left")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_visible(True)
+        spine.set_color(GRID)
+    axes.set_aspect("equal", adjustable="datalim")
+
+
+def _cluster_legend(figure: Figure, clusters: list[int], flagged: list[int], colours: dict[int, str],
+                    panels: int) -> None:
+    """One legend below the panels, flagged clusters first and in red, read row by row; then the layout."""
     handles = [
         Line2D([], [], marker="o", linestyle="", markersize=6, markerfacecolor=colours[cluster],
                markeredgewidth=0, label=f"cluster {cluster}" + (" (flagged)" if cluster in flagged else ""))
         for cluster in sorted(clusters, key=lambda c: (c not in flagged, flagged.index(c) if c in flagged else c))
     ]
-    if handles:
-        columns = min(len(handles), 4 * panels)
-        rows = math.ceil(len(handles) / columns)
-        # matplotlib fills a legend column by column; reorder so that it reads row by row.
-        ordered = [
-            handles[r * columns + c] for c in range(columns) for r in range(rows) if r * columns + c < len(handles)
-        ]
-        legend = figure.legend(handles=ordered, loc="lower center", ncol=columns, frameon=False,
-                               fontsize=7.5, handletextpad=0.2, columnspacing=1.0)
-        for text, handle in zip(legend.get_texts(), ordered):
-            if "(flagged)" in handle.get_label():
-                text.set_color(FLAG_RED)
-        figure.tight_layout(pad=0.5, rect=(0, 0.055 * rows + 0.02, 1, 1))
-    else:
+    if not handles:
         figure.tight_layout(pad=0.5)
-    return _to_data_uri(figure)
+        return
+    columns = min(len(handles), 4 * panels)
+    rows = math.ceil(len(handles) / columns)
+    # matplotlib fills a legend column by column; reorder so that it reads row by row.
+    ordered = [handles[r * columns + c] for c in range(columns) for r in range(rows) if r * columns + c < len(handles)]
+    legend = figure.legend(handles=ordered, loc="lower center", ncol=columns, frameon=False,
+                           fontsize=7.5, handletextpad=0.2, columnspacing=1.0)
+    for text, handle in zip(legend.get_texts(), ordered):
+        if "(flagged)" in str(handle.get_label()):
+            text.set_color(FLAG_RED)
+    figure.tight_layout(pad=0.5, rect=(0, 0.055 * rows + 0.02, 1, 1))
 
 
 @_with_style
@@ -257,7 +268,7 @@ def conservation_figure(conservation: np.ndarray) -> str:
         shown = finite[(finite >= view_low) & (finite <= view_high)]
         axes.axvspan(max(low, view_low), min(high, view_high), color="#e9eef5", zorder=0,
                      label=f"range {low:.4g} – {high:.4g}")
-        axes.hist(shown, bins=np.linspace(view_low, view_high, 31), color="#4e79a7", alpha=0.85, zorder=2)
+        axes.hist(shown, bins=np.linspace(view_low, view_high, 31).tolist(), color="#4e79a7", alpha=0.85, zorder=2)
         axes.set_xlim(view_low, view_high)
         axes.axvline(median, color=INK, linewidth=1.2, zorder=3, label=f"median {median:.4g}")
         if view_low <= 1.0 <= view_high:

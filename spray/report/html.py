@@ -9,7 +9,6 @@ autoescaping; the template never marks data as safe.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from spray.errors import RunError
+from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
 from spray.report import explain, figures, images
 from spray.report.summary import (
     class_order_key,
@@ -80,33 +80,6 @@ def format_duration(seconds: Any) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, (list, tuple, np.ndarray)):
-        items = list(np.asarray(value).ravel()) if isinstance(value, np.ndarray) else list(value)
-        if len(items) <= 8 and all(_is_number(item) or isinstance(item, (bool, np.bool_)) for item in items):
-            return "[" + ", ".join(format_number(item) for item in items) + "]"
-        text = json.dumps(to_jsonable(items), ensure_ascii=False)
-        return text if len(text) <= 160 else text[:157] + "…"
-    return format_number(value)
-
-
-def _flatten(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for key, value in evidence.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            items.extend(_flatten(value, prefix=f"{name}."))
-        else:
-            items.append((name, value))
-    return items
-
-
 def class_title(index: int, name: str) -> str:
     """``'3 · three'``, or ``'3'`` when the class has no name beyond its index (plain text, escaped later)."""
     name = str(name)
@@ -126,58 +99,46 @@ def format_started(started: str) -> str:
     return f"{text} UTC" if offset == _dt.timedelta(0) else f"{text} {moment.isoformat()[-6:]}"
 
 
-def evidence_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    """A cluster's evidence as table rows: key, formatted value and, where known, threshold and verdict.
+def evidence_rows(evidence: Evidence) -> list[dict[str, Any]]:
+    """A cluster's evidence as table rows: key, human name, meaning, unit, formatted value and, for the lines
+    of evidence a flag is decided on, threshold and verdict.
 
-    Nested mappings are flattened to dotted keys. By the convention of ``spray.flag``, a ``thresholds``
-    mapping gives the minimum each named measurement must reach for a flag: those rows show the threshold
-    and whether the value passes it, and the row named by ``weakest_evidence`` is marked as the one that
-    set the score. Everything else is shown as measured.
+    Those lines come first, the weakest marked as the one that set the score, then the name of the weakest
+    (these rows are ``primary``), then the measurements behind them in ``Evidence.entries`` order. A line
+    whose value is not a finite number is shown as measured, without a verdict.
     """
-    thresholds = evidence.get("thresholds") if isinstance(evidence.get("thresholds"), dict) else {}
-    weakest = evidence.get("weakest_evidence")
-    rows = []
-    for key, value in _flatten({k: v for k, v in evidence.items() if not (k == "thresholds" and thresholds)}):
-        threshold = thresholds.get(key)
-        number = finite_or_nan(value) if _is_number(value) else math.nan
-        has_threshold = _is_number(threshold) and not math.isnan(number)
-        described = explain.term(key)
-        rows.append(
-            {
-                "key": key,
-                "name": described.name,
-                "meaning": described.meaning,
-                "unit": described.unit,
-                "value": _format_value(value),
-                "numeric": _is_number(value) or isinstance(value, (bool, np.bool_)) or value is None,
-                "threshold": format_number(threshold) if has_threshold else "",
-                "passed": bool(number >= float(threshold)) if has_threshold else None,
-                "weakest": isinstance(weakest, str) and key == weakest,
-            }
-        )
-    # The lines a flag is decided on come first, then the measurements behind them
+    rows = [_evidence_row(key, value, threshold, evidence.weakest) for key, value, threshold in evidence.entries()]
     rows.sort(key=lambda row: (not row["threshold"], row["key"] != "weakest_evidence"))
-    for row in rows:  # what the flag is decided on; the rest are the measurements behind it
+    for row in rows:
         row["primary"] = bool(row["threshold"]) or row["key"] == "weakest_evidence"
-    # Thresholds of measurements that were not recorded still belong to the numbers behind the flag.
-    for key, threshold in thresholds.items():
-        if key not in evidence:
-            described = explain.term(f"thresholds.{key}")
-            rows.append({"key": f"thresholds.{key}", "name": described.name, "meaning": described.meaning,
-                         "unit": explain.term(key).unit, "value": format_number(threshold), "numeric": True,
-                         "threshold": "", "passed": None, "weakest": False})
     return rows
 
 
-def score_formula(evidence: dict[str, Any], score: Any) -> str:
-    """How this cluster's score was formed, e.g. ``'= Necessity (model needs it) 0.31 / threshold 0.15'``;
-    '' when the evidence does not say which line was the weakest."""
-    weakest = evidence.get("weakest_evidence")
-    thresholds = evidence.get("thresholds") if isinstance(evidence.get("thresholds"), dict) else {}
-    if not isinstance(weakest, str) or weakest not in evidence or not _is_number(thresholds.get(weakest)):
+def _evidence_row(key: str, value: float | int | str, threshold: float | None, weakest: str | None) -> dict[str, Any]:
+    number = math.nan if isinstance(value, str) else finite_or_nan(value)
+    shown_threshold = None if math.isnan(number) else threshold  # a value that is not a number gets no verdict
+    described = explain.term(key)
+    return {
+        "key": key,
+        "name": described.name,
+        "meaning": described.meaning,
+        "unit": described.unit,
+        "value": format_number(value),
+        "numeric": not isinstance(value, str),
+        "threshold": format_number(shown_threshold) if shown_threshold is not None else "",
+        "passed": bool(number >= shown_threshold) if shown_threshold is not None else None,
+        "weakest": key == weakest,
+    }
+
+
+def score_formula(evidence: Evidence) -> str:
+    """How a cluster's score was formed, e.g. ``'= necessity 0.31 / threshold 0.15, the weakest of the three
+    ratios'``; '' when the cluster was not scored."""
+    line = evidence.weakest_line
+    if line is None:
         return ""
-    return (f"= {explain.term(weakest).name.split(' (')[0].lower()} {format_number(evidence[weakest])} "
-            f"/ threshold {format_number(thresholds[weakest])}, the weakest of the three ratios")
+    return (f"= {explain.term(line.name).name.split(' (')[0].lower()} {format_number(line.value)} "
+            f"/ threshold {format_number(line.threshold)}, the weakest of the three ratios")
 
 
 def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
@@ -222,7 +183,7 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "score": finite_or_nan(cluster.score),
         "flagged": bool(cluster.flagged),
         "evidence": evidence_rows(cluster.evidence),
-        "score_formula": score_formula(cluster.evidence, cluster.score),
+        "score_formula": score_formula(cluster.evidence),
         "mean_map": images.map_tile(cluster.mean_map, cluster.region if has_region else None),
         "has_region": has_region,
         "region_missing": cluster.region is None,
@@ -236,7 +197,8 @@ def _member_views(cluster: ClusterResult) -> list[dict[str, Any]]:
     """Every member of a flagged cluster as small image and relevance tiles (the gallery)."""
     views = []
     for thumb in cluster.members_shown:
-        height, width = images.fit_size(*np.asarray(thumb.image).shape[:2], MEMBER_TILE)
+        image_height, image_width = np.asarray(thumb.image).shape[:2]
+        height, width = images.fit_size(image_height, image_width, MEMBER_TILE)
         views.append({"id": str(thumb.id), "height": height, "width": width,
                       "image": images.image_tile(thumb.image, MEMBER_TILE),
                       "overlay": images.overlay_tile(thumb.image, thumb.heatmap, None, MEMBER_TILE)})
@@ -439,8 +401,6 @@ def _conservation_range(config: dict[str, Any]) -> str:
 
 
 def _score_text(config: dict[str, Any]) -> str:
-    from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY
-
     threshold = (config.get("flagging") or {}).get("threshold", 1.0) if isinstance(config, dict) else 1.0
     return explain.SCORE.format(consistency=format_number(CONSISTENCY), necessity=format_number(NECESSITY),
                                 sufficiency=format_number(SUFFICIENCY), threshold=format_number(threshold))

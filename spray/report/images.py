@@ -171,7 +171,7 @@ def overlay_tile(
     alpha = np.clip(np.abs(values) / limit, 0.0, 1.0)[..., None] ** 0.75
     blended = (1.0 - alpha) * base[..., None] + alpha * colour
     rgb = (blended * 255.0 + 0.5).astype(np.uint8)
-    if outlined:
+    if outlined and region is not None:
         rgb[mask_outline(resize_mask(region, height, width), thickness=1)] = OUTLINE_RGB
     return png_data_uri(rgb)
 

@@ -114,7 +114,7 @@ def cluster_summary(cluster: ClusterResult) -> dict[str, Any]:
         "members": [str(member) for member in cluster.members],
         "score": to_jsonable(cluster.score),
         "flagged": bool(cluster.flagged),
-        "evidence": to_jsonable(cluster.evidence),
+        "evidence": to_jsonable(cluster.evidence.to_dict()),
         "prototypes": [str(sample) for sample in cluster.prototypes],
     }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spray.flag.evidence import Evidence, Line, weakest_evidence
 from spray.results import ClassResult, ClusterResult, RunInfo, SkippedClass
 
 _PREPROCESSED = 32  # side of the preprocessed maps, as spray's default downsizing
@@ -70,71 +71,21 @@ def synthetic_class(
     rng = np.random.default_rng(seed)
     side = image_size
     mark = (slice(side - side // 5, side - 1), slice(side - side // 5, side - 1))
-    small = _PREPROCESSED
-    ids, labels, cluster_labels, maps = [], [], [], []
+    ids: list[str] = []
+    maps: list[np.ndarray] = []
     clusters: list[ClusterResult] = []
     for cluster_id in range(n_clusters):
         watermark = mark if cluster_id == flagged_cluster else None
-        members, member_maps, images, heatmaps = [], [], [], []
-        for member in range(per_cluster):
-            sample_id = f"{class_name}/{cluster_id:02d}_{member:03d}.png"
-            image = _blob_image(rng, side, colour)
-            if watermark is not None:
-                image[watermark] = 255
-            heatmap = _heatmap(image, rng, watermark)
-            members.append(sample_id)
-            images.append(image)
-            heatmaps.append(heatmap)
-            member_maps.append(_downsize(heatmap, small) / max(np.abs(heatmap).sum(), 1e-12))
-        ids += members
-        cluster_labels += [cluster_id] * per_cluster
+        cluster, member_maps = _synthetic_cluster(rng, class_name, cluster_id, per_cluster, n_prototypes, side,
+                                                  colour, watermark, last=cluster_id == n_clusters - 1)
+        clusters.append(cluster)
+        ids += cluster.members
         maps += member_maps
-        mean_map = np.mean(member_maps, axis=0)
-        flagged = watermark is not None
-        region = None if cluster_id == n_clusters - 1 and not flagged else mean_map > 0.5 * mean_map.max()
-        # Shaped like spray.flag's evidence: three measurements, each with a threshold; the score is the
-        # weakest ratio measured / threshold, so a cluster is flagged exactly when the score reaches 1.
-        thresholds = {"consistency": 0.85, "necessity": 0.2, "sufficiency": 0.2}
-        measured = {
-            "consistency": rng.uniform(0.9, 0.98) if flagged else rng.uniform(0.2, 0.7),
-            "necessity": rng.uniform(0.4, 0.8) if flagged else rng.uniform(-0.05, 0.15),
-            "sufficiency": rng.uniform(0.4, 0.9) if flagged else rng.uniform(-0.05, 0.1),
-        }
-        ratios = {key: measured[key] / thresholds[key] for key in thresholds}
-        weakest = min(ratios, key=ratios.get)
-        score = float(ratios[weakest])
-        masking_rest = float(rng.uniform(0.0, 0.1))
-        evidence = {
-            "region_area": float(region.mean()) if region is not None else None,
-            "relevance_in_region": float(rng.uniform(0.55, 0.8) if flagged else rng.uniform(0.1, 0.3)),
-            "consistency": float(measured["consistency"]),
-            "masking_drop": float(measured["necessity"] + masking_rest),
-            "masking_drop_rest": masking_rest,
-            "necessity": float(measured["necessity"]),
-            "transplant_flip_rate": float(rng.uniform(0.6, 0.9) if flagged else rng.uniform(0.0, 0.05)),
-            "sufficiency": float(measured["sufficiency"]),
-            "weakest_evidence": weakest,
-            "thresholds": thresholds,
-        }
-        clusters.append(
-            ClusterResult(
-                id=cluster_id,
-                members=members,
-                score=score,
-                flagged=flagged,
-                evidence=evidence,
-                mean_map=mean_map.astype(np.float32),
-                region=region,
-                prototypes=members[:n_prototypes],
-                prototype_images=images[:n_prototypes],
-                prototype_heatmaps=heatmaps[:n_prototypes],
-            )
-        )
     n = len(ids)
     labels = np.full(n, class_index)
     predictions = labels.copy()
     predictions[rng.random(n) < 0.04] = (class_index + 1) % 10
-    cluster_array = np.asarray(cluster_labels)
+    cluster_array = np.repeat(np.arange(n_clusters), per_cluster)
     centres = rng.normal(0, 6, size=(n_clusters, 2))
     emb = {
         name: (centres[cluster_array] + rng.normal(0, 1.2, size=(n, 2))) * (1 + k)
@@ -144,20 +95,55 @@ def synthetic_class(
     eigenvalues = np.concatenate([[0.0], gaps[1:], 0.35 + np.cumsum(rng.uniform(0.01, 0.05, 16 - n_clusters))])
     clusters.sort(key=lambda c: (not c.flagged, -c.score))
     return ClassResult(
-        class_index=class_index,
-        class_name=class_name,
-        ids=ids,
-        labels=labels,
-        predictions=predictions,
-        logits=rng.normal(8, 2, n),
-        conservation=rng.normal(0.995, 0.01, n),
-        eigenvalues=np.sort(eigenvalues),
-        n_clusters=n_clusters,
-        cluster_labels=cluster_array,
-        embeddings=emb,
-        clusters=clusters,
-        class_mean_map=np.mean(maps, axis=0).astype(np.float32),
-        notes=[],
+        class_index=class_index, class_name=class_name, ids=ids, labels=labels, predictions=predictions,
+        logits=rng.normal(8, 2, n), conservation=rng.normal(0.995, 0.01, n), eigenvalues=np.sort(eigenvalues),
+        n_clusters=n_clusters, cluster_labels=cluster_array, embeddings=emb, clusters=clusters,
+        class_mean_map=np.mean(maps, axis=0).astype(np.float32), notes=[],
+    )
+
+
+def _synthetic_cluster(rng: np.random.Generator, class_name: str, cluster_id: int, per_cluster: int,
+                       n_prototypes: int, side: int, colour: bool, watermark: tuple[slice, slice] | None,
+                       last: bool) -> tuple[ClusterResult, list[np.ndarray]]:
+    """One made-up cluster and its members' preprocessed maps; a watermarked one is flagged, the last clean
+    one has no region (as if it had not been scored)."""
+    members, member_maps, images, heatmaps = [], [], [], []
+    for member in range(per_cluster):
+        image = _blob_image(rng, side, colour)
+        if watermark is not None:
+            image[watermark] = 255
+        heatmap = _heatmap(image, rng, watermark)
+        members.append(f"{class_name}/{cluster_id:02d}_{member:03d}.png")
+        images.append(image)
+        heatmaps.append(heatmap)
+        member_maps.append(_downsize(heatmap, _PREPROCESSED) / max(np.abs(heatmap).sum(), 1e-12))
+    mean_map = np.mean(member_maps, axis=0)
+    flagged = watermark is not None
+    region = None if last and not flagged else mean_map > 0.5 * mean_map.max()
+    cluster = ClusterResult(
+        id=cluster_id, members=members, evidence=_synthetic_evidence(rng, flagged, region),
+        mean_map=mean_map.astype(np.float32), region=region, prototypes=members[:n_prototypes],
+        prototype_images=images[:n_prototypes], prototype_heatmaps=heatmaps[:n_prototypes],
+    )
+    return cluster, member_maps
+
+
+def _synthetic_evidence(rng: np.random.Generator, flagged: bool, region: np.ndarray | None) -> Evidence:
+    """Evidence shaped like spray.flag's: three lines, each with a threshold; the score is the weakest ratio
+    measured / threshold, so a cluster is flagged exactly when the score reaches 1."""
+    lines = (
+        Line("consistency", float(rng.uniform(0.9, 0.98) if flagged else rng.uniform(0.2, 0.7)), 0.85),
+        Line("necessity", float(rng.uniform(0.4, 0.8) if flagged else rng.uniform(-0.05, 0.15)), 0.2),
+        Line("sufficiency", float(rng.uniform(0.4, 0.9) if flagged else rng.uniform(-0.05, 0.1)), 0.2),
+    )
+    weakest, score = weakest_evidence({line.name: line.ratio for line in lines})
+    masking_rest = float(rng.uniform(0.0, 0.1))
+    return Evidence(
+        score=score, flagged=flagged, consistency=lines[0], necessity=lines[1], sufficiency=lines[2],
+        weakest=weakest, region_area=float(region.mean()) if region is not None else None,
+        relevance_in_region=float(rng.uniform(0.55, 0.8) if flagged else rng.uniform(0.1, 0.3)),
+        masking_drop=lines[1].value + masking_rest, masking_drop_rest=masking_rest,
+        transplant_flip_rate=float(rng.uniform(0.6, 0.9) if flagged else rng.uniform(0.0, 0.05)),
     )
 
 

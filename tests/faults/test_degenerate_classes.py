@@ -107,5 +107,5 @@ def test_a_cluster_of_copies_of_a_few_images_is_not_scored():
     image = ImageConfig(mode="L", size=(16, 16), mean=[0.0], std=[1.0])
     scored = {s.id: s for s in score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients,
                                               image, FlaggingConfig(min_cluster_size=5))}
-    assert not scored[0].flagged and "2 distinct heatmaps among its 30 members" in scored[0].evidence["not_scored"]
-    assert "not_scored" not in scored[1].evidence
+    assert not scored[0].flagged and "2 distinct heatmaps among its 30 members" in scored[0].evidence.not_scored
+    assert scored[1].evidence.not_scored is None

@@ -1,0 +1,107 @@
+"""Cached entries of one class -> the ``spray.results`` dataclasses the report is drawn from: prototypes,
+the members' gallery of flagged clusters, and every cluster's typed evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from spray.cache import Entry
+from spray.config import ImageConfig, SprayConfig
+from spray.data import Dataset, Sample, read_pixels
+from spray.flag import ClusterEvidence, read_flagged
+from spray.results import ClassResult, ClusterResult, Thumbnail
+
+# Members of a flagged cluster shown in the report's gallery, and their side in pixels: a reviewer checks
+# that every member carries the pattern; the ids of all members are in summary.json and samples.csv.
+MAX_MEMBERS_SHOWN = 2000
+MEMBER_SIDE = 48
+
+RelevanceLookup = Callable[[str], np.ndarray]
+"""sample id -> (H, W) channel-summed full-resolution input relevance."""
+
+
+def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: list[Sample],
+                   tasks: dict[str, Any]) -> ClassResult:
+    """Read one class's entries back (``samples``: the class's samples, in shard order; ``tasks``: its
+    entries by stage, the attribution shards under "shards") and build the ClassResult of the report."""
+    pre_arrays, pre_meta = tasks["preprocess"].read()
+    analysis_arrays, analysis_meta = tasks["analyse"].read()
+    embeddings, _ = tasks["embed"].read()
+    flagged = read_flagged(tasks["flag"])
+    ids, maps, logits = pre_meta["ids"], pre_arrays["maps"], pre_arrays["logits"]
+    samples_by_id = {s.id: s for s in samples}
+    relevance_by_id = relevance_lookup(tasks["shards"], samples, config.attribution.shard_size)
+    clusters = []
+    for cluster in flagged.clusters:
+        # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
+        member_index = np.flatnonzero(flagged.labels == cluster.id)
+        clusters.append(_cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
+                                        config.data.image, config.flagging.prototypes))
+    clusters.sort(key=lambda c: (not c.flagged, -c.score))
+    return ClassResult(
+        class_index=index, class_name=dataset.class_names[index], ids=ids,
+        labels=np.full(len(ids), index), predictions=logits.argmax(1) if len(logits) else np.zeros(0, int),
+        logits=logits[:, index] if len(logits) else np.zeros(0), conservation=pre_arrays["conservation"],
+        eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
+        cluster_labels=flagged.labels, embeddings=dict(embeddings), clusters=clusters,
+        class_mean_map=maps.mean(0), notes=list(analysis_meta.get("notes", [])),
+        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
+
+
+def _cluster_result(cluster: ClusterEvidence, member_index: np.ndarray, ids: list[str], maps: np.ndarray,
+                    samples_by_id: dict[str, Sample], relevance_by_id: RelevanceLookup, image: ImageConfig,
+                    prototypes: int) -> ClusterResult:
+    """One cluster for the report: its ``prototypes`` most typical members (closest to the members' mean
+    map), and for a flagged cluster the gallery of its members."""
+    mean_map = maps[member_index].mean(0)
+    distance = ((maps[member_index] - mean_map) ** 2).reshape(len(member_index), -1).sum(1)
+    typical = [ids[i] for i in member_index[np.argsort(distance)][:prototypes]]
+    members = [ids[i] for i in member_index]
+    shown = (member_thumbnails(members[:MAX_MEMBERS_SHOWN], samples_by_id, relevance_by_id, image)
+             if cluster.flagged else [])
+    return ClusterResult(
+        id=cluster.id, members=members, evidence=cluster.evidence, mean_map=mean_map, region=cluster.region,
+        prototypes=typical, prototype_images=[display(read_pixels(samples_by_id[i].path, image)) for i in typical],
+        prototype_heatmaps=[relevance_by_id(i) for i in typical], members_shown=shown)
+
+
+def member_thumbnails(ids: list[str], samples_by_id: dict[str, Sample], relevance_by_id: RelevanceLookup,
+                      image: ImageConfig) -> list[Thumbnail]:
+    """Small image + relevance of each sample id, for the gallery (at most MEMBER_SIDE pixels a side)."""
+    from spray.report.images import resize_float, shrink
+
+    thumbnails = []
+    for sample_id in ids:
+        pixels = shrink(display(read_pixels(samples_by_id[sample_id].path, image)), MEMBER_SIDE)
+        heatmap = resize_float(np.asarray(relevance_by_id(sample_id), dtype=np.float64), *pixels.shape[:2])
+        thumbnails.append(Thumbnail(sample_id, pixels, heatmap.astype(np.float32)))
+    return thumbnails
+
+
+def relevance_lookup(shards: list[Entry], samples: list[Sample], shard_size: int) -> RelevanceLookup:
+    """sample id -> (H, W) channel-summed full-resolution relevance, reading only that sample's chunk.
+
+    shards: the class's attribution entries, ``shard_size`` samples each, in the order of ``samples``."""
+    position_of = {s.id: i for i, s in enumerate(samples)}
+    opened: dict[int, tuple[dict[int, int], Any]] = {}
+
+    def lookup(sample_id: str) -> np.ndarray:
+        number, offset = divmod(position_of[sample_id], shard_size)
+        if number not in opened:
+            arrays, _ = shards[number].read()
+            opened[number] = ({int(i): row for row, i in enumerate(arrays["index"])},
+                              shards[number].open_array("relevance"))
+        rows, relevance = opened[number]
+        row = rows[offset]
+        return np.asarray(relevance[row : row + 1])[0].sum(0)
+
+    return lookup
+
+
+def display(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) in [0, 1] -> (H, W, 3) uint8 for the report."""
+    rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)

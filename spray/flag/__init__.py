@@ -1,0 +1,84 @@
+"""Stage 4a: measure Clever Hans evidence for every cluster and flag the clusters that pass.
+
+The eigengap finds several clusters in every class, clean or not, so a cluster is flagged only on evidence
+that a reviewer can check in the report. For each cluster we locate its *distinctive region*: the smallest
+set of pixels that holds half of the positive difference between the cluster's mean relevance map and the
+rest of the class's (capped at ``flagging.region_fraction`` of the image). Three measurements on that region:
+
+consistency
+    Do the members show the *same pattern* there? ``1 - spread_members / spread_rest``, where a spread is the
+    mean squared distance of a group's region pixels to the members' mean region pattern. A watermark, tag or
+    frame is drawn the same way in every image (consistency near 1); the strokes of a handwriting style, or
+    any natural part of an object, vary from image to image (measured on clean digit models: at most 0.75).
+necessity
+    Does the model *need* it for the members? The region is filled with the dataset's mean image (or blurred),
+    and the drop of the audited logit, in units of the class's median logit, is averaged over the members
+    minus the same average over the rest of the class.
+sufficiency
+    Does it *carry* the class by itself? The members' region is pasted into images of other classes; the
+    mean rise of the audited logit (same units) minus the rise when the region is pasted from the rest of the
+    class instead (a control for "any piece of this class adds some evidence"). The share of images that
+    then turn into the audited class is reported next to it.
+
+A cluster is flagged when all three pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
+``SUFFICIENCY``). Its score is the weakest of the three ratios measured / threshold, so ``score >= 1``
+exactly when the cluster is flagged, and the report shows which line of evidence is the weakest. Samples of
+other clusters that carry a flagged cluster's pattern then join it (``join_pattern_carriers``).
+
+The thresholds were set from measurements on planted-artifact digit models (``benchmarks/planted_artifacts.py``:
+watermark, tag, stripe, frame; 15-35 % of one class; any corner; with and without BatchNorm): planted clusters
+measured consistency 0.96-0.99, while no clean cluster, of planted or of clean models, exceeded 0.81.
+Necessity and sufficiency separate less (clean clusters reach 0.75 and 0.5: the model needs its strokes,
+and pasting strokes adds some evidence), so they guard against a shared pattern the model does not use.
+
+The stage in modules: ``plan`` (regions, masks, donors), ``passes`` (the two passes over the class's
+images), ``evidence`` (the typed ``Evidence`` and ``weigh``, the pure function that gives the verdict),
+``score`` (``score_clusters``, ``join_pattern_carriers``) and ``task`` (the cached task and its entry).
+``evidence`` and ``plan`` import no torch; the names of the other modules load on first use, so that the
+report and ``spray.results`` read ``Evidence`` without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from spray.flag.evidence import (
+    CONSISTENCY,
+    NECESSITY,
+    SUFFICIENCY,
+    Evidence,
+    Line,
+    Measured,
+    Transplant,
+    weakest_evidence,
+    weigh,
+)
+from spray.flag.plan import REGION_MASS, ClusterPlan, distinctive_region, plan_clusters, to_image_mask
+
+if TYPE_CHECKING:
+    from spray.flag.passes import LogitScorer, PixelBatches, array_batches
+    from spray.flag.score import ClusterEvidence, join_pattern_carriers, measure, score_clusters
+    from spray.flag.task import STORE_VERSION, Flagged, FlagTask, flag_task, read_flagged, store_key
+
+_LAZY = {
+    "LogitScorer": "passes", "PixelBatches": "passes", "array_batches": "passes",
+    "ClusterEvidence": "score", "join_pattern_carriers": "score", "measure": "score", "score_clusters": "score",
+    "STORE_VERSION": "task", "FlagTask": "task", "Flagged": "task", "flag_task": "task", "read_flagged": "task",
+    "store_key": "task",
+}
+
+__all__ = [
+    "CONSISTENCY", "NECESSITY", "REGION_MASS", "STORE_VERSION", "SUFFICIENCY", "ClusterEvidence", "ClusterPlan",
+    "Evidence", "FlagTask", "Flagged", "Line", "LogitScorer", "Measured", "PixelBatches", "Transplant",
+    "array_batches", "distinctive_region", "flag_task", "join_pattern_carriers", "measure", "plan_clusters",
+    "read_flagged", "score_clusters", "store_key", "to_image_mask", "weakest_evidence", "weigh",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'spray.flag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"spray.flag.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

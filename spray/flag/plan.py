@@ -1,0 +1,103 @@
+"""What the passes over a class will measure: per scorable cluster its distinctive region (at preprocessing
+and at image resolution) and the donors whose region is pasted into images of other classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from spray.config import FlaggingConfig
+
+REGION_MASS = 0.5  # share of the positive mean-map difference the region must hold
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """One scorable cluster: who its members are, where its region is, whose region is transplanted."""
+
+    cluster: int
+    members: np.ndarray  # (N,) bool
+    region: np.ndarray  # (h, w) bool, preprocessing resolution
+    mask: np.ndarray  # (H, W) bool, image resolution
+    # (M,) sample positions, one per recipient: the members' donors, and the rest of the class's (the control)
+    donors: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """A cluster that is not scored, and why."""
+
+    cluster: int
+    size: int
+    reason: str
+
+
+def distinctive_region(maps: np.ndarray, members: np.ndarray, max_fraction: float) -> np.ndarray:
+    """Pixels where the members' mean map exceeds the rest's most: (h, w) bool.
+
+    maps: (N, h, w) preprocessed relevance; members: (N,) bool. The region is the smallest set holding
+    ``REGION_MASS`` of the positive difference, at most ``max_fraction`` of the pixels and at least one.
+    """
+    rest = ~members
+    difference = maps[members].mean(0) - (maps[rest].mean(0) if rest.any() else 0.0)
+    positive = np.clip(difference, 0, None).ravel()
+    order = np.argsort(-positive, kind="stable")
+    total = positive.sum()
+    if total <= 0:
+        count = 1
+    else:
+        count = int(np.searchsorted(np.cumsum(positive[order]) / total, REGION_MASS)) + 1
+    count = max(1, min(count, int(max_fraction * positive.size)))
+    region = np.zeros(positive.size, dtype=bool)
+    region[order[:count]] = True
+    return region.reshape(difference.shape)
+
+
+def to_image_mask(region: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of an (h, w) region to the image's (H, W)."""
+    if region.shape == tuple(size):
+        return region
+    image = Image.fromarray(region.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)) > 127
+
+
+def plan_clusters(maps: np.ndarray, cluster_labels: np.ndarray, n_recipients: int, size: tuple[int, int],
+                  config: FlaggingConfig) -> tuple[list[ClusterPlan], list[Unscored]]:
+    """Plans of the scorable clusters and the unscored ones with their reasons, both by cluster id.
+
+    maps: (N, h, w) preprocessed relevance; cluster_labels: (N,) int; size: the images' (H, W). Donors are
+    drawn with ``config.seed``, cluster by cluster, so the same inputs give the same transplants.
+    """
+    rng = np.random.default_rng(config.seed)
+    plans, unscored = [], []
+    for cluster in np.unique(cluster_labels):
+        members = cluster_labels == cluster
+        reason = _not_scored_reason(maps[members], len(maps), config.min_cluster_size)
+        if reason is not None:
+            unscored.append(Unscored(int(cluster), int(members.sum()), reason))
+            continue
+        region = distinctive_region(maps, members, config.region_fraction)
+        donors = (
+            rng.choice(np.flatnonzero(members), size=n_recipients),
+            rng.choice(np.flatnonzero(~members), size=n_recipients),
+        ) if n_recipients else (np.zeros(0, int), np.zeros(0, int))
+        plans.append(ClusterPlan(int(cluster), members, region, to_image_mask(region, size), donors))
+    return plans, unscored
+
+
+def _not_scored_reason(member_maps: np.ndarray, n_class: int, min_cluster_size: int) -> str | None:
+    """Why a cluster with maps ``member_maps`` (k, h, w) is not scored, or None. Copies of one image (identical
+    heatmaps) are one sample of evidence: a cluster of repeated images would otherwise show a perfectly
+    consistent "pattern" that is only the image itself."""
+    n_members = len(member_maps)
+    if n_members == n_class:
+        return "the whole class: nothing to compare with"
+    if n_members < min_cluster_size:
+        return "smaller than flagging.min_cluster_size"
+    n_distinct = len(np.unique(member_maps.reshape(n_members, -1), axis=0))
+    if n_distinct < min_cluster_size:
+        return (f"only {n_distinct} distinct heatmaps among its {n_members} members (repeated images): fewer "
+                "than flagging.min_cluster_size")
+    return None
