@@ -35,9 +35,13 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
     samples_by_id = {s.id: s for s in samples}
     relevance_by_id = relevance_lookup(tasks["shards"], samples, config.attribution.shard_size)
     clusters = []
+    notes = list(analysis_meta.get("notes", []))
     for cluster in flagged.clusters:
         # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
         member_index = np.flatnonzero(flagged.labels == cluster.id)
+        if not len(member_index):
+            notes.append(_absorbed_note(cluster.id, analysis_arrays["labels"], flagged.labels))
+            continue
         clusters.append(_cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
                                         config.data.image, config.flagging.prototypes))
     clusters.sort(key=lambda c: (not c.flagged, -c.score))
@@ -47,8 +51,16 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         logits=logits[:, index] if len(logits) else np.zeros(0), conservation=pre_arrays["conservation"],
         eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
         cluster_labels=flagged.labels, embeddings=dict(embeddings), clusters=clusters,
-        class_mean_map=maps.mean(0), notes=list(analysis_meta.get("notes", [])),
+        class_mean_map=maps.mean(0), notes=notes,
         skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
+
+
+def _absorbed_note(cluster: int, spectral: np.ndarray, labels: np.ndarray) -> str:
+    """Why a spectral cluster is missing from the report: every member carried a flagged cluster's pattern."""
+    former = spectral == cluster
+    into = ", ".join(str(c) for c in np.unique(labels[former]))
+    return (f"spectral cluster {cluster} ({int(former.sum())} samples) is not listed: every member carries the "
+            f"pattern of flagged cluster {into} and was joined to it")
 
 
 def _cluster_result(cluster: ClusterEvidence, member_index: np.ndarray, ids: list[str], maps: np.ndarray,

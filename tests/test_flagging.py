@@ -161,3 +161,33 @@ def test_flags_match_the_planted_samples(tmp_path, demo):
 def test_a_model_trained_without_an_artifact_gets_no_flag(tmp_path):
     planted, flagged, elsewhere = audit(tmp_path, None, artifact="none", fraction=0.0, batchnorm=True, seed=21)
     assert planted == set() and flagged == set() and elsewhere == []
+
+
+def test_a_cluster_whose_every_member_carries_a_flagged_pattern_is_joined_and_named(tiny_audit, monkeypatch):
+    """Pattern carriers may empty a whole spectral cluster: the report lists the flagged cluster with them and
+    says where the emptied cluster went, instead of failing on a cluster without members."""
+    import dataclasses
+    import json
+
+    import spray.flag
+    from spray.cli import EXIT_OK, main
+
+    measured = spray.flag.score_clusters
+
+    def everyone_carries_the_first_pattern(*args, **kwargs):
+        scored = measured(*args, **kwargs)
+        n = len(scored[0].distance_to_members) if scored[0].distance_to_members is not None else sum(
+            s.size for s in scored)
+        first = dataclasses.replace(
+            scored[0], evidence=dataclasses.replace(scored[0].evidence, flagged=True),
+            region=np.ones(args[3].shape[1:], bool), distance_to_members=np.zeros(n), distance_to_rest=np.ones(n))
+        return [first] + [dataclasses.replace(s, evidence=dataclasses.replace(s.evidence, flagged=False))
+                          for s in scored[1:]]
+
+    monkeypatch.setattr(spray.flag, "score_clusters", everyone_carries_the_first_pattern)
+    path = tiny_audit()
+    assert main(["run", str(path), "--quiet", "--no-cache", "--classes", "1"]) == EXIT_OK
+    summary = json.loads((path.parent / "report" / "summary.json").read_text())
+    (result,) = summary["classes"]
+    assert len(result["clusters"]) == 1 and result["clusters"][0]["size"] == result["n_samples"]
+    assert any("was joined to it" in note for note in result["notes"])
