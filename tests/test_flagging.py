@@ -171,6 +171,7 @@ def test_a_cluster_whose_every_member_carries_a_flagged_pattern_is_joined_and_na
 
     import spray.flag
     from spray.cli import EXIT_OK, main
+    from spray.report.schema import validate_summary
 
     measured = spray.flag.score_clusters
 
@@ -188,6 +189,7 @@ def test_a_cluster_whose_every_member_carries_a_flagged_pattern_is_joined_and_na
     path = tiny_audit()
     assert main(["run", str(path), "--quiet", "--no-cache", "--classes", "1"]) == EXIT_OK
     summary = json.loads((path.parent / "report" / "summary.json").read_text())
+    validate_summary(summary)  # a real run's output against the published schema
     (result,) = summary["classes"]
     assert len(result["clusters"]) == 1 and result["clusters"][0]["size"] == result["n_samples"]
     assert any("was joined to it" in note for note in result["notes"])

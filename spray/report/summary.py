@@ -1,8 +1,9 @@
 """``summary.json``: the machine-readable outcome of an audit (a public contract).
 
-Shape (extra keys may be added, none of these may change)::
+Shape (extra keys may be added, none of these may change; the JSON Schema: ``docs/summary.schema.json``,
+from ``spray.report.schema``)::
 
-    {"classes": [{"class": <index>, "name": ..., "n_samples": ..., "eigenvalues": [...], "n_clusters": k,
+    {"schema_version": 1, "classes": [{"class": <index>, "name": ..., "n_samples": ..., "eigenvalues": [...], "n_clusters": k,
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
                                 "flagged": true|false, "evidence": {...}}]}],
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.report.schema import SCHEMA_VERSION
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 
 
@@ -156,6 +158,7 @@ def build_summary(classes: list[ClassResult], run: RunInfo) -> dict[str, Any]:
     """The whole summary.json document, JSON-safe (``json.dumps(..., allow_nan=False)`` succeeds)."""
     flagged_clusters = sum(cluster.flagged for result in classes for cluster in result.clusters)
     return {
+        "schema_version": SCHEMA_VERSION,
         "classes": [class_summary(result) for result in classes],
         "skipped_classes": [
             {"class": int(skipped.class_index), "name": str(skipped.class_name), "reason": str(skipped.reason)}

@@ -1,0 +1,117 @@
+"""The schema of ``summary.json``, the public contract scheduled audits read.
+
+The models below describe the document ``spray.report.summary.build_summary`` writes; their JSON Schema is
+published as ``docs/summary.schema.json`` (``python -m spray.report.schema`` prints it; a test keeps the two
+equal) and every summary the tests produce is validated against them. ``SCHEMA_VERSION`` changes when a key
+is renamed or removed or its meaning changes; new keys may be added within a version, so every object also
+accepts keys it does not list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Cluster(_Open):
+    id: int = Field(description="the cluster's label within its class")
+    size: int = Field(description="number of members")
+    members: list[str] = Field(description="sample ids of every member")
+    score: float | None = Field(description="Clever Hans score: the weakest line of evidence over its "
+                                            "threshold (>= 1 passes every line); null when not scored")
+    flagged: bool
+    evidence: dict[str, Any] = Field(description="the measurements behind the score (docs/method.md)")
+    prototypes: list[str] = Field(description="sample ids of the most typical members")
+
+
+class Conservation(_Open):
+    median: float | None
+    min: float | None
+    max: float | None
+    n: int
+    n_missing: int
+
+
+class AuditedClass(_Open):
+    class_index: int = Field(alias="class", description="the model output audited")
+    name: str
+    n_samples: int
+    eigenvalues: list[float | None]
+    n_clusters: int = Field(description="clusters the eigengap chose")
+    flagged: bool
+    max_score: float | None
+    conservation: Conservation = Field(description="sum of input relevance over the logit, per sample")
+    embeddings: list[str]
+    notes: list[str]
+    clusters: list[Cluster]
+
+
+class SkippedClass(_Open):
+    class_index: int = Field(alias="class")
+    name: str
+    reason: str
+
+
+class SkippedSample(_Open):
+    id: str
+    reason: str
+
+
+class Output(_Open):
+    output: int
+    name: str
+
+
+class LabelMapping(_Open):
+    source: str = Field(description="how dataset labels were mapped onto model outputs")
+    outputs: list[Output]
+
+
+class Run(_Open):
+    config_path: str
+    config: dict[str, Any]
+    model: str
+    data: str
+    versions: dict[str, str]
+    started: str
+    duration_s: float | None
+    device: str
+    stages: dict[str, dict[str, int]] = Field(description="per stage, tasks computed and found cached")
+
+
+class Summary(_Open):
+    """The whole summary.json."""
+
+    schema_version: int = Field(description=f"{SCHEMA_VERSION} for this release's layout")
+    classes: list[AuditedClass]
+    skipped_classes: list[SkippedClass]
+    skipped_samples: list[SkippedSample]
+    flagged: bool = Field(description="whether any cluster of any class is flagged")
+    n_flagged_clusters: int
+    label_mapping: LabelMapping
+    run: Run
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of summary.json."""
+    schema = Summary.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "spray summary.json"
+    return schema
+
+
+def validate_summary(document: dict[str, Any]) -> Summary:
+    """Check a parsed summary.json against the schema; raises pydantic's ValidationError naming the key."""
+    return Summary.model_validate(document)
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2))
