@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from dask.base import tokenize
 
+from spray import __version__
 from spray.errors import RunError
 
 if TYPE_CHECKING:
@@ -204,6 +206,13 @@ def verify_entry(folder: Path) -> str | None:
         if problem:
             return problem
     return None
+
+
+def entry_key(stage: str, store_version: int, *parts: Any) -> str:
+    """The content key of a ``stage`` entry: spray's version (a new release may compute differently), the
+    stage's ``STORE_VERSION`` (what its entries hold), and ``parts``, everything that determines the entry
+    (config sections tokenize by their values: ``spray.config``)."""
+    return tokenize(stage, __version__, store_version, *parts)
 
 
 def cached(
