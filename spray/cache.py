@@ -310,7 +310,7 @@ def _publish(staging: Path, final: Path, stage: str, key: str, arrays: dict[str,
              meta: dict[str, Any]) -> Entry:
     """Write the small arrays, meta.json and checksums.json into ``staging`` and rename it to ``final``."""
     try:
-        np.savez(staging / "arrays.npz", **arrays)
+        np.savez(staging / "arrays.npz", allow_pickle=False, **arrays)
         (staging / "meta.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
         # checksums.json is written last: its presence is what marks an entry complete.
         _write_checksums(staging)

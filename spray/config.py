@@ -357,9 +357,12 @@ class AnalysisConfig(_Section):
         return self
 
 
+_EMBEDDINGS: tuple[Literal["tsne", "umap"], ...] = ("tsne", "umap")
+
+
 class EmbeddingConfig(_Section):
     methods: list[Literal["tsne", "umap"]] = Field(
-        default_factory=lambda: ["tsne", "umap"], description="2-D embeddings drawn in the report"
+        default_factory=lambda: list(_EMBEDDINGS), description="2-D embeddings drawn in the report"
     )
     perplexity: float = Field(default=30.0, gt=0, description="t-SNE perplexity (capped at (N - 1) / 3)")
     umap_neighbors: int = Field(default=15, ge=2, description="UMAP n_neighbors")

@@ -27,9 +27,10 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,8 +183,9 @@ def _map_labels(
     manifest: Path, entries: list[tuple[int, str, str]], class_names: list[str] | None
 ) -> tuple[list[int], list[str], str]:
     """Labels as model output indices, the class names by index, and how the labels were mapped."""
-    as_ints = [_parse_int(label) for _, _, label in entries]
-    if all(value is not None for value in as_ints):
+    parsed = [_parse_int(label) for _, _, label in entries]
+    as_ints = [value for value in parsed if value is not None]
+    if len(as_ints) == len(parsed):
         for (line, _, text), value in zip(entries, as_ints):
             if value < 0:
                 raise DataError(
@@ -195,7 +197,7 @@ def _map_labels(
                     f"manifest {manifest}, row {line}, column 'label': index {value} is beyond the "
                     f"{len(class_names)} data.class_names ({_listing(class_names)})"
                 )
-        indices = [int(value) for value in as_ints]  # type: ignore[arg-type]
+        indices = [int(value) for value in as_ints]
         names = list(class_names) if class_names is not None else [str(i) for i in range(max(indices) + 1)]
         return indices, names, "class_names" if class_names is not None else "index"
 
@@ -496,7 +498,7 @@ def iter_pixel_batches(
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spray-decode")
     try:
-        pending: deque = deque()
+        pending: deque[tuple[int, list[Future[Any]]]] = deque()
         for start in starts:
             # one task per image, so that one batch uses every thread
             pending.append((start, [pool.submit(_decode_one, samples[i], image)
@@ -517,7 +519,7 @@ def _decode_one(sample: Sample, image: ImageConfig) -> np.ndarray | str:
         return str(problem)
 
 
-def _collect(start: int, futures: list, samples: Sequence[Sample], image: ImageConfig) -> PixelBatch:
+def _collect(start: int, futures: list[Future[Any]], samples: Sequence[Sample], image: ImageConfig) -> PixelBatch:
     return _assemble(start, [future.result() for future in futures], samples, image)
 
 

@@ -167,8 +167,8 @@ def render_digits(
     for out, index in enumerate(source):
         glyph = Image.fromarray((digits[index] / 16.0 * 255).astype(np.uint8))
         side = int(rng.integers(14, 23))
-        glyph = glyph.resize((side, side), Image.BILINEAR).rotate(
-            float(rng.uniform(-20, 20)), resample=Image.BILINEAR, expand=False
+        glyph = glyph.resize((side, side), Image.Resampling.BILINEAR).rotate(
+            float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, expand=False
         )
         canvas = _background(rng)
         # The digit stays clear of the 6x6 corners where artifacts go, so an artifact is never hidden.
@@ -311,8 +311,9 @@ def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> d
     model = build_model(batchnorm=config.batchnorm)
     torch.manual_seed(config.seed)
     for module in model.modules():  # re-seed the initialisation independently of module order
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     losses = train(model, images[train_rows], labels[train_rows], config.epochs, config.seed)
 
     record = _measure(model, images, labels, train_rows, planted, mask, config, rng)

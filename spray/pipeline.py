@@ -551,7 +551,7 @@ class PathShower:
         if self._absolute:
             return dumped
         for keys in self._PATH_KEYS:
-            holder = dumped
+            holder: Any = dumped
             for key in keys[:-1]:
                 holder = holder.get(key) if isinstance(holder, dict) else None
             if isinstance(holder, dict) and holder.get(keys[-1]) is not None:

@@ -141,7 +141,7 @@ def test_the_names_the_schema_accepts_are_the_engines():
     from spray.lrp.rules import RULES
 
     assert names.COMPOSITE_NAMES == COMPOSITES
-    assert names.LAYER_KINDS == tuple(LAYER_TYPE_NAMES)
+    assert tuple(LAYER_TYPE_NAMES) == names.LAYER_KINDS
     assert names.METHODS == METHODS
     assert list(names.RULE_PARAMETERS) == list(RULES)
     for rule, parameters in names.RULE_PARAMETERS.items():
