@@ -113,14 +113,14 @@ def load_dataset(config: DataConfig) -> Dataset:
     return dataset
 
 
-def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
-    manifest = manifest.resolve()
+def _read_manifest_rows(manifest: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The manifest's header row (None when the file is empty) and its rows with their line numbers."""
     try:
         # utf-8-sig: spreadsheets often write a byte order mark, which would otherwise glue onto "path"
         with manifest.open("r", encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
-            rows = [(reader.line_num, row) for row in reader]
+            return header, [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise DataError(f"manifest not found: {manifest}") from None
     except IsADirectoryError:
@@ -132,21 +132,12 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
     except OSError as error:
         raise DataError(f"cannot read manifest {manifest}: {error.strerror}") from None
 
-    if header is None or not any(cell.strip() for cell in header):
-        raise DataError(f"manifest {manifest} is empty; expected a header row 'path,label' and one row per image")
-    columns = [cell.strip() for cell in header]
-    absent = [name for name in ("path", "label") if name not in columns]
-    if absent:
-        raise DataError(
-            f"manifest {manifest} has no {' or '.join(repr(name) for name in absent)} column; "
-            f"expected columns path,label, found: {', '.join(repr(c) for c in columns)}"
-        )
-    path_col, label_col = columns.index("path"), columns.index("label")
-    rows = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]  # blank lines are not rows
-    if not rows:
-        raise DataError(f"manifest {manifest} has a header but no rows; expected one row per image")
 
-    entries: list[tuple[int, str, str]] = []  # (line, path as written, label as written)
+def _manifest_entries(manifest: Path, rows: list[tuple[int, list[str]]], path_col: int,
+                      label_col: int) -> list[tuple[int, str, str]]:
+    """(line, path as written, label as written) of each row; DataError naming the row for an empty cell or
+    a path listed twice."""
+    entries: list[tuple[int, str, str]] = []
     seen: dict[str, int] = {}
     for line, row in rows:
         cells = [cell.strip() for cell in row]
@@ -164,7 +155,25 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
             )
         seen[path_cell] = line
         entries.append((line, path_cell, label_cell))
+    return entries
 
+
+def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
+    manifest = manifest.resolve()
+    header, rows = _read_manifest_rows(manifest)
+    if header is None or not any(cell.strip() for cell in header):
+        raise DataError(f"manifest {manifest} is empty; expected a header row 'path,label' and one row per image")
+    columns = [cell.strip() for cell in header]
+    absent = [name for name in ("path", "label") if name not in columns]
+    if absent:
+        raise DataError(
+            f"manifest {manifest} has no {' or '.join(repr(name) for name in absent)} column; "
+            f"expected columns path,label, found: {', '.join(repr(c) for c in columns)}"
+        )
+    rows = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]  # blank lines are not rows
+    if not rows:
+        raise DataError(f"manifest {manifest} has a header but no rows; expected one row per image")
+    entries = _manifest_entries(manifest, rows, columns.index("path"), columns.index("label"))
     labels, names, label_source = _map_labels(manifest, entries, class_names)
     base = manifest.parent
     samples: list[Sample] = []

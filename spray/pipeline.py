@@ -1,10 +1,13 @@
 """The audit as a Dask graph: attribute -> preprocess -> analyse, embed -> flag, then the report.
 
-Every task is a cached computation (``spray.cache.cached``) whose key is the token of what determines it:
+Every task is a cached computation (``spray.cache.cached``) whose key (``spray.cache.entry_key``) is the
+token of spray's version, the stage's ``STORE_VERSION`` (what its entries hold) and what determines it; config
+sections tokenize by their values:
 
-- attribute (one task per shard of a class): the model token (factory source, kwargs, weight bytes), the
-  attribution section, the image section, the shard's (id, label, file digest) list;
-- preprocess: the preprocessing section and the shard keys;
+- attribute (one task per shard of a class, ``spray.attribute.attribute_task``): the model token (factory
+  source, kwargs, weight bytes), the attribution section, the image section, the shard's (id, label, file
+  digest) list;
+- preprocess (``spray.preprocess.preprocess_task``): the preprocessing section and the shard keys;
 - analyse / embed: their own section and the preprocess key;
 - flag: the flagging section, the analyse and preprocess keys, the model token and the digests of the
   transplant images;
