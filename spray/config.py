@@ -26,8 +26,6 @@ from pydantic import (
 from spray.errors import ConfigError
 from spray.names import COMPOSITE_NAMES, LAYER_KINDS, METHODS, REQUIRED_RULE_PARAMETERS, RULE_PARAMETERS
 
-__all__ = ["COMPOSITE_NAMES", "SprayConfig", "attribution_config", "config_from_dict", "load_config"]
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
