@@ -151,13 +151,13 @@ class CompositeRule(_Section):
     names: list[str] | None = Field(default=None, description="fnmatch patterns on qualified layer names")
     first: bool = Field(default=False, description="only for the first layers the input meets")
     rule: str = Field(description=f"one of {', '.join(RULE_PARAMETERS)}")
-    epsilon: float | None = Field(default=None, gt=0)
-    gamma: float | None = Field(default=None, ge=0)
-    alpha: float | None = Field(default=None, ge=1)
-    beta: float | None = Field(default=None, ge=0)
-    low: float | list[float] | None = None
-    high: float | list[float] | None = None
-    stabilizer: float | None = Field(default=None, gt=0)
+    epsilon: float | None = Field(default=None, ge=0, description="epsilon rule: stabiliser")
+    gamma: float | None = Field(default=None, ge=0, description="gamma rule: weight of positive contributions")
+    alpha: float | None = Field(default=None, ge=1, description="alpha_beta rule: weight of positive contributions")
+    beta: float | None = Field(default=None, ge=0, description="alpha_beta rule: weight of negative contributions")
+    low: float | list[float] | None = Field(default=None, description="zbox rule: lowest input value (per channel)")
+    high: float | list[float] | None = Field(default=None, description="zbox rule: highest input value (per channel)")
+    stabilizer: float | None = Field(default=None, ge=0, description="denominator guard of the other rules")
 
     @field_validator("layers", "names", mode="before")
     @classmethod
