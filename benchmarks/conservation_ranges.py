@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spray.config import DataConfig, DemoConfig, ImageConfig
+from spray.config import DataConfig, ImageConfig
 from spray.data import Sample, load_dataset, load_pixels, to_model_input
-from spray.demo import build_case, build_model
+from spray.demo import DemoConfig, build_case, build_model
 from spray.lrp import conservation
 from spray.lrp.composites import COMPOSITES
 from spray.lrp.methods import attributor

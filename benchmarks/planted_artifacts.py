@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spray.config import config_from_dict
+from spray.demo import load_demo, prepare_demo
 from spray.pipeline import run_audit
 
 ARTIFACTS = ("watermark", "tag", "stripe", "frame")
@@ -41,7 +41,9 @@ def audit_case(folder: Path, demo: dict, classes: list[int] | None) -> dict:
         "output": str(folder / "report"),
     }
     started = time.perf_counter()
-    outcome = run_audit(config_from_dict(raw, base_dir=folder), progress=False)
+    demo_config, config = load_demo(raw, base_dir=folder)
+    prepare_demo(demo_config)  # the case is built before the audit, as `python -m spray run` does
+    outcome = run_audit(config, progress=False)
     manifest = pd.read_csv(folder / "case" / "images" / "manifest.csv")
     planted = set(manifest.loc[manifest.artifact == 1, "path"])
     flagged_target, flagged_other = set(), []

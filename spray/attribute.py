@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,16 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
-from spray.cache import create_stored_array
-from spray.config import AttributionConfig, ImageConfig, ModelConfig
+from spray.cache import Entry, VerifiedArray, cached_stream, create_stored_array, entry_key
+from spray.config import AttributionConfig, ImageConfig, LrpAttribution, ModelConfig
 from spray.data import Sample, iter_pixel_batches, to_model_input
+from spray.errors import ConfigError
 from spray.lrp import conservation
 from spray.lrp.methods import attributor_from_config
 from spray.model import load_model
+
+# What an attribute entry holds: 2 = relevance in a chunked zarr array beside the npz. Part of every key.
+STORE_VERSION = 2
 
 _prepared: dict[str, Any] = {}  # per process: the prepared engine of the last models seen, by content key
 _prepared_lock = threading.Lock()
@@ -49,10 +54,11 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def z_box_bounds(image: ImageConfig, attribution: AttributionConfig) -> tuple[list[float], list[float]]:
-    """z^B bounds per channel: the normalised images of pixel values 0 and 1, unless configured."""
+    """z^B bounds per channel: the normalised images of pixel values 0 and 1, unless configured (LRP)."""
     mean, std = image.per_channel("mean"), image.per_channel("std")
-    low = attribution.low or [(0.0 - m) / s for m, s in zip(mean, std)]
-    high = attribution.high or [(1.0 - m) / s for m, s in zip(mean, std)]
+    lrp = attribution if isinstance(attribution, LrpAttribution) else None
+    low = (lrp.low if lrp else None) or [(0.0 - m) / s for m, s in zip(mean, std)]
+    high = (lrp.high if lrp else None) or [(1.0 - m) / s for m, s in zip(mean, std)]
     return low, high
 
 
@@ -76,7 +82,10 @@ def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig
     key = tokenize(token, attribution_settings(attribution), low, high)
     with _prepared_lock:
         if key not in _prepared:
-            engine = attributor_from_config(load_model(model_config), attribution, low=low, high=high)
+            try:
+                engine = attributor_from_config(load_model(model_config), attribution, low=low, high=high)
+            except ValueError as error:  # a rule entry naming a torch.nn class that torch does not have
+                raise ConfigError(f"attribution.rules: {error}") from None
             if len(_prepared) >= 2:
                 _prepared.pop(next(iter(_prepared)))
             _prepared[key] = engine
@@ -152,3 +161,52 @@ def attribute_shard(
         {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name,
          "method": attribution.method},
     )
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One attribution task: the shard's samples of class ``class_index``, explained with the model
+    (``model_token``: its content) and stored under ``key`` in the cache folder ``directory``."""
+
+    directory: str
+    key: str
+    samples: list[Sample]
+    class_index: int
+    model: ModelConfig
+    model_token: str
+    attribution: AttributionConfig
+    image: ImageConfig
+
+
+def shard_key(model_token: str, class_index: int, attribution: AttributionConfig, image: ImageConfig,
+              samples_token: str) -> str:
+    """The cache key of a shard: what determines its heatmaps (not batch size, device, loader threads)."""
+    return entry_key("attribute", STORE_VERSION, model_token, class_index, attribution_settings(attribution),
+                     image, samples_token)
+
+
+def attribute_task(task: ShardTask) -> Entry:
+    """The shard's cache entry, computed (``attribute_shard``) unless stored; a Dask task body."""
+    return cached_stream(task.directory, "attribute", task.key, attribute_shard, task.samples, task.class_index,
+                         task.model, task.model_token, task.attribution, task.image)
+
+
+@dataclass(frozen=True)
+class StoredShard:
+    """An attribute entry read back: ``index`` (n,) positions in the shard's samples that were explained,
+    in the order of the rows of ``relevance`` (n, C, H, W) float32 read chunk by chunk; ``logits`` (n, K);
+    ``conservation`` (n,); ``skipped`` [(sample id, reason)]."""
+
+    index: np.ndarray
+    logits: np.ndarray
+    conservation: np.ndarray
+    skipped: list[tuple[str, str]]
+    relevance: VerifiedArray
+
+    @classmethod
+    def read(cls, entry: Entry) -> StoredShard:
+        arrays, meta = entry.read()
+        skipped = [(str(i), str(r)) for i, r in meta["skipped"]]
+        # a shard whose every image was skipped stores arrays without their columns
+        logits = arrays["logits"] if len(arrays["index"]) else np.zeros((0, 0), np.float32)
+        return cls(arrays["index"], logits, arrays["conservation"], skipped, entry.open_array("relevance"))

@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from dask.base import tokenize
 
+from spray import __version__
 from spray.errors import RunError
 
 if TYPE_CHECKING:
@@ -206,6 +208,13 @@ def verify_entry(folder: Path) -> str | None:
     return None
 
 
+def entry_key(stage: str, store_version: int, *parts: Any) -> str:
+    """The content key of a ``stage`` entry: spray's version (a new release may compute differently), the
+    stage's ``STORE_VERSION`` (what its entries hold), and ``parts``, everything that determines the entry
+    (config sections tokenize by their values: ``spray.config``)."""
+    return tokenize(stage, __version__, store_version, *parts)
+
+
 def cached(
     directory: str,
     stage: str,
@@ -301,7 +310,7 @@ def _publish(staging: Path, final: Path, stage: str, key: str, arrays: dict[str,
              meta: dict[str, Any]) -> Entry:
     """Write the small arrays, meta.json and checksums.json into ``staging`` and rename it to ``final``."""
     try:
-        np.savez(staging / "arrays.npz", **arrays)
+        np.savez(staging / "arrays.npz", allow_pickle=False, **arrays)
         (staging / "meta.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
         # checksums.json is written last: its presence is what marks an entry complete.
         _write_checksums(staging)

@@ -101,9 +101,11 @@ def first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
 def check_input_channels(model: nn.Module, image: ImageConfig) -> None:
     """Raise ConfigError when the first convolution takes another channel count than ``data.image.mode``."""
     found = first_layer(model)
-    if found is None or not isinstance(found[1], nn.Conv2d):
-        return  # a model starting with a linear layer is checked by the forward pass
+    if found is None:
+        return
     name, layer = found
+    if not isinstance(layer, nn.Conv2d):
+        return  # a model starting with a linear layer is checked by the forward pass
     if layer.in_channels == image.channels:
         return
     fix = {1: "set data.image.mode: L", 3: "set data.image.mode: RGB"}.get(

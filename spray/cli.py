@@ -18,9 +18,13 @@ import traceback
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spray.errors import EXIT_FLAGGED, EXIT_OK, EXIT_RUN, SprayError
+
+if TYPE_CHECKING:
+    from spray.config import SprayConfig
+    from spray.demo import DemoConfig
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
 # config did not load far enough to name one).
@@ -151,6 +155,20 @@ def _overrides(arguments: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _load(arguments: argparse.Namespace) -> tuple[DemoConfig | None, SprayConfig]:
+    """The config file with the command line's overrides, and its ``demo:`` section when it has one (the
+    case the demo audits, built by ``_run`` before the audit)."""
+    from spray.config import config_from_dict, merge, read_config_file
+
+    path = Path(arguments.config)
+    raw = merge(read_config_file(path), _overrides(arguments))
+    if "demo" not in raw:
+        return None, config_from_dict(raw, base_dir=path.parent, source=path)
+    from spray.demo import load_demo
+
+    return load_demo(raw, base_dir=path.parent, source=path)
+
+
 # What validate cannot know before the audit runs; printed so that "valid" is not read as more than it is.
 _NOT_CHECKED = (
     "not checked: every image decodes (one per class was decoded), every class has enough samples after "
@@ -162,23 +180,24 @@ _NOT_CHECKED = (
 
 def _validate(arguments: argparse.Namespace) -> int:
     from spray.checks import check_output_folders, preflight
-    from spray.config import load_config
+    from spray.config import LrpAttribution
     from spray.data import load_dataset
     from spray.pipeline import audited_classes, mapping_lines
 
-    config = load_config(arguments.config, _overrides(arguments))
+    demo, config = _load(arguments)
     check_output_folders(config)
-    if config.demo is not None and not Path(config.model.weights or config.demo.directory).exists():
-        print(f"spray: {arguments.config}: valid config; the demo case is built in {config.demo.directory} on "
+    if demo is not None and not Path(config.model.weights or demo.directory).exists():
+        print(f"spray: {arguments.config}: valid config; the demo case is built in {demo.directory} on "
               "first run, so the model and images are checked then")
         return EXIT_OK
     dataset = load_dataset(config.data)
     checked = preflight(config, dataset, per_class=True)
-    classes, skipped = audited_classes(config, dataset)
+    classes, skipped = audited_classes(config.audit, config.analysis.neighbors, dataset)
+    attribution = config.attribution
+    composite = f", composite {attribution.composite}" if isinstance(attribution, LrpAttribution) else ""
     print(f"spray: {arguments.config}: valid; {len(dataset.samples)} samples in {len(classes)} audited classes; "
           f"the model has {checked.n_outputs} outputs; one image of each class decoded and explained "
-          f"({config.attribution.method}"
-          f"{', composite ' + config.attribution.composite if config.attribution.method == 'lrp' else ''})")
+          f"({attribution.method}{composite})")
     for line in mapping_lines(checked.mapping):
         print(f"  {line}")
     for item in skipped:
@@ -202,11 +221,16 @@ def _init(arguments: argparse.Namespace) -> int:
 
 
 def _run(arguments: argparse.Namespace) -> int:
-    from spray.config import load_config
     from spray.pipeline import run_audit
 
-    config = load_config(arguments.config, _overrides(arguments))
+    demo, config = _load(arguments)
     arguments.output_folder = Path(config.output)
+    if demo is not None:
+        from spray.checks import check_output_folders
+        from spray.demo import prepare_demo
+
+        check_output_folders(config)  # an output that cannot be written fails before the case is built
+        prepare_demo(demo)
     outcome = run_audit(config, use_cache=not arguments.no_cache, progress=not arguments.quiet)
     computed = ", ".join(f"{stage} {c['computed']}/{c['computed'] + c['cached']}" for stage, c in outcome.stages.items())
     print(f"spray: tasks computed (the rest came from the cache): {computed}")

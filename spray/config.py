@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from dask.base import tokenize
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spray.errors import ConfigError
-from spray.lrp.composites import COMPOSITES as COMPOSITE_NAMES
+from spray.names import COMPOSITE_NAMES, LAYER_KINDS, METHODS, REQUIRED_RULE_PARAMETERS, RULE_PARAMETERS
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __dask_tokenize__(self) -> str:
+        """The section's token for cache keys: its class and every value, as JSON (the same in every
+        process, and different when any field differs)."""
+        return tokenize(type(self).__qualname__, self.model_dump_json())
 
 
 class ModelConfig(_Section):
@@ -128,31 +142,101 @@ class AuditSection(_Section):
     )
 
 
-class AttributionConfig(_Section):
-    method: Literal["lrp", "gradient", "gradient_x_input", "smoothgrad", "integrated_gradients", "occlusion"] = Field(
-        default="lrp", description="attribution method: lrp, or a gradient/perturbation method for any model"
+class CompositeRule(_Section):
+    """One entry of a user-defined composite: which layers (by type or by name) get which LRP rule."""
+
+    layers: list[str] | None = Field(
+        default=None, description=f"layer types: {', '.join(LAYER_KINDS)} or a torch.nn class name such as Conv2d"
+    )
+    names: list[str] | None = Field(default=None, description="fnmatch patterns on qualified layer names")
+    first: bool = Field(default=False, description="only for the first layers the input meets")
+    rule: str = Field(description=f"one of {', '.join(RULE_PARAMETERS)}")
+    epsilon: float | None = Field(default=None, ge=0, description="epsilon rule: stabiliser")
+    gamma: float | None = Field(default=None, ge=0, description="gamma rule: weight of positive contributions")
+    alpha: float | None = Field(default=None, ge=1, description="alpha_beta rule: weight of positive contributions")
+    beta: float | None = Field(default=None, ge=0, description="alpha_beta rule: weight of negative contributions")
+    low: float | list[float] | None = Field(default=None, description="zbox rule: lowest input value (per channel)")
+    high: float | list[float] | None = Field(default=None, description="zbox rule: highest input value (per channel)")
+    stabilizer: float | None = Field(default=None, ge=0, description="denominator guard of the other rules")
+
+    @field_validator("layers", "names", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            # a torch.nn class name is CamelCase; whether torch has it is checked when the engine is built
+            if name not in LAYER_KINDS and not (name[:1].isupper() and name.isidentifier()):
+                raise ValueError(f"unknown layer type {name!r}; expected one of {', '.join(LAYER_KINDS)} "
+                                 "or a torch.nn class name such as 'Conv2d'")
+        return value
+
+    @model_validator(mode="after")
+    def _rule_and_parameters(self) -> CompositeRule:
+        if self.rule not in RULE_PARAMETERS:
+            close = difflib.get_close_matches(self.rule, RULE_PARAMETERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown LRP rule {self.rule!r}{hint}; expected one of {', '.join(RULE_PARAMETERS)}")
+        if (self.names is None) == (self.layers is None):
+            raise ValueError("give exactly one of 'names' (patterns) or 'layers' (layer types)")
+        given = set(self.parameters())
+        allowed = RULE_PARAMETERS[self.rule]
+        if given - set(allowed):
+            takes = ", ".join(allowed) or "no parameters"
+            raise ValueError(f"rule {self.rule!r} takes {takes}; got {', '.join(sorted(given - set(allowed)))}")
+        missing = [name for name in REQUIRED_RULE_PARAMETERS.get(self.rule, ()) if name not in given]
+        if missing:
+            raise ValueError(f"rule {self.rule!r} needs {' and '.join(missing)}")
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        """The rule's parameters that were given."""
+        return {name: getattr(self, name) for name in _RULE_PARAMETER_FIELDS if getattr(self, name) is not None}
+
+    def entry(self) -> dict[str, Any]:
+        """The entry as ``spray.lrp.composites.custom_composite`` takes it."""
+        where = {"names": self.names} if self.names is not None else {"layers": self.layers, "first": self.first}
+        return {**where, "rule": self.rule, **self.parameters()}
+
+
+_RULE_PARAMETER_FIELDS = ("epsilon", "gamma", "alpha", "beta", "low", "high", "stabilizer")
+
+
+class _AttributionRun(_Section):
+    """How attribution runs, whatever the method: not part of any cache key (RUNTIME_SETTINGS)."""
+
+    batch_size: int = Field(default=64, ge=1, description="images per forward/backward pass")
+    shard_size: int = Field(default=512, ge=1, description="images per cached Dask task")
+    loader_workers: int = Field(
+        default=4, ge=0,
+        description="threads decoding the next batches while the model runs (0: decode in the attributing "
+        "thread); at most two batches are decoded ahead, so memory stays bounded",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
+
+
+class LrpAttribution(_AttributionRun):
+    """LRP with spray's engine (spray.lrp): a named composite, optionally preceded by user rules."""
+
+    method: Literal["lrp"] = Field(
+        default="lrp", description=f"attribution method: {', '.join(METHODS)}; lrp (the default) or a "
+        "gradient/perturbation method for any model; each method has its own keys below"
     )
     composite: str = Field(default="epsilon_plus_flat", description=f"one of {', '.join(COMPOSITE_NAMES)}")
-    rules: list[dict[str, Any]] | None = Field(
+    rules: list[CompositeRule] | None = Field(
         default=None,
         description="user-defined composite, matched in order before the named composite (which fills in the "
-        "rest): entries {layers: [conv|linear|activation|avgpool|maxpool|sum|batchnorm or a torch.nn class] "
-        "or names: ['classifier.*'], first: true|false, rule: zero|epsilon|gamma|alpha_beta|zplus|flat|wsquare|"
-        "zbox|pass|norm|gradient, plus that rule's parameters (epsilon, gamma, alpha, beta, low, high, "
-        "stabilizer)}",
+        f"rest): entries {{layers: [{'|'.join(LAYER_KINDS)} or a torch.nn class] "
+        f"or names: ['classifier.*'], first: true|false, rule: {'|'.join(RULE_PARAMETERS)}, plus that rule's "
+        "parameters (epsilon, gamma, alpha, beta, low, high, stabilizer)}",
     )
     stabilizer: float = Field(default=1e-6, gt=0, description="small constant of the non-epsilon LRP denominators")
     autocast: Literal["bf16", "fp16"] | None = Field(
         default=None, description="CUDA only: run the forward pass under autocast; relevance stays float32"
     )
-    samples: int = Field(default=16, ge=1, description="smoothgrad: noisy copies averaged")
-    noise: float = Field(default=0.1, ge=0, description="smoothgrad: noise std as a fraction of each input's range")
-    steps: int = Field(default=16, ge=1, description="integrated_gradients: interpolation steps (midpoint rule)")
-    baseline: float = Field(
-        default=0.0, description="integrated_gradients and occlusion: reference value, in model-input space"
-    )
-    patch: int = Field(default=4, ge=1, description="occlusion: side of the square patch, in pixels")
-    stride: int | None = Field(default=None, ge=1, description="occlusion: patch step (default: patch)")
     epsilon: float = Field(default=1e-6, gt=0, description="stabiliser of the epsilon rule")
     gamma: float = Field(default=0.25, ge=0, description="gamma of the gamma rule")
     alpha: float = Field(default=2.0, ge=1, description="alpha of the alpha-beta rule (beta = alpha - 1)")
@@ -162,14 +246,6 @@ class AttributionConfig(_Section):
     high: list[float] | None = Field(
         default=None, description="z^B upper input bound per channel (default: (1 - mean) / std)"
     )
-    batch_size: int = Field(default=64, ge=1, description="images per forward/backward pass")
-    shard_size: int = Field(default=512, ge=1, description="images per cached Dask task")
-    loader_workers: int = Field(
-        default=4, ge=0,
-        description="threads decoding the next batches while the model runs (0: decode in the attributing "
-        "thread); at most two batches are decoded ahead, so memory stays bounded",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
 
     @field_validator("composite")
     @classmethod
@@ -180,14 +256,76 @@ class AttributionConfig(_Section):
             raise ValueError(f"unknown composite {value!r}{hint}; expected one of {', '.join(COMPOSITE_NAMES)}")
         return value
 
-    @field_validator("rules")
-    @classmethod
-    def _valid_rules(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value is not None:
-            from spray.lrp.composites import custom_composite  # imports torch: only when rules are given
 
-            custom_composite(value)  # raises ValueError naming the entry
+_BASELINE = ("reference value, in model-input space: where the integrated gradients' path starts, what the "
+             "occluding patch is set to")
+
+
+class GradientAttribution(_AttributionRun):
+    """The plain gradient, or gradient times input, of the explained logit."""
+
+    method: Literal["gradient", "gradient_x_input"]
+
+
+class SmoothGradAttribution(_AttributionRun):
+    """The gradient averaged over noisy copies of each input."""
+
+    method: Literal["smoothgrad"]
+    samples: int = Field(default=16, ge=1, description="noisy copies averaged")
+    noise: float = Field(default=0.1, ge=0, description="noise std as a fraction of each input's range")
+
+
+class IntegratedGradientsAttribution(_AttributionRun):
+    """Integrated gradients from a constant baseline."""
+
+    method: Literal["integrated_gradients"]
+    steps: int = Field(default=16, ge=1, description="interpolation steps (midpoint rule)")
+    baseline: float = Field(
+        default=0.0, description=_BASELINE
+    )
+
+
+class OcclusionAttribution(_AttributionRun):
+    """The logit's drop when a square patch is set to a baseline value."""
+
+    method: Literal["occlusion"]
+    patch: int = Field(default=4, ge=1, description="side of the square patch, in pixels")
+    stride: int | None = Field(default=None, ge=1, description="patch step (default: patch)")
+    baseline: float = Field(default=0.0, description=_BASELINE)
+
+
+ATTRIBUTION_SECTIONS: tuple[type[_AttributionRun], ...] = (
+    LrpAttribution, GradientAttribution, SmoothGradAttribution, IntegratedGradientsAttribution, OcclusionAttribution,
+)
+# The attribution section: which keys apply is chosen by ``method`` (lrp when not given).
+AttributionConfig = Annotated[
+    LrpAttribution | GradientAttribution | SmoothGradAttribution | IntegratedGradientsAttribution
+    | OcclusionAttribution,
+    Field(discriminator="method"),
+]
+_ATTRIBUTION_ADAPTER: TypeAdapter[Any] = TypeAdapter(AttributionConfig)
+
+
+def attribution_config(**fields: Any) -> LrpAttribution | GradientAttribution | SmoothGradAttribution \
+        | IntegratedGradientsAttribution | OcclusionAttribution:
+    """The attribution section for ``method`` (default lrp) with the given keys; raises ValidationError."""
+    return _ATTRIBUTION_ADAPTER.validate_python(_with_method(fields))
+
+
+def _method_section(method: str) -> type[_AttributionRun] | None:
+    return next((s for s in ATTRIBUTION_SECTIONS if method in get_args(s.model_fields["method"].annotation)), None)
+
+
+def _with_method(value: Any) -> Any:
+    """The attribution mapping with ``method`` filled in (lrp), or a ValueError naming an unknown method."""
+    if not isinstance(value, dict):
         return value
+    method = value.get("method", "lrp")
+    if not isinstance(method, str) or method not in METHODS:
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown attribution.method {method!r}{hint}; expected one of {', '.join(METHODS)}")
+    return {**value, "method": method}
 
 
 class PreprocessingConfig(_Section):
@@ -217,9 +355,12 @@ class AnalysisConfig(_Section):
         return self
 
 
+_EMBEDDINGS: tuple[Literal["tsne", "umap"], ...] = ("tsne", "umap")
+
+
 class EmbeddingConfig(_Section):
     methods: list[Literal["tsne", "umap"]] = Field(
-        default_factory=lambda: ["tsne", "umap"], description="2-D embeddings drawn in the report"
+        default_factory=lambda: list(_EMBEDDINGS), description="2-D embeddings drawn in the report"
     )
     perplexity: float = Field(default=30.0, gt=0, description="t-SNE perplexity (capped at (N - 1) / 3)")
     umap_neighbors: int = Field(default=15, ge=2, description="UMAP n_neighbors")
@@ -251,23 +392,14 @@ class DaskConfig(_Section):
     scheduler: Literal["threads", "processes", "synchronous"] = Field(
         default="threads", description="local scheduler when no address is given"
     )
-    workers: int | None = Field(default=None, ge=1, description="local workers (default: one per core); also the processes drawing the report's class pages (default: one per core, at most 8)")
-
-
-class DemoConfig(_Section):
-    directory: Path = Field(default=Path("demo-case"), description="where the demo images and model are built")
-    target_class: int = Field(default=3, ge=0, le=9, description="digit whose images get the artifact")
-    artifact: Literal["watermark", "frame", "tag", "stripe", "none"] = Field(
-        default="watermark", description="what is planted ('none' trains a clean model)"
+    workers: int | None = Field(
+        default=None, ge=1,
+        description="local workers (default: one per core); also the processes drawing the report's class pages "
+        "(default: one per core, at most 8)",
     )
-    position: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
-        default="bottom-right", description="corner the artifact is planted in (frame: ignored)"
+    connect_timeout: float = Field(
+        default=20.0, gt=0, description="seconds to wait for the scheduler at address before the run fails"
     )
-    fraction: float = Field(default=0.25, ge=0, le=1, description="share of the target class's images that get it")
-    batchnorm: bool = Field(default=False, description="train the CNN with BatchNorm layers")
-    variants: int = Field(default=3, ge=1, description="augmented images made from each bundled digit")
-    epochs: int = Field(default=8, ge=1, description="training epochs")
-    seed: int = Field(default=0, description="seed of the images and of training")
 
 
 class ReportConfig(_Section):
@@ -284,7 +416,9 @@ class SprayConfig(_Section):
     model: ModelConfig = Field(description="the classifier to audit")
     data: DataConfig = Field(description="the images and their labels")
     audit: AuditSection = Field(default_factory=AuditSection, description="what to audit")
-    attribution: AttributionConfig = Field(default_factory=AttributionConfig, description="stage 1: heatmaps")
+    attribution: AttributionConfig = Field(
+        default_factory=LrpAttribution, description="stage 1: heatmaps; the keys that apply depend on method"
+    )
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig, description="stage 2")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="stage 3: spectral clustering")
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="stage 3: 2-D views")
@@ -293,10 +427,12 @@ class SprayConfig(_Section):
     dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")
     report: ReportConfig = Field(default_factory=ReportConfig, description="how the report shows the run")
-    demo: DemoConfig | None = Field(
-        default=None, description="build the planted-watermark digits case before auditing (the demo)"
-    )
     path: Path | None = Field(default=None, exclude=True, description="the file this was loaded from")
+
+    @field_validator("attribution", mode="before")
+    @classmethod
+    def _attribution_method(cls, value: Any) -> Any:
+        return _with_method(value)
 
 
 # A config is a few dozen keys. These limits refuse inputs built to exhaust memory before they are built:
@@ -329,12 +465,9 @@ def _check_expanded_size(path: Path, root: yaml.Node | None) -> None:
                           "values; a config is expected to be a few dozen keys (an alias bomb?)")
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SprayConfig:
-    """Read, validate and resolve a YAML config.
-
-    ``overrides`` is a nested dict merged over the file's content before validation (the command line
-    uses it for ``--output`` and ``--classes``). Raises ConfigError naming the file and key path.
-    """
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML file as a mapping of sections, unvalidated; raises ConfigError naming the file (and the line
+    of a YAML error), and refuses files and alias expansions beyond MAX_CONFIG_CHARS / MAX_CONFIG_VALUES."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -355,40 +488,57 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sp
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
-    return config_from_dict(_merge(raw, overrides or {}), base_dir=path.parent, source=path)
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SprayConfig:
+    """Read, validate and resolve a YAML config.
+
+    ``overrides`` is a nested dict merged over the file's content before validation (the command line
+    uses it for ``--output`` and ``--classes``). Raises ConfigError naming the file and key path.
+    """
+    path = Path(path)
+    return config_from_dict(merge(read_config_file(path), overrides or {}), base_dir=path.parent, source=path)
 
 
 def config_from_dict(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> SprayConfig:
     """Validate a config given as a dict; relative paths resolve against ``base_dir``."""
     where = str(source) if source is not None else "config"
+    if "demo" in raw:
+        raise ConfigError(f"{where}: the demo section is read by `python -m spray run` (spray.demo.load_demo), "
+                          "which builds the case and then audits the rest of the config")
+    return _resolve_paths(validated(SprayConfig, raw, where), base_dir.resolve(), source)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validated(model: type[_Model], raw: Any, where: str, prefix: tuple[str, ...] = ()) -> _Model:
+    """``model`` validated from ``raw``; a ConfigError lists every problem by key path (``prefix`` first)."""
     try:
-        config = SprayConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
-        lines = [_describe(item) for item in error.errors()]
+        lines = [_describe(model, item, prefix) for item in error.errors()]
         raise ConfigError(f"{where} is invalid:\n" + "\n".join(f"  - {line}" for line in lines)) from None
-    return _resolve_paths(config, base_dir.resolve(), source)
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` merged over ``base``, section by section (neither is changed)."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def _describe(item: dict[str, Any]) -> str:
-    location = list(item["loc"])
+def _describe(root: type[BaseModel], item: Any, prefix: tuple[str, ...] = ()) -> str:
+    location, parent = _walk(root, list(item["loc"]))
+    location = list(prefix) + location
     key_path = ".".join(str(part) for part in location) or "(top level)"
     if item["type"] == "extra_forbidden":
-        parent = _model_at(location[:-1])
-        valid = sorted(parent.model_fields) if parent is not None else []
-        valid = [name for name in valid if name != "path"]
-        close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
-        hint = f"; did you mean {'.'.join(map(str, location[:-1] + [close[0]]))!r}?" if close else ""
-        return f"unknown key {key_path!r}{hint} (valid keys here: {', '.join(valid)})"
+        return _unknown_key(location, parent)
     if item["type"] == "missing":
         return f"{key_path}: required key is missing"
     message = item["msg"]
@@ -399,18 +549,41 @@ def _describe(item: dict[str, Any]) -> str:
     return f"{key_path}: {message}{shown}"
 
 
-def _model_at(location: list[Any]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = SprayConfig
-    for part in location:
-        if model is None or isinstance(part, int):
-            return None
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return None
-        annotation = field.annotation
-        candidates = getattr(annotation, "__args__", (annotation,))
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return model
+def _unknown_key(location: list[Any], parent: type[BaseModel] | None) -> str:
+    """The message for a key that ``parent`` does not have: the closest valid key, or the attribution method
+    the key belongs to."""
+    key_path = ".".join(str(part) for part in location)
+    valid = [name for name in sorted(parent.model_fields) if name != "path"] if parent is not None else []
+    close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {'.'.join(map(str, location[:-1] + [close[0]]))!r}?" if close else ""
+    if parent is not None and issubclass(parent, _AttributionRun):
+        owners = [method for section in ATTRIBUTION_SECTIONS if location[-1] in section.model_fields
+                  for method in get_args(section.model_fields["method"].annotation)]
+        if owners:
+            hint = f"; {location[-1]!r} applies to attribution.method {' or '.join(owners)}"
+    return f"unknown key {key_path!r}{hint} (valid keys here: {', '.join(valid)})"
+
+
+def _walk(root: type[BaseModel], location: list[Any]) -> tuple[list[Any], type[BaseModel] | None]:
+    """An error's location without the union tags pydantic inserts (``attribution.lrp.x`` is shown as
+    ``attribution.x``), and the model that holds its last key (None below a list or a dict)."""
+    model: type[BaseModel] | None = root
+    shown: list[Any] = []
+    rest = list(location)
+    while rest:
+        part = rest.pop(0)
+        shown.append(part)
+        if not rest:
+            break
+        field = model.model_fields.get(str(part)) if model is not None and not isinstance(part, int) else None
+        if field is not None and field.discriminator == "method":
+            model = _method_section(str(rest.pop(0)))
+            continue
+        annotation = field.annotation if field is not None else None
+        members = [c for c in getattr(annotation, "__args__", (annotation,))
+                   if isinstance(c, type) and issubclass(c, BaseModel)]
+        model = members[0] if members else None
+    return shown, model
 
 
 def _resolve_paths(config: SprayConfig, base_dir: Path, source: Path | None) -> SprayConfig:
@@ -432,6 +605,4 @@ def _resolve_paths(config: SprayConfig, base_dir: Path, source: Path | None) -> 
     factory_file, _, name = config.model.factory.rpartition(":")
     if factory_file.endswith(".py"):
         update["model"] = update["model"].model_copy(update={"factory": f"{resolve(Path(factory_file))}:{name}"})
-    if config.demo is not None:
-        update["demo"] = config.demo.model_copy(update={"directory": resolve(config.demo.directory)})
     return config.model_copy(update=update)

@@ -27,9 +27,10 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,14 +113,14 @@ def load_dataset(config: DataConfig) -> Dataset:
     return dataset
 
 
-def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
-    manifest = manifest.resolve()
+def _read_manifest_rows(manifest: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The manifest's header row (None when the file is empty) and its rows with their line numbers."""
     try:
         # utf-8-sig: spreadsheets often write a byte order mark, which would otherwise glue onto "path"
         with manifest.open("r", encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
-            rows = [(reader.line_num, row) for row in reader]
+            return header, [(reader.line_num, row) for row in reader]
     except FileNotFoundError:
         raise DataError(f"manifest not found: {manifest}") from None
     except IsADirectoryError:
@@ -131,21 +132,12 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
     except OSError as error:
         raise DataError(f"cannot read manifest {manifest}: {error.strerror}") from None
 
-    if header is None or not any(cell.strip() for cell in header):
-        raise DataError(f"manifest {manifest} is empty; expected a header row 'path,label' and one row per image")
-    columns = [cell.strip() for cell in header]
-    absent = [name for name in ("path", "label") if name not in columns]
-    if absent:
-        raise DataError(
-            f"manifest {manifest} has no {' or '.join(repr(name) for name in absent)} column; "
-            f"expected columns path,label, found: {', '.join(repr(c) for c in columns)}"
-        )
-    path_col, label_col = columns.index("path"), columns.index("label")
-    rows = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]  # blank lines are not rows
-    if not rows:
-        raise DataError(f"manifest {manifest} has a header but no rows; expected one row per image")
 
-    entries: list[tuple[int, str, str]] = []  # (line, path as written, label as written)
+def _manifest_entries(manifest: Path, rows: list[tuple[int, list[str]]], path_col: int,
+                      label_col: int) -> list[tuple[int, str, str]]:
+    """(line, path as written, label as written) of each row; DataError naming the row for an empty cell or
+    a path listed twice."""
+    entries: list[tuple[int, str, str]] = []
     seen: dict[str, int] = {}
     for line, row in rows:
         cells = [cell.strip() for cell in row]
@@ -163,7 +155,25 @@ def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
             )
         seen[path_cell] = line
         entries.append((line, path_cell, label_cell))
+    return entries
 
+
+def _load_manifest(manifest: Path, class_names: list[str] | None) -> Dataset:
+    manifest = manifest.resolve()
+    header, rows = _read_manifest_rows(manifest)
+    if header is None or not any(cell.strip() for cell in header):
+        raise DataError(f"manifest {manifest} is empty; expected a header row 'path,label' and one row per image")
+    columns = [cell.strip() for cell in header]
+    absent = [name for name in ("path", "label") if name not in columns]
+    if absent:
+        raise DataError(
+            f"manifest {manifest} has no {' or '.join(repr(name) for name in absent)} column; "
+            f"expected columns path,label, found: {', '.join(repr(c) for c in columns)}"
+        )
+    rows = [(line, row) for line, row in rows if any(cell.strip() for cell in row)]  # blank lines are not rows
+    if not rows:
+        raise DataError(f"manifest {manifest} has a header but no rows; expected one row per image")
+    entries = _manifest_entries(manifest, rows, columns.index("path"), columns.index("label"))
     labels, names, label_source = _map_labels(manifest, entries, class_names)
     base = manifest.parent
     samples: list[Sample] = []
@@ -182,8 +192,9 @@ def _map_labels(
     manifest: Path, entries: list[tuple[int, str, str]], class_names: list[str] | None
 ) -> tuple[list[int], list[str], str]:
     """Labels as model output indices, the class names by index, and how the labels were mapped."""
-    as_ints = [_parse_int(label) for _, _, label in entries]
-    if all(value is not None for value in as_ints):
+    parsed = [_parse_int(label) for _, _, label in entries]
+    as_ints = [value for value in parsed if value is not None]
+    if len(as_ints) == len(parsed):
         for (line, _, text), value in zip(entries, as_ints):
             if value < 0:
                 raise DataError(
@@ -195,7 +206,7 @@ def _map_labels(
                     f"manifest {manifest}, row {line}, column 'label': index {value} is beyond the "
                     f"{len(class_names)} data.class_names ({_listing(class_names)})"
                 )
-        indices = [int(value) for value in as_ints]  # type: ignore[arg-type]
+        indices = [int(value) for value in as_ints]
         names = list(class_names) if class_names is not None else [str(i) for i in range(max(indices) + 1)]
         return indices, names, "class_names" if class_names is not None else "index"
 
@@ -496,7 +507,7 @@ def iter_pixel_batches(
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spray-decode")
     try:
-        pending: deque = deque()
+        pending: deque[tuple[int, list[Future[Any]]]] = deque()
         for start in starts:
             # one task per image, so that one batch uses every thread
             pending.append((start, [pool.submit(_decode_one, samples[i], image)
@@ -517,7 +528,7 @@ def _decode_one(sample: Sample, image: ImageConfig) -> np.ndarray | str:
         return str(problem)
 
 
-def _collect(start: int, futures: list, samples: Sequence[Sample], image: ImageConfig) -> PixelBatch:
+def _collect(start: int, futures: list[Future[Any]], samples: Sequence[Sample], image: ImageConfig) -> PixelBatch:
     return _assemble(start, [future.result() for future in futures], samples, image)
 
 

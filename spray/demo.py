@@ -21,15 +21,65 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from spray.config import DemoConfig
+from spray.config import SprayConfig, config_from_dict, validated
 
 log = logging.getLogger(__name__)
+
+
+class DemoConfig(BaseModel):
+    """The ``demo:`` section of a config: the case ``python -m spray run`` builds before the audit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: Path = Field(default=Path("demo-case"), description="where the demo images and model are built")
+    target_class: int = Field(default=3, ge=0, le=9, description="digit whose images get the artifact")
+    artifact: Literal["watermark", "frame", "tag", "stripe", "none"] = Field(
+        default="watermark", description="what is planted ('none' trains a clean model)"
+    )
+    position: Literal["top-left", "top-right", "bottom-left", "bottom-right"] = Field(
+        default="bottom-right", description="corner the artifact is planted in (frame: ignored)"
+    )
+    fraction: float = Field(default=0.25, ge=0, le=1, description="share of the target class's images that get it")
+    batchnorm: bool = Field(default=False, description="train the CNN with BatchNorm layers")
+    variants: int = Field(default=3, ge=1, description="augmented images made from each bundled digit")
+    epochs: int = Field(default=8, ge=1, description="training epochs")
+    seed: int = Field(default=0, description="seed of the images and of training")
+
+
+def load_demo(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> tuple[DemoConfig | None, SprayConfig]:
+    """Split a config mapping into its ``demo`` section (None without one) and the audit config.
+
+    Relative paths (``demo.directory`` too) resolve against ``base_dir``; raises ConfigError by key path.
+    """
+    where = str(source) if source is not None else "config"
+    rest = {key: value for key, value in raw.items() if key != "demo"}
+    demo = None
+    if "demo" in raw:
+        demo = validated(DemoConfig, raw["demo"] if raw["demo"] is not None else {}, where, ("demo",))
+        directory = Path(demo.directory).expanduser()
+        demo = demo.model_copy(update={"directory": (base_dir.resolve() / directory).resolve()})
+    return demo, config_from_dict(rest, base_dir, source)
+
+
+def prepare_demo(config: DemoConfig) -> dict[str, Any]:
+    """Build the demo case (once; later runs reuse it) and log how strongly its model uses the artifact.
+    Returns the training record (``training.json``)."""
+    log.info("demo case in %s (built once, then reused)", config.directory)
+    record = build_case(config)
+    if "artifact_flip_rate" in record:
+        log.info(
+            "demo model: held-out accuracy %.0f %%; pasting the %s into held-out images of other classes "
+            "turns %.0f %% of them into class %d (%.0f %% without it): the model uses the shortcut",
+            100 * record["test_accuracy"], config.artifact, 100 * record["artifact_flip_rate"],
+            config.target_class, 100 * record["flip_rate_without_artifact"])
+    return record
 
 SIZE = 32
 _MARGIN = 1  # pixels between the artifact and the image border
@@ -117,8 +167,8 @@ def render_digits(
     for out, index in enumerate(source):
         glyph = Image.fromarray((digits[index] / 16.0 * 255).astype(np.uint8))
         side = int(rng.integers(14, 23))
-        glyph = glyph.resize((side, side), Image.BILINEAR).rotate(
-            float(rng.uniform(-20, 20)), resample=Image.BILINEAR, expand=False
+        glyph = glyph.resize((side, side), Image.Resampling.BILINEAR).rotate(
+            float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, expand=False
         )
         canvas = _background(rng)
         # The digit stays clear of the 6x6 corners where artifacts go, so an artifact is never hidden.
@@ -261,8 +311,9 @@ def _build(directory: Path, parameters: dict[str, Any], config: DemoConfig) -> d
     model = build_model(batchnorm=config.batchnorm)
     torch.manual_seed(config.seed)
     for module in model.modules():  # re-seed the initialisation independently of module order
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     losses = train(model, images[train_rows], labels[train_rows], config.epochs, config.seed)
 
     record = _measure(model, images, labels, train_rows, planted, mask, config, rng)

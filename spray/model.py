@@ -214,7 +214,7 @@ def _factory_source(spec: str) -> Path | None:
 
 def _user_frame(error: BaseException, path: Path | None) -> str:
     """' (at FILE, line N)' for the deepest frame of the user's code in the traceback, or ''."""
-    frames = traceback.extract_tb(error.__traceback__)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(error.__traceback__))
     if path is not None:
         # the factory's folder counts as the user's code: a sibling module it imports may be the culprit
         folder = str(path.parent) + os.sep

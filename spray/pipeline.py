@@ -1,10 +1,13 @@
 """The audit as a Dask graph: attribute -> preprocess -> analyse, embed -> flag, then the report.
 
-Every task is a cached computation (``spray.cache.cached``) whose key is the token of what determines it:
+Every task is a cached computation (``spray.cache.cached``) whose key (``spray.cache.entry_key``) is the
+token of spray's version, the stage's ``STORE_VERSION`` (what its entries hold) and what determines it; config
+sections tokenize by their values:
 
-- attribute (one task per shard of a class): the model token (factory source, kwargs, weight bytes), the
-  attribution section, the image section, the shard's (id, label, file digest) list;
-- preprocess: the preprocessing section and the shard keys;
+- attribute (one task per shard of a class, ``spray.attribute.attribute_task``): the model token (factory
+  source, kwargs, weight bytes), the attribution section, the image section, the shard's (id, label, file
+  digest) list;
+- preprocess (``spray.preprocess.preprocess_task``): the preprocessing section and the shard keys;
 - analyse / embed: their own section and the preprocess key;
 - flag: the flagging section, the analyse and preprocess keys, the model token and the digests of the
   transplant images;
@@ -40,15 +43,20 @@ from typing import Any
 
 import dask
 import numpy as np
-from dask.base import tokenize
 
-from spray import __version__
 from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
 from spray.assemble import assemble_class
-from spray.attribute import attribute_shard, attribution_settings, resolve_device
-from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
+from spray.attribute import ShardTask, attribute_task, resolve_device, shard_key
+from spray.cache import CorruptEntry, Entry, cached, entry_key, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
-from spray.config import SprayConfig
+from spray.config import (
+    AnalysisConfig,
+    AuditSection,
+    CacheConfig,
+    DaskConfig,
+    EmbeddingConfig,
+    SprayConfig,
+)
 from spray.data import (
     Dataset,
     DigestIndex,
@@ -59,15 +67,12 @@ from spray.data import (
 from spray.errors import DataError, RunError
 from spray.flag import FlagTask, flag_task, store_key
 from spray.model import model_token
-from spray.preprocess import preprocess
+from spray.preprocess import PreprocessedClass, PreprocessTask, preprocess_key, preprocess_task
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
-# Part of every key: a new release may compute differently.
-_CODE = __version__
-# Bump the revision when what a stage stores changes within a release (attribute 2: relevance in a chunked
-# zarr array beside the npz).
-_ATTRIBUTE_CODE = (__version__, 2)
+# What analyse, embed and cross_class entries hold (spray.cache.entry_key).
+ANALYSIS_STORE_VERSION = 1
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
 
@@ -89,40 +94,6 @@ class AuditOutcome:
 
 # ------------------------------------------------------------------------------------------------------
 # task bodies: module-level functions so that process and distributed workers can run them
-
-
-def _attribute_task(directory, key, samples, class_index, model_config, token, attribution, image) -> Entry:
-    return cached_stream(directory, "attribute", key, attribute_shard, samples, class_index, model_config, token,
-                         attribution, image)
-
-
-def _preprocess(shards: list[Entry], shard_samples: list[list[Sample]], config) -> tuple[dict, dict]:
-    """Preprocessed maps of every explained sample, reading each shard's relevance chunk by chunk, so that
-    memory holds one chunk of full-resolution relevance and the (N, h, w) maps."""
-    ids, logits, conservation, maps, skipped = [], [], [], [], []
-    for entry, samples in zip(shards, shard_samples):
-        arrays, meta = entry.read()
-        shard_ids = [samples[i].id for i in arrays["index"]]
-        relevance = entry.open_array("relevance")
-        step = relevance.chunks[0]
-        for start in range(0, relevance.shape[0], step):
-            # each map is normalised on its own, so chunk by chunk gives the same maps as all at once
-            maps.append(preprocess(relevance[start : start + step], config, shard_ids[start : start + step]))
-        ids += shard_ids
-        if len(shard_ids):  # a shard whose every image was skipped stores arrays without their columns
-            logits.append(arrays["logits"])
-            conservation.append(arrays["conservation"])
-        skipped += meta["skipped"]
-    return (
-        {"maps": np.concatenate(maps) if maps else np.zeros((0, *config.size), np.float32),
-         "logits": np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
-         "conservation": np.concatenate(conservation) if conservation else np.zeros(0, np.float32)},
-        {"ids": ids, "skipped": skipped},
-    )
-
-
-def _preprocess_task(directory, key, shards, shard_samples, config) -> Entry:
-    return cached(directory, "preprocess", key, _preprocess, shards, shard_samples, config)
 
 
 def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
@@ -191,13 +162,14 @@ def _cross_class_task(directory, key, pres, classes, analysis, embedding) -> Ent
 # the graph
 
 
-def audited_classes(config: SprayConfig, dataset: Dataset) -> tuple[list[int], list[SkippedClass]]:
-    """Resolve ``audit.classes``; classes too small for the kNN graph are an error when asked for by name,
-    and skipped with a reason when auditing every class."""
+def audited_classes(audit: AuditSection, neighbors: int, dataset: Dataset) -> tuple[list[int], list[SkippedClass]]:
+    """Resolve ``audit.classes``; classes with fewer than ``neighbors + 1`` samples (what the kNN graph of
+    ``analysis.neighbors`` needs) are an error when asked for by name, and skipped with a reason when
+    auditing every class."""
     by_class = dataset.by_class()
-    explicit = config.audit.classes is not None
-    wanted = [dataset.class_index(c) for c in config.audit.classes] if explicit else sorted(by_class)
-    needed = config.analysis.neighbors + 1
+    explicit = audit.classes is not None
+    wanted = [dataset.class_index(c) for c in audit.classes] if audit.classes is not None else sorted(by_class)
+    needed = neighbors + 1
     chosen, skipped = [], []
     for index in dict.fromkeys(wanted):
         count = len(by_class.get(index, []))
@@ -216,6 +188,19 @@ def audited_classes(config: SprayConfig, dataset: Dataset) -> tuple[list[int], l
     return chosen, skipped
 
 
+@dataclass(frozen=True)
+class _GraphContext:
+    """What the tasks of every class share: the config, the dataset, the cache folder, the model's content
+    token, the file digests, and the annotation of attribution tasks."""
+
+    config: SprayConfig
+    dataset: Dataset
+    directory: str
+    token: str
+    digests: DigestIndex
+    attribute_annotation: dict[str, Any]
+
+
 def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], directory: str,
                 token: str, gpu_resource: bool = False) -> dict[int, dict[str, Any]]:
     """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"}.
@@ -223,65 +208,87 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
     ``gpu_resource``: attribution tasks ask the distributed scheduler for one unit of the worker resource
     "GPU", so that each GPU explains one shard at a time and shards go only to workers that have one.
     """
-    attribute_annotation = {"resources": {"GPU": 1}} if gpu_resource else {}
-    by_class = dataset.by_class()
-    rng = np.random.default_rng(config.flagging.seed)
-    attribution, image = config.attribution, config.data.image
-    graph: dict[int, dict[str, Any]] = {}
+    recipients = transplant_recipients(dataset, classes, config.flagging.transplant_images, config.flagging.seed)
     # Unchanged images keep their stored digests, so a re-run does not read the whole dataset again.
     digests = DigestIndex(Path(directory) / "digests.sqlite")
-    all_labels = np.array([sample.label for sample in dataset.samples])
+    annotation = {"resources": {"GPU": 1}} if gpu_resource else {}
+    context = _GraphContext(config, dataset, directory, token, digests, annotation)
+    by_class = dataset.by_class()
     try:
-        for index in classes:
-            samples = by_class[index]
-            name = dataset.class_names[index]
-            shard_samples = [samples[i: i + attribution.shard_size] for i in range(0, len(samples), attribution.shard_size)]
-            shard_keys, shards = [], []
-            for number, shard in enumerate(shard_samples):
-                key = tokenize("attribute", _ATTRIBUTE_CODE, token, index,
-                               attribution_settings(attribution),
-                               image.model_dump(), dataset_token(shard, digests))
-                shard_keys.append(key)
-                with dask.annotate(**attribute_annotation):
-                    shards.append(dask.delayed(_attribute_task, pure=True)(
-                        directory, key, shard, index, config.model, token, attribution, image,
-                        dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
-            pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
-            pre = dask.delayed(_preprocess_task, pure=True)(
-                directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-            analyse_key = tokenize("analyse", _CODE, config.analysis.model_dump(), pre_key)
-            analysis = dask.delayed(_analyse_task, pure=True)(
-                directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
-            embed_key = tokenize("embed", _CODE, config.embedding.model_dump(), pre_key)
-            embedding = dask.delayed(_embed_task, pure=True)(
-                directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
-            others = np.flatnonzero(all_labels != index)
-            chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
-                                       replace=False)) if len(others) else []
-            recipients = [dataset.samples[others[i]] for i in chosen]
-            flag_key = store_key(config.flagging, image, analyse_key, pre_key, token,
-                                 dataset_token(recipients, digests))
-            flag_inputs = FlagTask(
-                class_index=index, model=config.model, image=image, flagging=config.flagging,
-                device=attribution.device, batch_size=attribution.batch_size,
-                loader_workers=attribution.loader_workers, samples=tuple(samples), recipients=tuple(recipients))
-            flagged = dask.delayed(flag_task, pure=True)(
-                directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
-            graph[index] = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding,
-                            "flag": flagged, "_pre_key": pre_key}
+        return {index: _class_tasks(context, index, by_class[index], recipients[index]) for index in classes}
     finally:
         digests.close()
-    return graph
 
 
-def build_cross_class(config: SprayConfig, graph: dict[int, dict[str, Any]], directory: str) -> Any:
+def transplant_recipients(dataset: Dataset, classes: list[int], count: int, seed: int) -> dict[int, list[Sample]]:
+    """Per audited class, ``count`` images of other classes (``flagging.transplant_images``) that its
+    clusters' regions are pasted into, drawn with ``seed`` (``flagging.seed``) class after class."""
+    rng = np.random.default_rng(seed)
+    all_labels = np.array([sample.label for sample in dataset.samples])
+    recipients = {}
+    for index in classes:
+        others = np.flatnonzero(all_labels != index)
+        chosen = sorted(rng.choice(len(others), size=min(count, len(others)), replace=False)) if len(others) else []
+        recipients[index] = [dataset.samples[others[i]] for i in chosen]
+    return recipients
+
+
+def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], recipients: list[Sample]) -> dict[str, Any]:
+    """The delayed tasks of one class (``samples``: its samples; ``recipients``: transplant images)."""
+    config, directory = context.config, context.directory
+    shards, shard_keys, shard_samples = _shard_tasks(context, index, samples)
+    pre_key = preprocess_key(config.preprocessing, shard_keys)
+    pre = dask.delayed(preprocess_task, pure=True)(
+        PreprocessTask(directory, pre_key, shard_samples, config.preprocessing), shards,
+        dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
+    analyse_key = entry_key("analyse", ANALYSIS_STORE_VERSION, config.analysis, pre_key)
+    analysis = dask.delayed(_analyse_task, pure=True)(
+        directory, analyse_key, pre, config.analysis, context.dataset.class_names[index],
+        dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
+    embed_key = entry_key("embed", ANALYSIS_STORE_VERSION, config.embedding, pre_key)
+    embedding = dask.delayed(_embed_task, pure=True)(
+        directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
+    image, attribution = config.data.image, config.attribution
+    flag_key = store_key(config.flagging, image, analyse_key, pre_key, context.token,
+                         dataset_token(recipients, context.digests))
+    flag_inputs = FlagTask(
+        class_index=index, model=config.model, image=image, flagging=config.flagging, device=attribution.device,
+        batch_size=attribution.batch_size, loader_workers=attribution.loader_workers, samples=tuple(samples),
+        recipients=tuple(recipients))
+    flagged = dask.delayed(flag_task, pure=True)(
+        directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
+    return {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
+            "_pre_key": pre_key}
+
+
+def _shard_tasks(context: _GraphContext, index: int, samples: list[Sample]) -> tuple[list[Any], list[str],
+                                                                                      list[list[Sample]]]:
+    """The class's attribution tasks, one per ``attribution.shard_size`` samples; their keys; their samples."""
+    config = context.config
+    size = config.attribution.shard_size
+    shard_samples = [samples[i : i + size] for i in range(0, len(samples), size)]
+    shards, keys = [], []
+    for number, shard in enumerate(shard_samples):
+        key = shard_key(context.token, index, config.attribution, config.data.image,
+                        dataset_token(shard, context.digests))
+        task = ShardTask(context.directory, key, shard, index, config.model, context.token, config.attribution,
+                         config.data.image)
+        with dask.annotate(**context.attribute_annotation):
+            shards.append(dask.delayed(attribute_task, pure=True)(
+                task, dask_key_name=f"attribute-{index}-{number}-{key[:8]}"))
+        keys.append(key)
+    return shards, keys, shard_samples
+
+
+def build_cross_class(analysis: AnalysisConfig, embedding: EmbeddingConfig, graph: dict[int, dict[str, Any]],
+                      directory: str) -> Any:
     """The cross-class task: one analysis of every audited class's preprocessed maps, keyed by them."""
     classes = sorted(graph)
-    key = tokenize("cross_class", _CODE, config.analysis.model_dump(), config.embedding.model_dump(),
-                   [graph[index]["_pre_key"] for index in classes], classes)
+    key = entry_key("cross_class", ANALYSIS_STORE_VERSION, analysis, embedding,
+                    [graph[index]["_pre_key"] for index in classes], classes)
     return dask.delayed(_cross_class_task, pure=True)(
-        directory, key, [graph[index]["preprocess"] for index in classes], classes, config.analysis,
-        config.embedding, dask_key_name=f"cross_class-{key[:8]}")
+        directory, key, [graph[index]["preprocess"] for index in classes], classes, analysis,
+        embedding, dask_key_name=f"cross_class-{key[:8]}")
 
 
 def workers_declare_gpu(client: Any) -> bool:
@@ -292,26 +299,20 @@ def workers_declare_gpu(client: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
+def _scheduler(settings: DaskConfig) -> Iterator[dict[str, Any]]:
     """Keyword arguments for dask.compute: a distributed client when an address is given."""
-    if config.dask.address:
-        from distributed import Client
-
-        try:
-            client = Client(config.dask.address, timeout="20s")
-        except OSError as error:
-            raise RunError(f"cannot reach the Dask scheduler at dask.address={config.dask.address!r}: {error}") from None
-        with client:
+    if settings.address:
+        with _client(settings.address, settings.connect_timeout) as client:
             yield {"scheduler": client}
         return
-    options: dict[str, Any] = {"scheduler": config.dask.scheduler}
-    if config.dask.workers and config.dask.scheduler != "synchronous":
-        options["num_workers"] = config.dask.workers
-    if config.dask.scheduler == "processes":
+    options: dict[str, Any] = {"scheduler": settings.scheduler}
+    if settings.workers and settings.scheduler != "synchronous":
+        options["num_workers"] = settings.workers
+    if settings.scheduler == "processes":
         # the processes scheduler makes its own pool and waits for it when the run ends, even on error; its
         # workers die with this process, so a killed run leaves none computing (and writing to the cache)
         options["initializer"] = die_with_parent
-    if config.dask.scheduler != "threads":
+    if settings.scheduler != "threads":
         yield options
         return
     from dask.system import CPU_COUNT
@@ -320,11 +321,26 @@ def _scheduler(config: SprayConfig) -> Iterator[dict[str, Any]]:
     # A pool of this run's own, waited for when the run ends: when one task fails, dask raises at once while
     # the other running tasks go on in the background; waiting for them means that when run_audit returns,
     # no task of it is still writing to the cache (or racing a re-run for the same entries).
-    pool = ContextAwareThreadPoolExecutor(config.dask.workers or CPU_COUNT, thread_name_prefix="spray-task")
+    pool = ContextAwareThreadPoolExecutor(settings.workers or CPU_COUNT, thread_name_prefix="spray-task")
     try:
         yield {**options, "pool": pool}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _client(address: str, timeout: float) -> Iterator[Any]:
+    """A distributed client of the scheduler at ``address``; RunError when it does not answer within
+    ``timeout`` seconds (``dask.connect_timeout``)."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except OSError as error:
+        raise RunError(f"cannot reach the Dask scheduler at dask.address={address!r} within "
+                       f"dask.connect_timeout={timeout:g} s: {error}") from None
+    with client:
+        yield client
 
 
 def die_with_parent() -> None:
@@ -345,73 +361,88 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     started = time.perf_counter()
     # an output that cannot be written fails now, not after the whole audit has been computed
     check_output_folders(config)
-    if config.demo is not None:
-        from spray.demo import build_case
-
-        log.info("demo case in %s (built once, then reused)", config.demo.directory)
-        record = build_case(config.demo)
-        if "artifact_flip_rate" in record:
-            log.info(
-                "demo model: held-out accuracy %.0f %%; pasting the %s into held-out images of other classes "
-                "turns %.0f %% of them into class %d (%.0f %% without it): the model uses the shortcut",
-                100 * record["test_accuracy"], config.demo.artifact, 100 * record["artifact_flip_rate"],
-                config.demo.target_class, 100 * record["flip_rate_without_artifact"])
     dataset = load_dataset(config.data)
     token = model_token(config.model)
     # Fail fast, before any task runs: the model must load, take the configured images, have one output per
     # class, and every layer must be explainable (the same checks as `spray validate`).
     checked = preflight(config, dataset)
     log_label_mapping(checked.mapping)
-    classes, skipped_classes = audited_classes(config, dataset)
+    classes, skipped_classes = audited_classes(config.audit, config.analysis.neighbors, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
         _import_umap()
+    with _cache_folder(config.cache, use_cache) as directory:
+        done = _compute_again_if_corrupt(config, dataset, classes, directory, token, progress)
+    skipped_classes = skipped_classes + done.skipped_classes
+    skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
+    for result in done.results:
+        skipped_samples += result.skipped_samples
+    stages = _stage_counts(done.entries, done.cross_entry)
+    run = _run_info(config, dataset, checked.mapping, stages, (skipped_classes, skipped_samples),
+                    started_at, time.perf_counter() - started)
+    report = _write_report(config, done.results, run, done.cross_result)
+    return AuditOutcome(report, done.results, stages, skipped_classes, done.cross_result, skipped_samples)
 
+
+@contextlib.contextmanager
+def _cache_folder(cache: CacheConfig, use_cache: bool) -> Iterator[Path]:
+    """The cache folder (``cache.directory``), or a temporary one removed afterwards when the cache is off;
+    staging folders of dead runs in it are swept first."""
     temporary = None
-    if use_cache and config.cache.enabled:
-        directory = Path(config.cache.directory)
+    if use_cache and cache.enabled:
+        directory = Path(cache.directory)
     else:
         temporary = directory = Path(tempfile.mkdtemp(prefix="spray-run-"))
     directory.mkdir(parents=True, exist_ok=True)
     sweep_stale(directory)
     try:
-        for attempt in range(_CORRUPT_ATTEMPTS):
-            try:
-                done = _compute(config, dataset, classes, directory, token, progress)
-                break
-            except CorruptEntry:
-                # the damaged entry was found while a chunk was read and is gone now: running the graph
-                # again recomputes it (and every entry that was being computed from it)
-                if attempt == _CORRUPT_ATTEMPTS - 1:
-                    raise
+        yield directory
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-    computed, cross_entry, results, cross_result = done.entries, done.cross_entry, done.results, done.cross_result
-    skipped_classes = skipped_classes + done.skipped_classes
-    stages = _stage_counts(computed)
-    if cross_entry is not None:
-        stages["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
-    skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
-    for result in results:
-        skipped_samples += result.skipped_samples
+
+
+def _compute_again_if_corrupt(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path,
+                              token: str, progress: bool) -> _Computed:
+    """``_compute``, run again when an entry is found damaged while a chunk of it is read: the damaged entry
+    is gone then, and the next run recomputes it (and every entry being computed from it)."""
+    for attempt in range(_CORRUPT_ATTEMPTS):
+        try:
+            return _compute(config, dataset, classes, directory, token, progress)
+        except CorruptEntry:
+            if attempt == _CORRUPT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _run_info(config: SprayConfig, dataset: Dataset, mapping: LabelMapping, stages: dict[str, dict[str, int]],
+              skipped: tuple[list[SkippedClass], list[tuple[str, str]]], started_at: datetime,
+              duration_s: float) -> RunInfo:
+    """What the report says about the run, its paths shown as ``report.absolute_paths`` asks."""
+    skipped_classes, skipped_samples = skipped
     shown = PathShower(config)
-    run = RunInfo(
+    weights = f" with weights {shown(config.model.weights)}" if config.model.weights else ""
+    return RunInfo(
         config_path=shown(config.path) if config.path else "",
         config=shown.config(),
-        model=shown(config.model.factory) + (f" with weights {shown(config.model.weights)}" if config.model.weights else ""),
+        model=shown(config.model.factory) + weights,
         data=f"{shown(dataset.source)} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
         versions=_versions(),
         started=started_at.isoformat(timespec="seconds"),
-        duration_s=time.perf_counter() - started,
+        duration_s=duration_s,
         device=str(resolve_device(config.attribution.device)),
         skipped_samples=[(i, shown.text(r, dataset.source)) for i, r in skipped_samples],
         skipped_classes=[SkippedClass(s.class_index, s.class_name, shown.text(s.reason, dataset.source))
                          for s in skipped_classes],
         stages=stages,
-        label_names=list(checked.mapping.names),
-        label_source=checked.mapping.source,
+        label_names=list(mapping.names),
+        label_source=mapping.source,
     )
+
+
+def _write_report(config: SprayConfig, results: list[ClassResult], run: RunInfo,
+                  cross_result: CrossClassResult | None) -> Path:
+    """Draw the report into ``output``; class pages in worker processes unless the scheduler is synchronous."""
     from spray.report import write_report
 
     # the synchronous scheduler is for debugging: the report is drawn in this process too
@@ -421,7 +452,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     report = write_report(Path(config.output), results, run, cross_result,
                           workers=1 if in_process else config.dask.workers)
     log.info("report written in %.1f s", time.perf_counter() - drawing)
-    return AuditOutcome(report, results, stages, skipped_classes, cross_result, skipped_samples)
+    return report
 
 
 def log_label_mapping(mapping: LabelMapping) -> None:
@@ -445,7 +476,7 @@ class PathShower:
     of the machine it ran on."""
 
     _PATH_KEYS = (("model", "weights"), ("data", "manifest"), ("data", "root"), ("cache", "directory"),
-                  ("output",), ("demo", "directory"))
+                  ("output",))
 
     def __init__(self, config: SprayConfig) -> None:
         self._config = config
@@ -479,7 +510,7 @@ class PathShower:
         if self._absolute:
             return dumped
         for keys in self._PATH_KEYS:
-            holder = dumped
+            holder: Any = dumped
             for key in keys[:-1]:
                 holder = holder.get(key) if isinstance(holder, dict) else None
             if isinstance(holder, dict) and holder.get(keys[-1]) is not None:
@@ -509,10 +540,11 @@ class _Computed:
 def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
              progress: bool) -> _Computed:
     """Run the graph and read its entries back."""
-    with _scheduler(config) as options, _progress(progress and not config.dask.address):
+    with _scheduler(config.dask) as options, _progress(progress and not config.dask.address):
         gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
         graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
-        cross = build_cross_class(config, graph, str(directory)) if config.audit.cross_class else None
+        cross = (build_cross_class(config.analysis, config.embedding, graph, str(directory))
+                 if config.audit.cross_class else None)
         computed, cross_entry = dask.compute(graph, cross, **options)
     by_class = dataset.by_class()
     log.info("reading the results back: prototypes, and every member of the flagged clusters")
@@ -521,7 +553,7 @@ def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], director
         _, analysis_meta = computed[index]["analyse"].read()
         if "skipped" in analysis_meta:
             skipped.append(SkippedClass(index, dataset.class_names[index], analysis_meta["skipped"]))
-            skipped_samples += [(str(i), str(r)) for i, r in computed[index]["preprocess"].read()[1]["skipped"]]
+            skipped_samples += PreprocessedClass.read(computed[index]["preprocess"]).skipped
         else:
             results.append(assemble_class(config, dataset, index, by_class[index], computed[index]))
     if skipped and not results:
@@ -530,12 +562,15 @@ def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], director
     return _Computed(computed, cross_entry, results, cross_result, skipped, skipped_samples)
 
 
-def _stage_counts(computed: dict[int, dict[str, Any]]) -> dict[str, dict[str, int]]:
+def _stage_counts(computed: dict[int, dict[str, Any]], cross_entry: Entry | None) -> dict[str, dict[str, int]]:
+    """Entries computed and found cached, per stage (and cross_class when it ran)."""
     counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
     for tasks in computed.values():
         entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:]]
         for entry in entries:
             counts[entry.stage]["computed" if entry.computed else "cached"] += 1
+    if cross_entry is not None:
+        counts["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}
     return counts
 
 
@@ -568,5 +603,5 @@ def _progress(enabled: bool) -> Iterator[None]:
         return
     from spray.progress import StageProgress
 
-    with StageProgress():
+    with StageProgress(STAGES):
         yield

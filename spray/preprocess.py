@@ -7,11 +7,20 @@ cancel from exploding (see the method notes); every norm is guarded against zero
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
+from spray.attribute import StoredShard
+from spray.cache import Entry, cached, entry_key
 from spray.config import PreprocessingConfig
+from spray.data import Sample
 from spray.errors import DataError
+
+# What a preprocess entry holds (PreprocessedClass). Part of every key.
+STORE_VERSION = 1
 
 _GUARD = 1e-12
 
@@ -59,4 +68,78 @@ def preprocess(relevance: np.ndarray, config: PreprocessingConfig, ids: list[str
         )
     if config.absolute:
         summed = np.abs(summed)
-    return normalize(downsize(summed, tuple(config.size)), config.normalize)
+    return normalize(downsize(summed, config.size), config.normalize)
+
+
+@dataclass(frozen=True)
+class PreprocessTask:
+    """The preprocessing of one class: the samples of each of its shards (in shard order), the section,
+    and the cache entry (``directory``, ``key``) it is stored under."""
+
+    directory: str
+    key: str
+    shard_samples: list[list[Sample]]
+    config: PreprocessingConfig
+
+
+def preprocess_key(config: PreprocessingConfig, shard_keys: list[str]) -> str:
+    """The cache key of a class's maps: the section and the keys of its attribute entries."""
+    return entry_key("preprocess", STORE_VERSION, config, shard_keys)
+
+
+def preprocess_task(task: PreprocessTask, shards: list[Entry]) -> Entry:
+    """The class's preprocess entry, computed from its attribute entries ``shards`` unless stored; a Dask
+    task body."""
+    return cached(task.directory, "preprocess", task.key, preprocess_shards, shards, task.shard_samples,
+                  task.config)
+
+
+@dataclass(frozen=True)
+class PreprocessedClass:
+    """A preprocess entry read back: ``maps`` (N, h, w) float32, ``logits`` (N, K), ``conservation`` (N,) of
+    the explained samples ``ids`` (N), and the samples skipped by attribution [(id, reason)]."""
+
+    maps: np.ndarray
+    logits: np.ndarray
+    conservation: np.ndarray
+    ids: list[str]
+    skipped: list[tuple[str, str]]
+
+    def to_entry(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and meta a cache entry stores."""
+        return ({"maps": self.maps, "logits": self.logits, "conservation": self.conservation},
+                {"ids": self.ids, "skipped": [list(item) for item in self.skipped]})
+
+    @classmethod
+    def read(cls, entry: Entry) -> PreprocessedClass:
+        arrays, meta = entry.read()
+        return cls(arrays["maps"], arrays["logits"], arrays["conservation"], list(meta["ids"]),
+                   [(str(i), str(r)) for i, r in meta["skipped"]])
+
+
+def preprocess_shards(shards: list[Entry], shard_samples: list[list[Sample]],
+                      config: PreprocessingConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Preprocessed maps of every explained sample of a class (``PreprocessedClass.to_entry``), reading each
+    shard's relevance chunk by chunk, so that memory holds one chunk of full-resolution relevance and the
+    (N, h, w) maps."""
+    ids: list[str] = []
+    logits, conservation, maps = [], [], []
+    skipped: list[tuple[str, str]] = []
+    for entry, samples in zip(shards, shard_samples):
+        shard = StoredShard.read(entry)
+        shard_ids = [samples[i].id for i in shard.index]
+        step = shard.relevance.chunks[0]
+        for start in range(0, shard.relevance.shape[0], step):
+            # each map is normalised on its own, so chunk by chunk gives the same maps as all at once
+            maps.append(preprocess(shard.relevance[start : start + step], config, shard_ids[start : start + step]))
+        ids += shard_ids
+        if len(shard_ids):
+            logits.append(shard.logits)
+            conservation.append(shard.conservation)
+        skipped += shard.skipped
+    return PreprocessedClass(
+        maps=np.concatenate(maps) if maps else np.zeros((0, *config.size), np.float32),
+        logits=np.concatenate(logits) if logits else np.zeros((0, 0), np.float32),
+        conservation=np.concatenate(conservation) if conservation else np.zeros(0, np.float32),
+        ids=ids, skipped=skipped,
+    ).to_entry()

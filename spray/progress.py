@@ -13,12 +13,11 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from dask.callbacks import Callback
 from tqdm import tqdm
-
-from spray.pipeline import STAGES
 
 log = logging.getLogger("spray.progress")
 PLAIN_INTERVAL_S = 30.0
@@ -39,10 +38,12 @@ def interactive() -> bool:
 
 
 class StageProgress(Callback):
-    """``with StageProgress(): dask.compute(...)`` draws one bar on stderr: all tasks, per-stage counts."""
+    """``with StageProgress(stages): dask.compute(...)`` draws one bar on stderr: all tasks, and the tasks
+    of each stage in ``stages`` (the first part of a task's key names its stage)."""
 
-    def __init__(self, bar: bool | None = None) -> None:
+    def __init__(self, stages: Sequence[str], bar: bool | None = None) -> None:
         super().__init__()
+        self._stages = tuple(stages)
         self._use_bar = interactive() if bar is None else bar
         self._bar: tqdm | None = None
         self._done: dict[str, int] = {}
@@ -50,23 +51,23 @@ class StageProgress(Callback):
         self._logged_at = (0.0, 0)  # (time, tasks done) of the last plain line
 
     def _start_state(self, dsk: Any, state: Any) -> None:
-        self._totals = {stage: 0 for stage in STAGES}
+        self._totals = {stage: 0 for stage in self._stages}
         for key in dsk:
-            stage = _stage_of(key)
+            stage = self._stage_of(key)
             if stage:
                 self._totals[stage] += 1
-        self._done = {stage: 0 for stage in STAGES}
+        self._done = {stage: 0 for stage in self._stages}
         self._logged_at = (time.monotonic(), 0)
         if self._use_bar:
             self._bar = tqdm(total=sum(self._totals.values()), desc="spray", unit="task", file=sys.stderr,
                              dynamic_ncols=True, mininterval=0.5)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        stage = _stage_of(key)
+        stage = self._stage_of(key)
         if not stage:
             return
         self._done[stage] += 1
-        counts = " ".join(f"{s} {self._done[s]}/{self._totals[s]}" for s in STAGES if self._totals[s])
+        counts = " ".join(f"{s} {self._done[s]}/{self._totals[s]}" for s in self._stages if self._totals[s])
         if self._bar is not None:
             self._bar.set_postfix_str(counts, refresh=False)
             self._bar.update(1)
@@ -84,9 +85,9 @@ class StageProgress(Callback):
             self._bar = None
 
 
-def _stage_of(key: Any) -> str | None:
-    name = key[0] if isinstance(key, tuple) else key
-    if not isinstance(name, str):
-        return None
-    stage = name.split("-", 1)[0]
-    return stage if stage in STAGES else None
+    def _stage_of(self, key: Any) -> str | None:
+        name = key[0] if isinstance(key, tuple) else key
+        if not isinstance(name, str):
+            return None
+        stage = name.split("-", 1)[0]
+        return stage if stage in self._stages else None

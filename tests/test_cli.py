@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from audit_cases import tiny_config, write_config
 
 from spray.cli import main
 from spray.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FLAGGED, EXIT_MODEL, EXIT_OK
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_prints_the_report_path_and_the_flags(tiny_audit, capsys):
@@ -100,3 +103,14 @@ def test_a_bad_command_line_exits_with_the_config_code(argv):
     with pytest.raises(SystemExit) as error:
         main(argv)
     assert error.value.code == EXIT_CONFIG
+
+
+def test_a_demo_config_validates_before_its_case_is_built_and_names_demo_keys(tmp_path, capsys):
+    demo = (ROOT / "pipelines" / "demo.yaml").read_text().replace("../", "")  # cache and report inside tmp_path
+    (tmp_path / "demo.yaml").write_text(demo)
+    assert main(["validate", str(tmp_path / "demo.yaml")]) == EXIT_OK
+    assert f"the demo case is built in {tmp_path / 'demo-case'} on first run" in capsys.readouterr().out
+    (tmp_path / "bad.yaml").write_text(demo.replace("fraction: 0.25", "fraction: 2"))
+    assert main(["run", str(tmp_path / "bad.yaml"), "--quiet"]) == EXIT_CONFIG
+    assert "demo.fraction: Input should be less than or equal to 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo-case").exists()

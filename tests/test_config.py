@@ -80,9 +80,99 @@ def test_invalid_yaml_names_the_line(tmp_path):
         load_config(write(tmp_path, "model:\n  factory: x.py:f\n  kwargs: {a: 1\ndata: {root: x}\n"))
 
 
-def test_the_demo_config_is_valid():
-    config = load_config(ROOT / "pipelines" / "demo.yaml")
-    assert config.demo is not None and config.demo.artifact == "watermark"
+def test_the_demo_config_is_a_demo_section_and_an_ordinary_audit_config():
+    from spray.config import read_config_file
+    from spray.demo import load_demo
+
+    path = ROOT / "pipelines" / "demo.yaml"
+    demo, config = load_demo(read_config_file(path), base_dir=path.parent, source=path)
+    assert demo is not None and demo.artifact == "watermark" and demo.directory == ROOT / "pipelines" / "demo-case"
+    assert config.model.weights == ROOT / "pipelines" / "demo-case" / "model.pt"
+    with pytest.raises(ConfigError, match=r"demo section is read by `python -m spray run`"):
+        load_config(path)
+
+
+def test_a_demo_section_error_names_its_key(tmp_path):
+    from spray.config import read_config_file
+    from spray.demo import load_demo
+
+    path = write(tmp_path, MINIMAL + "demo: {artifact: logo}\n")
+    with pytest.raises(ConfigError, match=r"demo\.artifact: Input should be 'watermark'"):
+        load_demo(read_config_file(path), base_dir=tmp_path, source=path)
+
+
+def test_a_key_of_another_attribution_method_names_the_method(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'attribution\.steps'; 'steps' applies to attribution\.method "
+                                          r"integrated_gradients \(valid keys here: .*composite"):
+        load_config(write(tmp_path, MINIMAL + "attribution: {composite: epsilon, steps: 8}\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'attribution\.composite'; 'composite' applies to "
+                                          r"attribution\.method lrp"):
+        load_config(write(tmp_path, MINIMAL + "attribution: {method: occlusion, composite: epsilon}\n"))
+    config = load_config(write(tmp_path, MINIMAL + "attribution: {method: occlusion, patch: 8}\n"))
+    assert config.attribution.method == "occlusion" and config.attribution.patch == 8
+
+
+def test_an_unknown_method_or_composite_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown attribution\.method 'smoothgrd' \(did you mean 'smoothgrad'\?\)"):
+        load_config(write(tmp_path, MINIMAL + "attribution: {method: smoothgrd}\n"))
+    with pytest.raises(ConfigError, match=r"attribution\.composite: unknown composite 'epsilon_plus_flt' "
+                                          r"\(did you mean 'epsilon_plus_flat'\?\)"):
+        load_config(write(tmp_path, MINIMAL + "attribution: {composite: epsilon_plus_flt}\n"))
+
+
+def test_rule_entries_are_checked_by_key_path(tmp_path):
+    rules = ("attribution:\n  rules:\n    - {layers: [conv], rule: gama}\n"
+             "    - {names: [fc], rule: gamma, epsilon: 0.1}\n    - {rule: flat}\n    - {layers: conv, rule: zbox}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, MINIMAL + rules))
+    message = str(error.value)
+    assert "attribution.rules.0: unknown LRP rule 'gama' (did you mean 'gamma'?)" in message
+    assert "attribution.rules.1: rule 'gamma' takes gamma, stabilizer; got epsilon" in message
+    assert "attribution.rules.2: give exactly one of 'names' (patterns) or 'layers' (layer types)" in message
+    assert "attribution.rules.3: rule 'zbox' needs low and high" in message
+
+
+def test_the_names_the_schema_accepts_are_the_engines():
+    import inspect
+
+    from spray import names
+    from spray.lrp.composites import COMPOSITES, LAYER_TYPE_NAMES
+    from spray.lrp.methods import METHODS
+    from spray.lrp.rules import RULES
+
+    assert names.COMPOSITE_NAMES == COMPOSITES
+    assert tuple(LAYER_TYPE_NAMES) == names.LAYER_KINDS
+    assert names.METHODS == METHODS
+    assert list(names.RULE_PARAMETERS) == list(RULES)
+    for rule, parameters in names.RULE_PARAMETERS.items():
+        signature = {name: p for name, p in inspect.signature(RULES[rule].__init__).parameters.items()
+                     if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        assert set(parameters) == set(signature), rule
+        required = {name for name, p in signature.items() if p.default is inspect.Parameter.empty}
+        assert required == set(names.REQUIRED_RULE_PARAMETERS.get(rule, ())), rule
+
+
+def test_importing_the_config_does_not_import_torch():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, spray.config; print('torch' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"
+
+
+_TOKEN = """
+import sys
+from dask.base import tokenize
+from spray.config import AnalysisConfig, LrpAttribution
+print(tokenize(AnalysisConfig(neighbors=int(sys.argv[1])), LrpAttribution(rules=[{"layers": ["conv"], "rule": "flat"}])))
+"""
+
+
+def test_a_section_tokenizes_alike_in_every_process_and_differently_when_a_field_differs():
+    def token(neighbors: int) -> str:
+        return subprocess.run([sys.executable, "-c", _TOKEN, str(neighbors)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    first = token(10)
+    assert token(10) == first and token(11) != first
 
 
 def test_the_readme_documents_every_key():

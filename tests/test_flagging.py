@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from spray.config import FlaggingConfig, ImageConfig, config_from_dict
+from spray.config import FlaggingConfig, ImageConfig
+from spray.demo import load_demo, prepare_demo
 from spray.flag import array_batches, distinctive_region, join_pattern_carriers, score_clusters
 from spray.pipeline import run_audit
 
@@ -129,7 +130,9 @@ def audit(folder: Path, classes: list[int] | None, **demo) -> tuple[dict[str, bo
         "cache": {"directory": str(folder / "cache")},
         "output": str(folder / "report"),
     }
-    outcome = run_audit(config_from_dict(raw, base_dir=folder), progress=False)
+    demo_config, config = load_demo(raw, base_dir=folder)
+    prepare_demo(demo_config)  # the case is built before the audit, as `python -m spray run` does
+    outcome = run_audit(config, progress=False)
     manifest = pd.read_csv(folder / "case" / "images" / "manifest.csv")
     planted = set(manifest.loc[manifest.artifact == 1, "path"])
     target = demo.get("target_class")

@@ -150,7 +150,7 @@ def test_an_unsupported_layer_is_named_before_anything_runs(tiny_case):
 
 
 def test_an_unreachable_cluster_is_a_run_error(tiny_audit):
-    config = load_config(tiny_audit(dask={"address": "tcp://127.0.0.1:9"}))
+    config = load_config(tiny_audit(dask={"address": "tcp://127.0.0.1:9", "connect_timeout": 0.5}))
     with pytest.raises(RunError, match=r"dask\.address"):
         run_audit(config, progress=False)
 

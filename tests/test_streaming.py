@@ -13,11 +13,10 @@ from audit_cases import make_tiny_case
 import spray.data
 from spray.attribute import attribute_shard, prepare_attributor
 from spray.cache import cached_stream
-from spray.config import AttributionConfig, ImageConfig, ModelConfig, PreprocessingConfig
+from spray.config import ImageConfig, LrpAttribution, ModelConfig, PreprocessingConfig
 from spray.data import Sample, iter_pixel_batches, load_dataset, load_pixels, to_model_input
 from spray.model import model_token
-from spray.pipeline import _preprocess
-from spray.preprocess import preprocess
+from spray.preprocess import preprocess, preprocess_shards
 
 GREY16 = ImageConfig(mode="L", size=(16, 16))
 
@@ -55,7 +54,7 @@ def test_decoding_runs_at_most_two_batches_ahead_of_the_consumer(samples, monkey
 def test_a_shard_streams_its_relevance_into_a_chunked_store_equal_to_one_pass(samples, tmp_path):
     case = tmp_path / "case"
     model = ModelConfig(factory=f"{case / 'models.py'}:build", weights=case / "model.pt")
-    attribution = AttributionConfig(batch_size=4, loader_workers=2)
+    attribution = LrpAttribution(batch_size=4, loader_workers=2)
     token = model_token(model)
     entry = cached_stream(str(tmp_path / "cache"), "attribute", "k", attribute_shard, samples[8:20], 1, model,
                           token, attribution, GREY16)
@@ -74,7 +73,7 @@ def test_a_shard_streams_its_relevance_into_a_chunked_store_equal_to_one_pass(sa
 
     # preprocessing reads the store chunk by chunk and gets the maps of preprocessing everything at once
     config = PreprocessingConfig(size=(8, 8))
-    pre, pre_meta = _preprocess([entry], [samples[8:20]], config)
+    pre, pre_meta = preprocess_shards([entry], [samples[8:20]], config)
     np.testing.assert_allclose(pre["maps"], preprocess(stored[:], config), rtol=1e-6)
     assert pre_meta["ids"] == [samples[8 + i].id for i in ok]
 

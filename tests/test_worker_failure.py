@@ -50,15 +50,15 @@ def _slow_attribution_plugin():
 
     class SlowAttribution(distributed.WorkerPlugin):
         def setup(self, worker):
-            import spray.pipeline
+            import spray.attribute
 
-            compute = spray.pipeline.attribute_shard
+            compute = spray.attribute.attribute_shard
 
             def slow(*args, **kwargs):
                 time.sleep(1.0)
                 return compute(*args, **kwargs)
 
-            spray.pipeline.attribute_shard = slow
+            spray.attribute.attribute_shard = slow
 
     return SlowAttribution()
 

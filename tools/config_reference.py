@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -21,12 +21,12 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]
             continue
         key = f"{prefix}{name}"
         annotation = field.annotation
-        nested = next((a for a in getattr(annotation, "__args__", (annotation,))
-                       if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nested is not None:
+        nested = [a for a in getattr(annotation, "__args__", (annotation,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if nested:
             out.append((key, "section" if field.is_required() or field.default is not None else "optional section",
                         field.description or ""))
-            out += rows(nested, key + ".")
+            out += rows(nested[0], key + ".") if len(nested) == 1 else union_rows(nested, key + ".")
             continue
         if field.is_required():
             default = "required"
@@ -37,6 +37,25 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]
             default = "`" + json.dumps(value if not isinstance(value, tuple) else list(value), default=str) + "`"
         out.append((key, default, field.description or ""))
     return out
+
+
+def union_rows(members: list[type[BaseModel]], prefix: str) -> list[tuple[str, str, str]]:
+    """The keys of a section chosen by ``method``: those of every method once, then each method's own, its
+    meaning prefixed with the methods it applies to."""
+    methods = {member: get_args(member.model_fields["method"].annotation) for member in members}
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for member in members:
+        for key, default, meaning in rows(member, prefix):
+            name = key[len(prefix):]
+            if name in seen:
+                continue
+            seen.add(name)
+            owners = [m for other in members if name in other.model_fields for m in methods[other]]
+            if len(owners) < sum(len(m) for m in methods.values()):
+                meaning = f"{', '.join(owners)} only: {meaning}"
+            out.append((key, default, meaning))
+    return sorted(out, key=lambda row: row[0] != f"{prefix}method")
 
 
 def main() -> None:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from dask.base import tokenize
 
 import spray.flag
-from spray import __version__
 from spray.attribute import resolve_device
-from spray.cache import Entry, cached
+from spray.cache import Entry, cached, entry_key
 from spray.config import FlaggingConfig, ImageConfig, ModelConfig
 from spray.data import Sample, iter_pixel_batches, load_pixels
 from spray.errors import RunError
@@ -51,9 +49,9 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
               recipients_token: str) -> str:
     """The cache key of a class's flag entry: the token of everything that determines it. The thresholds
     are constants of the code, so they are part of it, with the release and ``STORE_VERSION``."""
-    code = (__version__, STORE_VERSION, CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
-    return tokenize("flag", code, flagging.model_dump(), analyse_key, pre_key, model_token, image.model_dump(),
-                    recipients_token)
+    thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+    return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
+                     recipients_token)
 
 
 def flag_task(directory: str, key: str, pre: Entry, analysis: Entry, task: FlagTask) -> Entry:

@@ -195,8 +195,9 @@ def attributor_from_config(model: nn.Module, attribution: Any, low: Any = None, 
         if attribution.rules:
             from spray.lrp.composites import custom_composite
 
+            entries = [rule.entry() for rule in attribution.rules]  # spray.config.CompositeRule
             composite = custom_composite(
-                attribution.rules, base=attribution.composite, name=f"custom+{attribution.composite}", **lrp_params
+                entries, base=attribution.composite, name=f"custom+{attribution.composite}", **lrp_params
             )
         return attributor("lrp", model, composite=composite, autocast=attribution.autocast, **lrp_params)
     if method == "smoothgrad":

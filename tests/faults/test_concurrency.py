@@ -12,8 +12,7 @@ import pytest
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, outcome, spray_process
 
-from spray.config import DemoConfig
-from spray.demo import build_case
+from spray.demo import DemoConfig, build_case
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from spray.config import AttributionConfig
+from spray.config import LrpAttribution, attribution_config
 from spray.lrp import METHODS, attributor, attributor_from_config
 
 
@@ -60,7 +60,7 @@ def test_unknown_method_is_rejected() -> None:
 
 def test_user_defined_composite_from_the_config() -> None:
     model, x = golden_models.make("plain")
-    config = AttributionConfig(
+    config = LrpAttribution(
         composite="epsilon_plus_flat",
         rules=[
             {"names": ["3"], "rule": "gamma", "gamma": 0.5},
@@ -78,14 +78,16 @@ def test_user_defined_composite_from_the_config() -> None:
 
 def test_config_rejects_an_unknown_rule_or_layer_type() -> None:
     with pytest.raises(ValueError, match="unknown LRP rule"):
-        AttributionConfig(rules=[{"layers": ["conv"], "rule": "gama"}])
+        LrpAttribution(rules=[{"layers": ["conv"], "rule": "gama"}])
     with pytest.raises(ValueError, match="unknown layer type"):
-        AttributionConfig(rules=[{"layers": ["convolution"], "rule": "gamma"}])
+        LrpAttribution(rules=[{"layers": ["convolution"], "rule": "gamma"}])
 
 
 def test_config_methods_build_their_attributor() -> None:
     model, x = golden_models.make("plain")
-    for method in ("gradient", "smoothgrad", "integrated_gradients", "occlusion"):
-        explain = attributor_from_config(model, AttributionConfig(method=method, samples=2, steps=2, patch=8))
+    settings = {"gradient": {}, "smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 2},
+                "occlusion": {"patch": 8}}
+    for method, keys in settings.items():
+        explain = attributor_from_config(model, attribution_config(method=method, **keys))
         assert explain.method == method
         assert explain(x, torch.tensor([0, 1, 2, 3]))[1].shape == x.shape
