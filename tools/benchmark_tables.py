@@ -45,7 +45,8 @@ def flag_memory(result: dict[str, Any]) -> str:
     flagged = [c["id"] for c in runs[-1]["clusters"] if c["flagged"]]
     lines.append("")
     lines.append(f"{first['n_images']:,} images of {first['side']} x {first['side']}; same clusters, flags and "
-                 f"scores (within 1e-4): {'yes' if result['same_result'] else 'NO'}; flagged clusters: {flagged}.")
+                 f"scores (within 1e-4): {'yes' if result['same_result'] else 'NO'}; flagged clusters: "
+                 f"{', '.join(map(str, flagged)) or 'none'}.")
     return "\n".join(lines)
 
 
@@ -77,7 +78,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "flag_memory": flag_memory,
     "report_scale": report_scale,
 }
-_BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(\n<!-- /generated:(?P=name) -->)", re.S)
+_BLOCK = re.compile(r"<!-- generated:(?P<name>[a-z_]+) -->\n.*?<!-- /generated:(?P=name) -->", re.S)
 
 
 def render(doc: str) -> str:
@@ -88,7 +89,7 @@ def render(doc: str) -> str:
         if name not in RENDERERS:
             raise ValueError(f"docs/benchmarks.md: no renderer for generated block {name!r}")
         result = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
-        return match.group(1) + RENDERERS[name](result) + match.group(4)
+        return f"<!-- generated:{name} -->\n{RENDERERS[name](result)}\n<!-- /generated:{name} -->"
 
     return _BLOCK.sub(table, doc)
 
