@@ -56,9 +56,8 @@ __all__ = [
     "spectral_clustering",
 ]
 
-# Up to this many nodes the eigenpairs come from a dense LAPACK solve of the Laplacian: it is exact and
-# needs no convergence checks (32 pairs of 300 nodes: 0.02 s). Above it the sparse Lanczos solver (ARPACK)
-# is faster (1,000 nodes: 0.07 s against 0.22 s dense) and the only option that does not grow as N^2.
+# Up to this many nodes the eigenpairs come from a dense LAPACK solve of the Laplacian: exact, with no
+# convergence checks. Above it ARPACK is faster and does not grow as N^2 (docs/benchmarks.md, "Constants").
 DENSE_EIGEN_MAX_N = 500
 
 
@@ -315,9 +314,8 @@ def smallest_eigenpairs(laplacian: Any, n: int, seed: int = 0) -> tuple[np.ndarr
     if not 1 <= n <= size:
         raise ValueError(f"expected 1 <= n <= N = {size} eigenpairs, got n = {n}")
     n_components, component = scipy.sparse.csgraph.connected_components(lap, directed=False)
-    # One BLAS thread: ARPACK's work is many small, memory-bound BLAS-2 calls, and these dense problems
-    # are small; with 2 threads on 2 shared cores most time went to waking threads (measured: eigsh on
-    # 100,000 nodes 36 s -> 14 s, dense eigh of 1,000 nodes 0.84 s -> 0.22 s with 1 thread)
+    # One BLAS thread: ARPACK's work is many small, memory-bound BLAS-2 calls and these dense problems are
+    # small, so more threads on shared cores mostly wait for each other (docs/benchmarks.md, "Constants")
     with threadpool_limits(1, user_api="blas"):
         if n_components == 1:
             values, vectors = _connected_eigenpairs(lap, n, seed)
@@ -341,10 +339,9 @@ def _eigenpairs_by_component(
     # every component contributes its 0, so none contributes more than n - c + 1 of the n smallest
     most = np.minimum(max(1, n - n_components + 1), sizes)
     # First each component is asked for a little more than its share by size (Lanczos' cost grows with the
-    # pairs asked: 25 pairs of a 2,800-node component took 0.032 s, 5 pairs 0.009 s). A component is asked
-    # again, for twice as many, while even its largest pair so far is not above the n-th smallest of all:
-    # then it might hold more of the n smallest. The pairs kept are those that asking every component
-    # for ``most`` pairs would keep.
+    # pairs asked). A component is asked again, for twice as many, while even its largest pair so far is not
+    # above the n-th smallest of all: then it might hold more of the n smallest. The pairs kept are those that
+    # asking every component for ``most`` pairs would keep.
     asked = np.minimum(most, np.ceil(1.5 * n * sizes / size).astype(np.int64) + 2)
     order = np.argsort(component, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -426,8 +423,8 @@ def spectral_clustering(eigenvectors: np.ndarray, n_clusters: int, seed: int = 0
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows / np.maximum(norms, np.finfo(np.float64).tiny)
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
-    # one BLAS thread (k-means' own OpenMP threads stay): its products are small, and 2 BLAS threads on 2
-    # shared cores made this step take 0.04-0.7 s at N = 20,000 instead of 0.04 s
+    # one BLAS thread (k-means' own OpenMP threads stay): its products are small, and BLAS threads on
+    # shared cores only wait for each other (docs/benchmarks.md, "Constants")
     with threadpool_limits(1, user_api="blas"):
         labels = kmeans.fit_predict(rows)
     return _relabel_by_size(labels.astype(np.int64))
@@ -566,10 +563,10 @@ def _spectral_analysis(maps: np.ndarray, config: AnalysisConfig) -> SpectralResu
 # 2-D embeddings
 
 
-# Up to this many samples t-SNE embeds all of them (scikit-learn's Barnes-Hut: ~1 min for 10,000 on 2
-# cores, impractical beyond ~25,000). Above it, t-SNE embeds a seeded sample of this size and every other
-# sample is placed at the mean position of its nearest sampled neighbours. openTSNE's FFT t-SNE embeds
-# all points but took 509 s for 100,000 here (and is another dependency); the report says which was used.
+# Up to this many samples t-SNE embeds all of them (scikit-learn's Barnes-Hut grows too slow beyond). Above
+# it, t-SNE embeds a seeded sample of this size and every other sample is placed at the mean position of its
+# nearest sampled neighbours: openTSNE's FFT t-SNE, which embeds all points, is slower still at 100,000 and
+# another dependency (docs/benchmarks.md, "Constants"). The report says which was used.
 TSNE_MAX_N = 10_000
 # How many nearest sampled neighbours place a sample that t-SNE did not embed.
 TSNE_PLACEMENT_NEIGHBORS = 10
@@ -675,7 +672,7 @@ def _umap(maps: np.ndarray, config: EmbeddingConfig) -> np.ndarray:
     n_neighbors = _umap_neighbors(n_samples, config)
     # UMAP gets spray's own kNN graph (the sample itself first, as umap-learn lists it): exact or projected
     # up to PROJECTED_KNN_MAX_N samples, where umap-learn would otherwise run pynndescent and pay the JIT
-    # of its nn_descent (3-4 s per process, 15-40 s before spray cached the rest) for a rougher graph
+    # of its nn_descent in every process for a rougher graph (benchmarks/spectral_scale.py)
     indices, distances, _, _ = nearest_neighbors(maps, n_neighbors - 1, "auto", config.seed)
     own = np.arange(n_samples)[:, None]
     precomputed = (

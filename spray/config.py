@@ -1,6 +1,6 @@
 """The audit configuration: one YAML file, validated when loaded.
 
-Every key, its default and its meaning is listed here and in README.md ("Configuration"). Unknown keys are
+Every key, its default and its meaning is listed here and in docs/configuration.md (generated). Unknown keys are
 rejected with the closest valid key suggested; wrong types and values are reported by key path. Relative
 paths resolve against the folder of the config file.
 """

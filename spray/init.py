@@ -104,7 +104,7 @@ def starter_config(config_path: Path, model: str, images: Path, weights: Path | 
         "# spray audit config, written by `spray init`. Check every line marked CHECK, then run:",
         f"#   python -m spray validate {config_path.name}   (seconds: model, weights, one image per class)",
         f"#   python -m spray run {config_path.name}",
-        "# Every key and its default: README.md, section Configuration. Paths are relative to this file.",
+        "# Every key and its default: docs/configuration.md. Paths are relative to this file.",
         "",
         "model:",
         f"  factory: {factory}" + (f"   # CHECK: other callables there: {', '.join(others)}" if others else ""),

@@ -38,25 +38,23 @@ __all__ = ["EXACT_KNN_MAX_N", "KNN_METHODS", "PROJECTED_KNN_MAX_N", "nearest_nei
 # from it takes twice that again (int64 indices). Blocks of this size keep BLAS at full speed.
 KNN_BLOCK_BYTES = 128 * 2**20
 
-# Up to this many samples the kNN graph is exact (brute force, ``_exact_knn``): a few seconds at most. Its
-# cost grows as N^2 D: 2.8-3.1 s at N = 10,000 x 1024 on 2 shared cores, 6-10 s at 20,000, ~50 s at 100,000.
+# Up to this many samples the kNN graph is exact (brute force, ``_exact_knn``), whose cost grows as N^2 D
+# (benchmarks/spectral_scale.py; docs/benchmarks.md, "Constants").
 EXACT_KNN_MAX_N = 10_000
 # Above it and up to PROJECTED_KNN_MAX_N, the projected kNN (``_knn_projected``): the c nearest in the
 # leading principal components, found exactly there (groups of points skipped by a lower bound), then
 # re-ranked by the distance in full dimension. Each step (components, candidates per neighbour) is tried
 # in turn, the first whose recall@k, measured on RECALL_SAMPLE rows before the whole search runs, reaches
-# PROJECTED_KNN_MIN_RECALL is used. 20,000 synthetic heatmaps x 1024 (benchmarks/spectral_scale.py): 48
-# components and 40 candidates, recall 0.998, 0.6 s for the whole graph against 6-10 s exact, the same
-# clusters; with heavy noise (--noise 1.0) 96 components (recall 0.98), and 192 at 100,000 (1.000).
-# Gaussian groups in 256 dimensions needed 192. Heatmaps are smooth, so a few dozen components hold most
-# of what tells them apart; white noise is the worst case, where no step reaches the threshold.
+# PROJECTED_KNN_MIN_RECALL is used. Heatmaps are smooth, so a few dozen components hold most of what tells
+# them apart; white noise is the worst case, where no step reaches the threshold. The components each kind of
+# data needed: benchmarks/spectral_scale.py (--noise) and docs/benchmarks.md, "Constants".
 PROJECTED_KNN_MAX_N = 200_000
 PROJECTED_KNN_STEPS = ((48, 4), (96, 8), (192, 16))
 PROJECTED_KNN_MIN_RECALL = 0.95
-# Steps after the first are tried only while N^2 x components stays below this: 100,000 samples in 192
-# components took 30 s where no group could be skipped, as long as NN-descent; larger N go to it sooner.
+# Steps after the first are tried only while N^2 x components stays below this: beyond it a projected search
+# in which no group can be skipped costs as much as NN-descent, so larger N go to NN-descent sooner.
 PROJECTED_KNN_MAX_WORK = 2e12
-# When no step reaches the recall: exact up to this many samples (6-10 s at 20,000), NN-descent above.
+# When no step reaches the recall: exact up to this many samples (its N^2 cost still bearable), NN-descent above.
 EXACT_KNN_FALLBACK_MAX_N = 25_000
 # The principal axes come from a randomized range finder on this many rows, with these power iterations.
 PROJECTION_SAMPLE = 5000
@@ -67,8 +65,8 @@ PROJECTED_GROUP_SIZE = 512
 _PROJECTED_QUERY_ROWS = 256
 # Above PROJECTED_KNN_MAX_N: approximate kNN by NN-descent (pynndescent, which umap-learn already depends
 # on), with its recall measured. The graph is built with this many neighbours (or k, if larger) and the k
-# nearest are kept: NN-descent's recall@10 on 20,000 Gaussian-mixture maps of 1024 values was 0.55 when
-# built with 10 neighbours, 0.94 with 30 and 0.998 with 60 (0.99 and 1.0 on smooth heatmap-like maps).
+# nearest are kept: a graph built with more neighbours than k has a much higher recall@k (docs/benchmarks.md,
+# "Constants").
 APPROXIMATE_KNN_BUILD_NEIGHBORS = 30
 # Rows whose exact neighbours are computed to measure the recall of an approximate graph.
 RECALL_SAMPLE = 1000
@@ -167,8 +165,8 @@ def _exact_knn(maps: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarr
         scores *= -2.0
         scores += sq_norms
         scores[rows, rows + start] = np.inf
-        # numpy's selection, not torch.topk (1.6x faster): torch's OpenMP threads keep spinning after it
-        # and slowed the next LAPACK call on 2 cores from 0.03 s to 3-4 s
+        # numpy's selection, not the faster torch.topk: torch's OpenMP threads keep spinning after it and
+        # slow the next LAPACK call on shared cores (docs/benchmarks.md, "Constants")
         # (the copy lets the full int64 index array go: it is twice the size of the scores block)
         cand = np.argpartition(scores, candidates - 1, axis=1)[:, :candidates].copy()
         del scores
@@ -306,8 +304,8 @@ def _principal_coordinates(maps: np.ndarray, n_dims: int, seed: int) -> np.ndarr
         return maps - mean
     rows = rows - mean
     width = min(n_features, n_dims + 10)  # oversampling makes the leading axes accurate
-    # one BLAS thread: these are small products and factorisations, and with 2 threads on 2 shared cores
-    # each QR of the (1024, 58) subspace took 0.8 s instead of 0.002 s (threads waiting on each other)
+    # one BLAS thread: these are small products and factorisations, where threads on shared cores wait on each
+    # other (docs/benchmarks.md, "Constants")
     with threadpool_limits(1, user_api="blas"):
         subspace = rows.T @ (rows @ rng.standard_normal((n_features, width), dtype=np.float32))
         for _ in range(PROJECTION_POWER_ITERATIONS - 1):

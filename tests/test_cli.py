@@ -17,6 +17,7 @@ from spray.errors import EXIT_CONFIG, EXIT_DATA, EXIT_FLAGGED, EXIT_MODEL, EXIT_
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
 def test_run_prints_the_report_path_and_the_flags(tiny_audit, capsys):
     assert main(["run", str(tiny_audit()), "--quiet"]) == EXIT_OK
     out = capsys.readouterr().out
@@ -24,6 +25,7 @@ def test_run_prints_the_report_path_and_the_flags(tiny_audit, capsys):
     assert "tasks computed" in out
 
 
+@pytest.mark.e2e
 def test_output_and_classes_override_the_config(tiny_audit, tmp_path, capsys):
     output = tmp_path / "elsewhere"
     assert main(["run", str(tiny_audit()), "--quiet", "--output", str(output), "--classes", "1"]) == EXIT_OK
@@ -31,6 +33,7 @@ def test_output_and_classes_override_the_config(tiny_audit, tmp_path, capsys):
     assert [c["class"] for c in summary["classes"]] == [1]
 
 
+@pytest.mark.e2e
 def test_fail_on_flag_exits_non_zero_when_a_cluster_is_flagged(tiny_audit, monkeypatch, capsys):
     import dataclasses
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from spray.config import load_config
 from spray.pipeline import run_audit
+
+pytestmark = pytest.mark.e2e  # every test here runs the whole pipeline
 
 
 def test_the_cross_class_analysis_covers_every_audited_sample_and_has_its_report_section(tiny_audit):

@@ -13,7 +13,7 @@ from spray.pipeline import run_audit
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_local_cluster_of_two_processes_matches_the_local_scheduler(tiny_audit, tiny_case):
     local = run_audit(load_config(tiny_audit(output="local", cache={"directory": "cache-local"})), progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

@@ -99,6 +99,7 @@ def test_each_mistake_has_its_exit_code_and_names_the_culprit(case_name, command
     assert not (tiny_case / "cache" / "attribute").exists()
 
 
+@pytest.mark.e2e
 def test_string_labels_with_class_names_are_audited_against_the_named_outputs(tiny_case, capsys):
     """The class absent from the data keeps its output: square is explained as output 2, not 1."""
     _relabel(tiny_case, {0: "circle", 1: "cross", 2: "square"}, keep=lambda label: label != 1)

@@ -149,7 +149,7 @@ PLANTED = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("demo", PLANTED, ids=lambda d: f"{d['artifact']}-{d['position']}-class{d['target_class']}")
 def test_flags_match_the_planted_samples(tmp_path, demo):
     planted, flagged, elsewhere = audit(tmp_path, [demo["target_class"], (demo["target_class"] + 1) % 10], **demo)
@@ -160,7 +160,7 @@ def test_flags_match_the_planted_samples(tmp_path, demo):
     assert elsewhere == []
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_model_trained_without_an_artifact_gets_no_flag(tmp_path):
     planted, flagged, elsewhere = audit(tmp_path, None, artifact="none", fraction=0.0, batchnorm=True, seed=21)
     assert planted == set() and flagged == set() and elsewhere == []

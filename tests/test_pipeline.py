@@ -14,6 +14,8 @@ from spray.config import load_config
 from spray.errors import DataError, ModelError, RunError
 from spray.pipeline import run_audit
 
+pytestmark = pytest.mark.e2e  # every test here runs the whole pipeline
+
 
 def computed(outcome) -> dict[str, int]:
     return {stage: counts["computed"] for stage, counts in outcome.stages.items()}

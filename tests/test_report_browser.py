@@ -47,6 +47,7 @@ def shot(tmp_path_factory):
     return tool, report, png, tmp / "net.json"
 
 
+@pytest.mark.e2e
 def test_the_report_renders_as_a_full_non_blank_page(shot):
     _, _, png, _ = shot
     image = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
@@ -64,11 +65,13 @@ def test_the_report_renders_as_a_full_non_blank_page(shot):
     assert red > 200, "no red flag badge visible"
 
 
+@pytest.mark.e2e
 def test_the_page_requests_nothing_from_the_network(shot):
     tool, _, _, net_log = shot
     assert tool.page_requests(net_log) == []
 
 
+@pytest.mark.e2e
 def test_the_network_check_catches_a_page_that_loads_a_remote_resource(tmp_path):
     """Positive control: the network check is not vacuous."""
     page = tmp_path / "remote.html"

@@ -42,6 +42,7 @@ def _evidence_keys(evidence: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+@pytest.mark.e2e
 def test_every_evidence_line_the_audit_writes_has_a_name_and_a_meaning(tiny_report):
     summary = json.loads((tiny_report / "summary.json").read_text())
     written = set().union(*(_evidence_keys(cluster["evidence"])
@@ -58,6 +59,7 @@ def test_every_evidence_line_the_audit_writes_has_a_name_and_a_meaning(tiny_repo
     assert "For this run's composite (epsilon_plus_flat), 90 % of the images" in page
 
 
+@pytest.mark.e2e
 def test_the_report_shows_no_absolute_path_of_the_machine(tiny_report):
     folder = str(tiny_report.parent)
     for name in ("index.html", "summary.json"):
@@ -77,6 +79,7 @@ def test_absolute_paths_only_when_asked(tiny_case):
     assert PathShower(absolute).config()["cache"]["directory"] == str(tiny_case.resolve() / "cache")
 
 
+@pytest.mark.e2e
 def test_the_label_mapping_is_in_the_report(tiny_report):
     page = (tiny_report / "index.html").read_text()
     assert "Labels → model outputs (integer labels are output indices)" in page

@@ -55,6 +55,7 @@ def paged_report(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.e2e
 def test_more_classes_than_fit_on_one_page_get_a_page_each(paged_report):
     pages = sorted(p.name for p in (paged_report / "classes").iterdir())
     assert pages == sorted(f"{i}.html" for i in range(N_CLASSES))  # the stale 99.html and .tmp are gone
@@ -62,6 +63,7 @@ def test_more_classes_than_fit_on_one_page_get_a_page_each(paged_report):
     assert 'class="card class-section"' not in index  # the sections are on the class pages only
 
 
+@pytest.mark.e2e
 def test_the_summary_table_ranks_every_class_and_links_to_its_page(paged_report):
     index = (paged_report / "index.html").read_text(encoding="utf-8")
     start = index.index('<table class="data summary-table">')
@@ -73,6 +75,7 @@ def test_the_summary_table_ranks_every_class_and_links_to_its_page(paged_report)
     assert re.search(r'href="classes/7\.html#class-7-cluster-\d+"', verdict)
 
 
+@pytest.mark.e2e
 def test_every_link_resolves_to_a_file_and_anchor_of_the_report(paged_report):
     pages = [paged_report / "index.html", *sorted((paged_report / "classes").glob("*.html"))]
     parsed = {page.resolve(): links(page) for page in pages}
@@ -87,6 +90,7 @@ def test_every_link_resolves_to_a_file_and_anchor_of_the_report(paged_report):
             assert not anchor or anchor in parsed[target_page].ids, (page.name, url)
 
 
+@pytest.mark.e2e
 def test_a_class_page_is_self_contained_and_shows_its_class(paged_report):
     page = (paged_report / "classes" / "7.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page

@@ -40,6 +40,7 @@ def both(tmp_path_factory) -> tuple[Path, Path]:
     return serial, parallel
 
 
+@pytest.mark.e2e
 def test_pages_drawn_by_workers_are_the_bytes_drawn_in_process(both):
     serial, parallel = both
     drawn_here, drawn_by_workers = files(serial), files(parallel)
@@ -48,12 +49,14 @@ def test_pages_drawn_by_workers_are_the_bytes_drawn_in_process(both):
     assert [name for name in drawn_here if drawn_here[name] != drawn_by_workers[name]] == []
 
 
+@pytest.mark.e2e
 def test_index_is_written_after_every_class_page(both):
     _, parallel = both
     index = (parallel / "index.html").stat().st_mtime_ns
     assert all(page.stat().st_mtime_ns <= index for page in (parallel / "classes").glob("*.html"))
 
 
+@pytest.mark.e2e
 def test_workers_draw_with_the_callers_matplotlib_settings(tmp_path):
     classes = ranked(small_classes(3))
     context = PageContext.of(classes, synthetic_run())
@@ -67,7 +70,7 @@ def test_workers_draw_with_the_callers_matplotlib_settings(tmp_path):
     assert files(tmp_path / "workers") == files(tmp_path / "here")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.e2e)])
 def test_a_page_that_cannot_be_drawn_names_its_class_and_index_is_not_written(tmp_path, workers):
     classes = small_classes()
     classes[5].class_name = "broken"
@@ -86,6 +89,7 @@ class _KillsItsUnpickler(str):
         return os._exit, (3,)
 
 
+@pytest.mark.e2e
 def test_a_worker_that_dies_is_reported_and_index_is_not_written(tmp_path):
     classes = small_classes()
     classes[3].notes = [_KillsItsUnpickler("a note")]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,37 @@ def test_batches_hold_the_same_pixels_in_order_as_decoding_all_at_once(samples, 
 
 
 def test_decoding_runs_at_most_two_batches_ahead_of_the_consumer(samples, monkeypatch):
-    decoded = []
+    """While the consumer holds batch i, images of batches i + 1 and i + 2 are decoded and no others are
+    handed to the decoding threads. Gated on events, not on sleeping: the read-ahead is awaited until it has
+    happened, and the bound is checked on the decodes handed out, which are all known when a batch is
+    returned."""
+    handed_out, decoded = [], []
+    read_ahead = threading.Event()
     real = spray.data._decode
-    monkeypatch.setattr(spray.data, "_decode", lambda path, image: decoded.append(path) or real(path, image))
+
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            handed_out.append(args[1].id)
+            return super().submit(*args, **kwargs)
+
+    def decode(path, image):
+        try:
+            return real(path, image)
+        finally:  # an image that fails to decode counts too
+            decoded.append(path)
+            if len(decoded) == 3 * 4:  # the batch in hand and two ahead
+                read_ahead.set()
+
+    monkeypatch.setattr(spray.data, "ThreadPoolExecutor", CountingPool)
+    monkeypatch.setattr(spray.data, "_decode", decode)
     batches = iter_pixel_batches(samples, GREY16, batch_size=4, workers=2)
-    next(batches)
-    time.sleep(0.2)  # time for the threads to run ahead, if they would
-    assert len(decoded) <= 3 * 4  # the batch in hand and two ahead, of 30 samples
-    assert len(list(batches)) == -(-len(samples) // 4) - 1
+    held = [next(batches)]
+    assert read_ahead.wait(timeout=60), "the threads never decoded the two batches ahead"
+    assert handed_out == [s.id for s in samples[: 3 * 4]]  # and nothing beyond them, of 30 samples
+    for batch in batches:
+        held.append(batch)
+        assert len(handed_out) <= min(len(samples), (len(held) + 2) * 4)
+    assert len(held) == -(-len(samples) // 4)
 
 
 def test_a_shard_streams_its_relevance_into_a_chunked_store_equal_to_one_pass(samples, tmp_path):

@@ -11,6 +11,7 @@ from spray.cli import main
 from spray.errors import EXIT_OK
 
 
+@pytest.mark.e2e
 def test_a_run_logged_to_a_file_shows_mapping_progress_and_skipped_images(tiny_audit, tiny_case, capsys, caplog):
     (tiny_case / "images" / "c0" / "003.png").unlink()
     (tiny_case / "images" / "c2" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

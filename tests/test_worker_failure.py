@@ -73,7 +73,7 @@ def _staging_of(folder: Path, pids: dict[str, int]) -> tuple[str, int] | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_a_worker_killed_in_the_middle_of_attribution_is_survived(tiny_audit):
     local = run_audit(load_config(tiny_audit(output="local", cache={"directory": "cache-local"})), progress=False)

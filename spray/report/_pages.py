@@ -33,8 +33,8 @@ _T = TypeVar("_T")
 _worker: tuple[Path, ClassPageRenderer] | None = None
 
 
-# Each worker holds ~110 MB (matplotlib, a compiled template); past a few workers the report is limited by
-# writing, and a 64-core node would spend 7 GB on page drawers. 8 workers draw 1,000 pages in well under a minute.
+# Each worker holds matplotlib and a compiled template; past a few workers the report is limited by writing,
+# so more only cost memory on a many-core node (benchmarks/report_scale.py measures both).
 MAX_DEFAULT_WORKERS = 8
 
 

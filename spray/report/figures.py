@@ -24,8 +24,8 @@ from PIL import Image
 
 # Rendered at 1.5x the size they are shown at (96 CSS pixels per inch), sharp on high-density screens.
 DPI = 144
-# zlib level of the figures' PNGs. Level 9 took 3x the time of 8 on these flat plots for 2 % fewer bytes
-# (measured: 35 vs 13 ms and 37.7 vs 38.4 KB for a class page's three figures); the pixels are the same.
+# zlib level of the figures' PNGs: level 9 costs several times 8's time on these flat plots for 2 % fewer
+# bytes and the same pixels (benchmarks/report_scale.py profiles a page; docs/benchmarks.md, "Constants").
 PNG_COMPRESS_LEVEL = 8
 CSS_DPI = 96
 EMBEDDING_PANEL_IN = (3.6, 3.2)  # width and height of one embedding panel, in inches

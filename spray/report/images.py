@@ -19,8 +19,8 @@ from PIL import Image
 HEATMAP_CMAP = "bwr"
 OUTLINE_RGB = (17, 17, 17)
 PALETTE_COLOURS = 128
-# zlib level of the tiles' PNGs: zlib's default. Level 9 (what Pillow's optimize=True sets) took half as long
-# again for 0.1 % fewer bytes (measured on a class page's tiles: 9 vs 6 ms, 93.4 vs 93.5 KB).
+# zlib level of the tiles' PNGs: zlib's default; level 9 (Pillow's optimize=True) costs half as much time again
+# for 0.1 % fewer bytes (benchmarks/report_scale.py profiles a page; docs/benchmarks.md, "Constants").
 PNG_COMPRESS_LEVEL = 6
 # How faded the photo is under the heatmap overlay: keeps the image legible while the colour carries relevance.
 _OVERLAY_BASE_LOW, _OVERLAY_BASE_HIGH = 0.35, 0.95

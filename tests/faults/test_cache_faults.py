@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from fault_cases import leftovers, outcome, run_cli
 
+pytestmark = pytest.mark.e2e  # every test here runs the whole pipeline
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:

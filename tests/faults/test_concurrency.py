@@ -15,7 +15,7 @@ from fault_cases import leftovers, outcome, spray_process
 from spray.demo import DemoConfig, build_case
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_first_demo_builds_at_once_build_one_whole_case(tmp_path):
     config = DemoConfig(directory=tmp_path / "demo", variants=1, epochs=1)
     with ThreadPoolExecutor(2) as pool:
@@ -27,7 +27,7 @@ def test_two_first_demo_builds_at_once_build_one_whole_case(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["demo"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_runs_on_one_cache_and_output_give_one_whole_report(tmp_path):
     case = make_tiny_case(tmp_path / "case")
     write_config(case, tiny_config(case))
@@ -44,7 +44,7 @@ def test_two_runs_on_one_cache_and_output_give_one_whole_report(tmp_path):
     assert not leftovers(case)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_run_with_worker_processes_leaves_no_worker_behind(tmp_path):
     psutil = pytest.importorskip("psutil")
     case = make_tiny_case(tmp_path / "case")

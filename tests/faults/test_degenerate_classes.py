@@ -17,7 +17,7 @@ from spray.config import AnalysisConfig, EmbeddingConfig, FlaggingConfig, ImageC
 from spray.flag import array_batches, score_clusters
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_class_whose_heatmaps_are_all_zero_is_one_cluster_with_no_structure(tmp_path):
     """A model whose output for class 2 ignores the image gives all-zero relevance there (scikit-learn's
     t-SNE crashes the process on such input); it runs in a child process so that a crash shows as one."""
@@ -70,6 +70,7 @@ def test_evidence_that_is_not_a_number_never_passes(broken):
     assert weakest_evidence({"consistency": 5.0, "necessity": 2.0, "sufficiency": 3.0}) == ("necessity", 2.0)
 
 
+@pytest.mark.e2e
 def test_a_class_pushed_below_the_knn_minimum_by_skipped_samples_is_skipped_and_the_rest_audited(tmp_path, capsys):
     case = make_tiny_case(tmp_path / "case")
     for image in sorted((case / "images" / "c2").glob("*.png"))[:20]:

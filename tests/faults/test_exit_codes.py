@@ -26,6 +26,7 @@ def case(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 def test_an_unexpected_error_exits_5_with_one_line_and_a_logged_traceback(case, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug deep inside")
@@ -40,12 +41,14 @@ def test_an_unexpected_error_exits_5_with_one_line_and_a_logged_traceback(case, 
     assert "Traceback" in log and "def broken" not in err and "broken" in log
 
 
+@pytest.mark.e2e
 def test_debug_prints_the_traceback_too(case, monkeypatch, capsys):
     monkeypatch.setattr(spray.pipeline, "spectral_analysis", lambda *a, **k: 1 / 0)
     assert run_cli("run", str(case / "audit.yaml"), "--quiet", "--debug") == 5
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_full_disk_says_disk_full_and_names_the_path(case, monkeypatch, capsys):
     def full(file, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -65,7 +68,7 @@ def _mount_tmpfs(folder: Path, size: str) -> None:
         pytest.skip(f"cannot mount a small tmpfs here (needs privileges): {result.stderr.strip()}")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_under_the_output_leaves_the_previous_report_whole(case, tmp_path, capsys):
     full = tmp_path / "full"
     _mount_tmpfs(full, "96k")
@@ -82,13 +85,14 @@ def test_a_full_disk_under_the_output_leaves_the_previous_report_whole(case, tmp
         subprocess.run(["umount", str(full)], check=False)
 
 
+@pytest.mark.e2e
 def test_exit_1_only_for_a_flag_with_fail_on_flag(case):
     assert run_cli("run", str(case / "audit.yaml"), "--quiet") == 0
     flagged = json.loads((case / "report" / "summary.json").read_text())["flagged"]
     assert run_cli("run", str(case / "audit.yaml"), "--quiet", "--fail-on-flag") == (1 if flagged else 0)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_is_an_interrupt_that_keeps_finished_entries_and_exits_5(case):
     run = spray_process("run", "audit.yaml", "--quiet", cwd=case)
     deadline = time.monotonic() + 120

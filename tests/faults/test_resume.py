@@ -36,7 +36,7 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_a_run_killed_at_any_point_resumes_to_the_undisturbed_outcome(point, undisturbed, tmp_path):
     case = make_tiny_case(tmp_path / "case")
@@ -56,6 +56,7 @@ def test_a_run_killed_at_any_point_resumes_to_the_undisturbed_outcome(point, und
     assert not leftovers(case), "the resumed run swept what the killed one left"
 
 
+@pytest.mark.e2e
 def test_a_second_undisturbed_run_gives_the_same_bytes(undisturbed, tmp_path):
     again = make_tiny_case(tmp_path / "again")
     write_config(again, tiny_config(again))

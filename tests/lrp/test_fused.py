@@ -31,7 +31,7 @@ def compiling():
     fused.enable_compile(False)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_compiled_kernels_equal_the_eager_functions(compiling):
     eager = _all(fused.gamma_quotients.fn, fused.alpha_beta_quotients.fn, fused.epsilon_quotient.fn)
     compiled = _all(fused.gamma_quotients, fused.alpha_beta_quotients, fused.epsilon_quotient)
