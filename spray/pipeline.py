@@ -44,7 +44,18 @@ from dask.base import tokenize
 
 import spray.flag
 from spray import __version__
-from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
+from spray.analysis import import_umap
+from spray.analysis.task import (
+    AnalyseJob,
+    CrossClassJob,
+    EmbedJob,
+    analyse_key,
+    analyse_task,
+    cross_class_key,
+    cross_class_task,
+    embed_key,
+    embed_task,
+)
 from spray.attribute import attribute_shard, attribution_settings, resolve_device
 from spray.cache import CorruptEntry, Entry, cached, cached_stream, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
@@ -130,45 +141,6 @@ def _preprocess_task(directory, key, shards, shard_samples, config) -> Entry:
     return cached(directory, "preprocess", key, _preprocess, shards, shard_samples, config)
 
 
-def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
-    arrays, _ = pre.read()
-    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
-    try:
-        result = spectral_analysis(maps, config)
-    except DataError as error:
-        # too few samples left once unreadable or non-finite ones were skipped, or maps that are not
-        # finite: this class is skipped with the reason, the others are audited
-        return {}, {"skipped": str(error)}
-    return (
-        {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
-         "gaps": result.gaps},
-        {"n_clusters": result.n_clusters, "n_components": result.n_components, "neighbors": result.neighbors,
-         "cluster_range": list(result.cluster_range), "knn": result.knn, "eigensolver": result.eigensolver,
-         "notes": list(result.notes)},
-    )
-
-
-def _analyse_task(directory, key, pre, config, class_name) -> Entry:
-    return cached(directory, "analyse", key, _analyse, pre, config, class_name)
-
-
-def _embed(pre: Entry, config) -> tuple[dict, dict]:
-    arrays, _ = pre.read()
-    if not _analysable(arrays["maps"]):
-        return {}, {"descriptions": {}}
-    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
-    return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
-
-
-def _analysable(maps: np.ndarray) -> bool:
-    """Whether maps (N, h, w) can be embedded: at least 3, all finite (else the analysis skipped the class)."""
-    return len(maps) >= 3 and bool(np.isfinite(maps).all())
-
-
-def _embed_task(directory, key, pre, config) -> Entry:
-    return cached(directory, "embed", key, _embed, pre, config)
-
-
 def _flag(pre: Entry, analysis: Entry, samples_by_id: dict[str, Sample], recipients: list[Sample],
           class_index: int, model_config, image, flagging, device: str, batch_size: int = 256,
           loader_workers: int = 2) -> tuple[dict, dict]:
@@ -204,29 +176,6 @@ def _flag_task(directory, key, pre, analysis, samples_by_id, recipients, class_i
                flagging, device, batch_size, loader_workers) -> Entry:
     return cached(directory, "flag", key, _flag, pre, analysis, samples_by_id, recipients, class_index,
                   model_config, image, flagging, device, batch_size, loader_workers)
-
-
-def _cross_class(pres: list[Entry], classes: list[int], analysis, embedding) -> tuple[dict, dict]:
-    """One spectral analysis and the embeddings of the maps of every audited class together."""
-    maps, ids, labels = [], [], []
-    for entry, index in zip(pres, classes):
-        arrays, meta = entry.read()
-        maps.append(arrays["maps"].reshape(len(arrays["maps"]), -1))
-        ids += meta["ids"]
-        labels.append(np.full(len(meta["ids"]), index, dtype=np.int64))
-    all_maps = np.concatenate(maps)
-    try:
-        result = spectral_analysis(all_maps, analysis)
-    except DataError as error:
-        raise DataError(f"cross-class analysis: {error}") from None
-    arrays = {"eigenvalues": result.eigenvalues, "labels": result.labels, "classes": np.concatenate(labels)}
-    arrays.update({f"embedding_{name}": coords for name, coords in embed(all_maps, embedding).items()})
-    return arrays, {"ids": ids, "n_clusters": result.n_clusters, "notes": list(result.notes),
-                    "embeddings": list(embedding.methods)}
-
-
-def _cross_class_task(directory, key, pres, classes, analysis, embedding) -> Entry:
-    return cached(directory, "cross_class", key, _cross_class, pres, classes, analysis, embedding)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -291,17 +240,19 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
             pre_key = tokenize("preprocess", _CODE, config.preprocessing.model_dump(), shard_keys)
             pre = dask.delayed(_preprocess_task, pure=True)(
                 directory, pre_key, shards, shard_samples, config.preprocessing, dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-            analyse_key = tokenize("analyse", _CODE, config.analysis.model_dump(), pre_key)
-            analysis = dask.delayed(_analyse_task, pure=True)(
-                directory, analyse_key, pre, config.analysis, name, dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
-            embed_key = tokenize("embed", _CODE, config.embedding.model_dump(), pre_key)
-            embedding = dask.delayed(_embed_task, pure=True)(
-                directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
+            analysis_key = analyse_key(config.analysis, pre_key)
+            analysis = dask.delayed(analyse_task, pure=True)(
+                directory, analysis_key, AnalyseJob(pre, config.analysis, name),
+                dask_key_name=f"analyse-{index}-{analysis_key[:8]}")
+            embedding_key = embed_key(config.embedding, pre_key)
+            embedding = dask.delayed(embed_task, pure=True)(
+                directory, embedding_key, EmbedJob(pre, config.embedding),
+                dask_key_name=f"embed-{index}-{embedding_key[:8]}")
             others = np.flatnonzero(all_labels != index)
             chosen = sorted(rng.choice(len(others), size=min(config.flagging.transplant_images, len(others)),
                                        replace=False)) if len(others) else []
             recipients = [dataset.samples[others[i]] for i in chosen]
-            flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analyse_key, pre_key, token, image.model_dump(),
+            flag_key = tokenize("flag", _FLAG_CODE, config.flagging.model_dump(), analysis_key, pre_key, token, image.model_dump(),
                                 dataset_token(recipients, digests))
             flagged = dask.delayed(_flag_task, pure=True)(
                 directory, flag_key, pre, analysis, {s.id: s for s in samples}, recipients, index, config.model,
@@ -317,11 +268,10 @@ def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], direc
 def build_cross_class(config: SprayConfig, graph: dict[int, dict[str, Any]], directory: str) -> Any:
     """The cross-class task: one analysis of every audited class's preprocessed maps, keyed by them."""
     classes = sorted(graph)
-    key = tokenize("cross_class", _CODE, config.analysis.model_dump(), config.embedding.model_dump(),
-                   [graph[index]["_pre_key"] for index in classes], classes)
-    return dask.delayed(_cross_class_task, pure=True)(
-        directory, key, [graph[index]["preprocess"] for index in classes], classes, config.analysis,
-        config.embedding, dask_key_name=f"cross_class-{key[:8]}")
+    key = cross_class_key(config.analysis, config.embedding, [graph[index]["_pre_key"] for index in classes], classes)
+    job = CrossClassJob(tuple(graph[index]["preprocess"] for index in classes), tuple(classes), config.analysis,
+                        config.embedding)
+    return dask.delayed(cross_class_task, pure=True)(directory, key, job, dask_key_name=f"cross_class-{key[:8]}")
 
 
 def workers_declare_gpu(client: Any) -> bool:
@@ -405,7 +355,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     classes, skipped_classes = audited_classes(config, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
-        _import_umap()
+        import_umap()
 
     temporary = None
     if use_cache and config.cache.enabled:
