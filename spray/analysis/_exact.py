@@ -37,8 +37,8 @@ def exact_knn(maps: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarra
         scores *= -2.0
         scores += sq_norms
         scores[rows, rows + start] = np.inf
-        # numpy's selection, not torch.topk (1.6x faster): torch's OpenMP threads keep spinning after it
-        # and slowed the next LAPACK call on 2 cores from 0.03 s to 3-4 s
+        # numpy's selection, not torch.topk: torch's OpenMP threads keep spinning after it and slow the
+        # next LAPACK call on few cores
         # (the copy lets the full int64 index array go: it is twice the size of the scores block)
         cand = np.argpartition(scores, candidates - 1, axis=1)[:, :candidates].copy()
         del scores

@@ -33,8 +33,7 @@ def _knn_kernels() -> Any:
     """:mod:`spray.analysis._knn_kernels`, its compiled code loaded (from numba's cache, or compiled on first use).
 
     The garbage collector is off meanwhile: numba's first use creates some 10^5 objects, and in a process
-    holding torch's and scikit-learn's millions each triggered full collection cost more than the work
-    (measured: 0.25 s with the collector on, 0.09 s off)."""
+    holding torch's and scikit-learn's millions each triggered full collection cost more than the work."""
     with IMPORT_LOCK:
         if "spray.analysis._knn_kernels" in sys.modules:
             return sys.modules["spray.analysis._knn_kernels"]
@@ -63,8 +62,8 @@ def principal_coordinates(maps: np.ndarray, n_dims: int, seed: int) -> np.ndarra
     with V (D, n_dims) orthonormal and m the mean of the rows that gave V; float32, C order.
 
     Randomized range finder (Halko, Martinsson & Tropp 2011) with ``PROJECTION_POWER_ITERATIONS`` power
-    iterations, on a seeded sample of ``PROJECTION_SAMPLE`` rows: axes from 5,000 rows served as well as
-    those from all (recall 0.998 either way at N = 20,000) at 40 % of the cost. The axes need not be exact: V is
+    iterations, on a seeded sample of ``PROJECTION_SAMPLE`` rows: axes from a sample serve as well as those
+    from all rows (the same recall) at a fraction of the cost. The axes need not be exact: V is
     orthonormal whatever it spans, which is all that :func:`projected_recall` relies on, and candidates
     are re-ranked in full dimension. With ``n_dims >= D`` the coordinates are the centred maps.
     """
@@ -77,7 +76,7 @@ def principal_coordinates(maps: np.ndarray, n_dims: int, seed: int) -> np.ndarra
     rows = rows - mean
     width = min(n_features, n_dims + 10)  # oversampling makes the leading axes accurate
     # one BLAS thread: these are small products and factorisations, and with 2 threads on 2 shared cores
-    # each QR of the (1024, 58) subspace took 0.8 s instead of 0.002 s (threads waiting on each other)
+    # the threads spent most of the time waiting on each other
     with threadpool_limits(1, user_api="blas"):
         subspace = rows.T @ (rows @ rng.standard_normal((n_features, width), dtype=np.float32))
         for _ in range(PROJECTION_POWER_ITERATIONS - 1):

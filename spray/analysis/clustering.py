@@ -34,7 +34,7 @@ def spectral_clustering(eigenvectors: np.ndarray, n_clusters: int, seed: int = 0
     rows = rows / np.maximum(norms, np.finfo(np.float64).tiny)
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed)
     # one BLAS thread (k-means' own OpenMP threads stay): its products are small, and 2 BLAS threads on 2
-    # shared cores made this step take 0.04-0.7 s at N = 20,000 instead of 0.04 s
+    # shared cores made this step erratically slower
     with threadpool_limits(1, user_api="blas"):
         labels = kmeans.fit_predict(rows)
     return relabel_by_size(labels.astype(np.int64))

@@ -213,8 +213,7 @@ def _hnsw(maps: np.ndarray, n_neighbors: int, seed: int, limits: KnnLimits) -> K
         raise RunError("the kNN method 'hnsw' needs faiss: pip install 'spray[faiss]'")
     n = maps.shape[0]
     data = np.ascontiguousarray(maps, dtype=np.float32)
-    index = faiss.IndexHNSWFlat(data.shape[1], limits.hnsw_links)
-    index.hnsw.efConstruction = 40
+    index = faiss.IndexHNSWFlat(data.shape[1], limits.hnsw_links)  # faiss's default construction breadth
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
