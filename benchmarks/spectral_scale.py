@@ -17,10 +17,12 @@ Tools, each (tool, N) in a fresh process so that peak memory and imports are its
   (normalised Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised
   eigenvectors), and umap (``spray.analysis.embed`` with UMAP only, not part of ``seconds``). Everything a
   fresh process pays on first use counts: importing numba or faiss and loading compiled kernels is in knn.
-  ``--knn-paths`` adds one spray run per N and path with that kNN search forced: ``hnsw`` (faiss-cpu's
-  ``IndexHNSWFlat``, its search breadth raised until the sampled recall reaches the same gate as the
-  projected search's, 0.95), ``nndescent`` (pynndescent), ``projected``, ``exact`` (shown as
-  ``spray[hnsw]`` etc.; in the JSON ``"tool": "spray"`` with ``"knn_method"``).
+  ``--knn-paths`` adds one spray run per N and path with that kNN search forced: ``projected``,
+  ``nndescent`` (pynndescent), ``exact``, or ``hnsw``: faiss-cpu's ``IndexHNSWFlat`` (32 links, built with
+  every core), its search breadth ``efSearch`` doubled from 2 (k + 1) until the recall@k on the same 1,000
+  sampled rows reaches the projected search's gate (0.95), the rest of the analysis as spray runs it. faiss
+  is not a spray dependency: ``pip install faiss-cpu`` to run that path. Shown as ``spray[hnsw]`` etc.; in
+  the JSON ``"tool": "spray"`` with ``"knn_method"``.
 - ``sklearn``: what ``SpectralClustering(affinity="nearest_neighbors", n_neighbors=10,
   eigen_solver="arpack", n_clusters=<planted>)`` runs, called step by step through the same public
   functions (``kneighbors_graph``, ``spectral_embedding``, ``k_means``) so each step has a time.
@@ -147,6 +149,47 @@ class Steps:
 # ----------------------------------------------------------------------------------------------- tools
 
 
+def _sampled_truth(maps: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(len(rows),) squared distance from each sampled row to its true k-th nearest other row (float64)."""
+    kth = np.empty(len(rows))
+    for start in range(0, len(rows), 100):
+        part = rows[start : start + 100]
+        d2 = (np.einsum("ij,ij->i", maps[part], maps[part]).astype(np.float64)[:, None]
+              - 2.0 * (maps[part] @ maps.T).astype(np.float64) + np.einsum("ij,ij->i", maps, maps)[None, :])
+        d2[np.arange(len(part)), part] = np.inf
+        kth[start : start + 100] = np.partition(d2, k - 1, axis=1)[:, k - 1]
+    return kth
+
+
+def faiss_hnsw(maps: np.ndarray, k: int, seed: int, min_recall: float = 0.95, links: int = 32):
+    """``(indices (N, k), distances (N, k), description, recall)``: faiss's HNSW graph under spray's recall
+    gate (search breadth doubled until the recall@k of 1,000 seeded rows reaches ``min_recall``, at most
+    16 (k + 1)); each sample dropped from its own list by index."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(maps.shape[1], links)
+    index.add(maps)
+    rows = np.sort(np.random.default_rng(seed).choice(len(maps), min(1000, len(maps)), replace=False))
+    kth = _sampled_truth(maps, rows, k)
+    breadth = 2 * (k + 1)
+    while True:
+        index.hnsw.efSearch = breadth
+        found_sq, found = index.search(maps[rows], k + 1)
+        found_sq = np.where(found == rows[:, None], np.inf, found_sq)
+        near = np.sort(found_sq, axis=1)[:, :k]
+        recall = float((near <= kth[:, None] * (1 + 1e-4) + 1e-12).mean())
+        if recall >= min_recall or breadth >= 16 * (k + 1):
+            break
+        breadth *= 2
+    found_sq, found = index.search(maps, k + 1)
+    found_sq = np.where((found == np.arange(len(maps))[:, None]) | (found < 0), np.inf, found_sq)
+    order = np.argsort(found_sq, axis=1, kind="stable")[:, :k]
+    indices = np.take_along_axis(found, order, axis=1).astype(np.int64)
+    distances = np.sqrt(np.maximum(np.take_along_axis(found_sq, order, axis=1), 0.0)).astype(np.float64)
+    description = f"approximate (faiss HNSW, {links} links, efSearch {breadth}); recall@{k} {recall:.3f} on {len(rows)}"
+    return indices, distances, description, recall
+
+
 def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method: str = "auto") -> dict[str, Any]:
     import scipy.sparse.csgraph
 
@@ -159,10 +202,14 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
     extra: dict[str, Any] = {}
 
     def knn():
-        graph = analysis.nearest_neighbors(maps, config.neighbors, knn_method, config.seed)
+        if knn_method == "hnsw":
+            indices, distances, description, recall = faiss_hnsw(maps, config.neighbors, config.seed)
+        else:
+            method = "approximate" if knn_method == "nndescent" else knn_method
+            indices, distances, description, recall = analysis.nearest_neighbors(maps, config.neighbors, method, config.seed)
         # knn_method: what was asked for ("auto", or a path forced); knn: what was done
-        extra.update(knn=graph.description, knn_recall=graph.recall, knn_method=knn_method)
-        return analysis.affinity_from_neighbors(graph.indices, graph.distances)
+        extra.update(knn=description, knn_recall=recall, knn_method=knn_method)
+        return analysis.affinity_from_neighbors(indices, distances)
 
     affinity = steps.run("knn", knn)
 

@@ -1,4 +1,4 @@
-"""Lazy imports of the numba-compiled packages (umap-learn, pynndescent, faiss), each once per process.
+"""Lazy imports of the numba-compiled packages (umap-learn, pynndescent), each once per process.
 
 They are imported only when asked for, so their first import can happen in several task threads at once;
 one lock makes it happen once (see the scikit-learn imports at the top of :mod:`spray.analysis.spectral`).
@@ -67,13 +67,3 @@ def import_pynndescent() -> Any:
         warnings.simplefilter("ignore")  # numba threading-layer notices
         import pynndescent
     return pynndescent
-
-
-def import_faiss() -> Any | None:
-    """faiss (the optional extra ``spray[faiss]``), or None when it is not installed."""
-    with IMPORT_LOCK:
-        try:
-            import faiss
-        except ImportError:
-            return None
-    return faiss

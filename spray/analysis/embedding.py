@@ -43,8 +43,7 @@ def _umap_neighbors(n_samples: int, config: EmbeddingConfig) -> int:
 _KNN_WORDS = {
     "exact": "exact",
     "projected": "approximate (principal components)",
-    "hnsw": "approximate (faiss HNSW)",
-    "nndescent": "approximate (pynndescent)",
+    "approximate": "approximate (pynndescent)",
 }
 
 
@@ -54,7 +53,7 @@ def _knn_words(description: str) -> str:
         return _KNN_WORDS["exact"]
     if "principal components" in description.split(":")[0]:
         return _KNN_WORDS["projected"]
-    return _KNN_WORDS["hnsw" if "faiss" in description else "nndescent"]
+    return _KNN_WORDS["approximate"]
 
 
 def embedding_descriptions(
@@ -79,8 +78,7 @@ def embedding_descriptions(
     if umap_knn is not None:
         knn = _knn_words(umap_knn)
     else:
-        method = knn_method(n_samples, knn_limits)
-        knn = _KNN_WORDS["nndescent" if method == "approximate" else method]
+        knn = _KNN_WORDS[knn_method(n_samples, knn_limits)]
     descriptions = {
         "tsne": f"{tsne}, seed {config.seed}",
         "umap": f"UMAP (umap-learn) of all {n_samples} samples on the {knn} {_umap_neighbors(n_samples, config)}"

@@ -7,11 +7,11 @@ found. Which search runs depends on N (``method="auto"``) and the limits in :cla
 - up to ``projected_max_n``: the c nearest in the leading principal components, found exactly there,
   then re-ranked by the full distance; used only when its recall@k, measured on ``recall_sample`` rows
   before the search runs, reaches ``min_recall`` (else more components, then a fallback);
-- above: approximate, its recall measured on ``recall_sample`` rows: faiss's HNSW graph when the extra
-  ``spray[faiss]`` is installed (its search breadth raised until the recall on the sample reaches
-  ``min_recall``), else NN-descent (pynndescent, a dependency of umap-learn).
+- above: NN-descent (pynndescent, a dependency of umap-learn), its recall measured on ``recall_sample`` rows.
 
-Why each limit is where it is: ``docs/scaling.md`` and ``benchmarks/spectral_scale.py``.
+Why each limit is where it is, and why these searches and not faiss's HNSW or IVF indexes (slower here at
+every N measured, on separated and on edge-sharing groups): ``docs/scaling.md``, measured by
+``benchmarks/spectral_scale.py --knn-paths``.
 :func:`spray.analysis.affinity.knn_affinity` turns the graph into affinities.
 """
 
@@ -24,14 +24,14 @@ from typing import NamedTuple
 import numpy as np
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-from spray.analysis._exact import estimate_recall, exact_knn, recall_of, recall_sample, true_kth_sq_distances
-from spray.analysis._lazy import import_faiss, import_pynndescent
+from spray.analysis._exact import estimate_recall, exact_knn, recall_sample
+from spray.analysis._lazy import import_pynndescent
 from spray.analysis._projected import principal_coordinates, projected_knn, projected_recall
 from spray.errors import RunError
 
 __all__ = ["KNN_METHODS", "KnnGraph", "KnnLimits", "knn_method", "nearest_neighbors"]
 
-KNN_METHODS = ("auto", "exact", "projected", "approximate", "hnsw", "nndescent")
+KNN_METHODS = ("auto", "exact", "projected", "approximate")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,6 @@ class KnnLimits:
     group_size : points per group of the projected search (the blocks of its GEMMs).
     build_neighbors : NN-descent builds its graph with this many neighbours (or 2k, if larger) and keeps
         the k nearest: a wider search is what buys its recall.
-    hnsw_links : neighbours per node of faiss's HNSW graph (its ``M``).
     """
 
     exact_max_n: int = 10_000
@@ -63,14 +62,13 @@ class KnnLimits:
     recall_sample: int = 1000
     group_size: int = 512
     build_neighbors: int = 30
-    hnsw_links: int = 32
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_recall <= 1.0:
             raise ValueError(f"expected 0 < min_recall <= 1, got {self.min_recall}")
         if not self.projected_steps or any(d < 1 or c < 1 for d, c in self.projected_steps):
             raise ValueError(f"expected projected_steps of positive (components, candidates), got {self.projected_steps}")
-        for name in ("exact_max_n", "projected_max_n", "recall_sample", "group_size", "build_neighbors", "hnsw_links"):
+        for name in ("exact_max_n", "projected_max_n", "recall_sample", "group_size", "build_neighbors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
 
@@ -102,8 +100,7 @@ def nearest_neighbors(
 ) -> KnnGraph:
     """The k nearest other rows of every row of ``maps`` (N, D) float32, Euclidean.
 
-    ``method``: "auto" (by N, :func:`knn_method`), "exact", "projected", "approximate" (HNSW if faiss is
-    installed, else NN-descent), or one of those two by name ("hnsw", "nndescent"). Seeded: the same maps
+    ``method``: "auto" (by N, :func:`knn_method`), "exact", "projected" or "approximate" (NN-descent). Seeded: the same maps
     give the same graph. A sample is excluded from its own neighbours by index, so duplicated maps are each
     other's neighbours at distance 0.
     """
@@ -116,10 +113,6 @@ def nearest_neighbors(
         return KnnGraph(indices, distances, "exact (brute force, Euclidean)", 1.0)
     if method == "projected":
         return _projected(maps, n_neighbors, seed, limits)
-    if method == "approximate":
-        method = "hnsw" if import_faiss() is not None else "nndescent"
-    if method == "hnsw":
-        return _hnsw(maps, n_neighbors, seed, limits)
     return _nndescent(maps, n_neighbors, seed, limits)
 
 
@@ -159,16 +152,12 @@ def _projected(maps: np.ndarray, n_neighbors: int, seed: int, limits: KnnLimits)
     return graph._replace(description=f"{graph.description}: {why}")
 
 
-def _without_self(
-    found: np.ndarray, found_distances: np.ndarray, n_neighbors: int, own: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest of an approximate search's lists (N, >k) that include the sample itself (row i is
-    sample ``own[i]``, by default i): the sample is dropped by index (duplicates may come first), as are
-    missing entries (-1); sorted by (distance, index)."""
+def _without_self(found: np.ndarray, found_distances: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of an approximate search's lists (N, >k) that include the sample itself: the sample
+    is dropped by index (duplicates may come first), as are missing entries (-1); sorted by (distance, index)."""
     found = found.astype(np.int64)
     found_distances = found_distances.astype(np.float64)
-    samples = np.arange(len(found)) if own is None else own
-    own_entry = (found == samples[:, None]) | (found < 0)
+    own_entry = (found == np.arange(len(found))[:, None]) | (found < 0)
     found_distances[own_entry] = np.inf
     order = np.lexsort((found, found_distances), axis=1)[:, :n_neighbors]
     indices = np.take_along_axis(found, order, axis=1)
@@ -196,46 +185,5 @@ def _nndescent(maps: np.ndarray, n_neighbors: int, seed: int, limits: KnnLimits)
     description = (
         f"approximate (pynndescent NN-descent, Euclidean); recall@{n_neighbors} {recall:.3f} "
         f"measured on {min(limits.recall_sample, len(maps))} samples"
-    )
-    return KnnGraph(indices, distances, description, recall)
-
-
-def _hnsw(maps: np.ndarray, n_neighbors: int, seed: int, limits: KnnLimits) -> KnnGraph:
-    """Approximate kNN by faiss's HNSW graph (``IndexHNSWFlat``, exact float32 L2 between the vectors).
-
-    The search breadth ``efSearch`` starts at 2 (k + 1) and doubles until the recall@k of the sampled rows,
-    searched alone (each row's result does not depend on the others), reaches ``limits.min_recall`` (at
-    most 16 (k + 1)); then every row is searched with it. The graph is built in one thread: HNSW's parallel
-    insertion depends on thread timing, and the graph must be the same in every run.
-    """
-    faiss = import_faiss()
-    if faiss is None:
-        raise RunError("the kNN method 'hnsw' needs faiss: pip install 'spray[faiss]'")
-    n = maps.shape[0]
-    data = np.ascontiguousarray(maps, dtype=np.float32)
-    index = faiss.IndexHNSWFlat(data.shape[1], limits.hnsw_links)  # faiss's default construction breadth
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        index.add(data)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    rows = recall_sample(n, seed, limits.recall_sample)
-    truth = true_kth_sq_distances(data, rows, n_neighbors)
-    want = min(n, n_neighbors + 1)
-    breadth = 2 * want
-    while True:
-        index.hnsw.efSearch = breadth
-        found_sq, found = index.search(data[rows], want)
-        sampled, _ = _without_self(found, found_sq, n_neighbors, own=rows)
-        recall = recall_of(data, rows, sampled, truth)
-        if recall >= limits.min_recall or breadth >= 16 * want:
-            break
-        breadth *= 2
-    found_sq, found = index.search(data, want)
-    indices, distances = _without_self(found, np.sqrt(np.maximum(found_sq, 0.0)), n_neighbors)
-    description = (
-        f"approximate (faiss HNSW, {limits.hnsw_links} links, search breadth {breadth}, Euclidean); "
-        f"recall@{n_neighbors} {recall:.3f} measured on {len(rows)} samples"
     )
     return KnnGraph(indices, distances, description, recall)
