@@ -1,8 +1,8 @@
 """How spray's spectral analysis scales, against scikit-learn and CoRelAy, on heatmap-shaped data.
 
     python benchmarks/spectral_scale.py [--sizes 1000 20000 100000] [--large] [--json PATH]
-        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--approximate-too]
-        [--clusters 10] [--noise 0.15] [--seed 0]
+        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--knn-paths hnsw nndescent]
+        [--clusters 10] [--noise 0.15 1.0] [--seed 0]
 
 Data: synthetic pooled heatmaps, N x 1024 (32 x 32) float32: ``--clusters`` groups, each a few Gaussian
 blobs of relevance (some negative) whose positions and amplitudes jitter per sample, plus spatially smooth
@@ -11,15 +11,18 @@ same maps (same seed).
 
 Tools, each (tool, N) in a fresh process so that peak memory and imports are its own:
 
-- ``spray``: ``spray.analyse`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
-  affinity; exact up to ``EXACT_KNN_MAX_N``, projected on principal components up to
-  ``PROJECTED_KNN_MAX_N`` with its recall measured first, NN-descent above; the table shows which, e.g.
-  ``knn pca48``), eigen (normalised Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the
-  row-normalised eigenvectors), and umap (``spray.analyse.embed`` with UMAP only, not part of
-  ``seconds``). Everything a fresh process pays on first use counts: importing numba and loading spray's
-  compiled kernels is in knn. With ``--approximate-too``, a second spray run per N up to
-  ``--reference-max`` forces the NN-descent graph (shown as ``spray~``; in the JSON ``"tool": "spray"``
-  with ``"knn_method": "approximate"``).
+- ``spray``: ``spray.analysis`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
+  affinity; by N and ``KnnLimits``: exact up to 10,000, projected on principal components up to 200,000
+  with its recall measured first, approximate above; the table shows which, e.g. ``knn pca48``), eigen
+  (normalised Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised
+  eigenvectors), and umap (``spray.analysis.embed`` with UMAP only, not part of ``seconds``). Everything a
+  fresh process pays on first use counts: importing numba or faiss and loading compiled kernels is in knn.
+  ``--knn-paths`` adds one spray run per N and path with that kNN search forced: ``projected``,
+  ``nndescent`` (pynndescent), ``exact``, or ``hnsw``: faiss-cpu's ``IndexHNSWFlat`` (32 links, built with
+  every core), its search breadth ``efSearch`` doubled from 2 (k + 1) until the recall@k on the same 1,000
+  sampled rows reaches the projected search's gate (0.95), the rest of the analysis as spray runs it. faiss
+  is not a spray dependency: ``pip install faiss-cpu`` to run that path. Shown as ``spray[hnsw]`` etc.; in
+  the JSON ``"tool": "spray"`` with ``"knn_method"``.
 - ``sklearn``: what ``SpectralClustering(affinity="nearest_neighbors", n_neighbors=10,
   eigen_solver="arpack", n_clusters=<planted>)`` runs, called step by step through the same public
   functions (``kneighbors_graph``, ``spectral_embedding``, ``k_means``) so each step has a time.
@@ -32,6 +35,9 @@ Tools, each (tool, N) in a fresh process so that peak memory and imports are its
 
 sklearn and corelay run only up to ``--reference-max`` samples (20,000: beyond it they take many minutes,
 and CoRelAy's dense N x N matrices need tens of GB).
+
+``--noise`` takes several values; each N runs for each: at 0.15 the planted groups share no kNN edges
+(one component per group), at 1.0 they do (one connected component).
 
 Reported per run: ``seconds`` = knn + eigen + cluster (the spectral analysis; umap separate), each step's
 wall time, ``peak_memory_mb`` = the process's peak resident memory (VmHWM, including the input maps,
@@ -143,11 +149,52 @@ class Steps:
 # ----------------------------------------------------------------------------------------------- tools
 
 
+def _sampled_truth(maps: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """(len(rows),) squared distance from each sampled row to its true k-th nearest other row (float64)."""
+    kth = np.empty(len(rows))
+    for start in range(0, len(rows), 100):
+        part = rows[start : start + 100]
+        d2 = (np.einsum("ij,ij->i", maps[part], maps[part]).astype(np.float64)[:, None]
+              - 2.0 * (maps[part] @ maps.T).astype(np.float64) + np.einsum("ij,ij->i", maps, maps)[None, :])
+        d2[np.arange(len(part)), part] = np.inf
+        kth[start : start + 100] = np.partition(d2, k - 1, axis=1)[:, k - 1]
+    return kth
+
+
+def faiss_hnsw(maps: np.ndarray, k: int, seed: int, min_recall: float = 0.95, links: int = 32):
+    """``(indices (N, k), distances (N, k), description, recall)``: faiss's HNSW graph under spray's recall
+    gate (search breadth doubled until the recall@k of 1,000 seeded rows reaches ``min_recall``, at most
+    16 (k + 1)); each sample dropped from its own list by index."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(maps.shape[1], links)
+    index.add(maps)
+    rows = np.sort(np.random.default_rng(seed).choice(len(maps), min(1000, len(maps)), replace=False))
+    kth = _sampled_truth(maps, rows, k)
+    breadth = 2 * (k + 1)
+    while True:
+        index.hnsw.efSearch = breadth
+        found_sq, found = index.search(maps[rows], k + 1)
+        found_sq = np.where(found == rows[:, None], np.inf, found_sq)
+        near = np.sort(found_sq, axis=1)[:, :k]
+        recall = float((near <= kth[:, None] * (1 + 1e-4) + 1e-12).mean())
+        if recall >= min_recall or breadth >= 16 * (k + 1):
+            break
+        breadth *= 2
+    found_sq, found = index.search(maps, k + 1)
+    found_sq = np.where((found == np.arange(len(maps))[:, None]) | (found < 0), np.inf, found_sq)
+    order = np.argsort(found_sq, axis=1, kind="stable")[:, :k]
+    indices = np.take_along_axis(found, order, axis=1).astype(np.int64)
+    distances = np.sqrt(np.maximum(np.take_along_axis(found_sq, order, axis=1), 0.0)).astype(np.float64)
+    description = f"approximate (faiss HNSW, {links} links, efSearch {breadth}); recall@{k} {recall:.3f} on {len(rows)}"
+    return indices, distances, description, recall
+
+
 def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method: str = "auto") -> dict[str, Any]:
     import scipy.sparse.csgraph
 
     sys.path.insert(0, str(REPOSITORY))
-    from spray import analyse, neighbors
+    from spray import analysis
     from spray.config import AnalysisConfig, EmbeddingConfig
 
     config = AnalysisConfig(neighbors=NEIGHBORS, eigenvalues=EIGENVALUES, seed=seed)
@@ -155,28 +202,32 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
     extra: dict[str, Any] = {}
 
     def knn():
-        indices, distances, description, recall = neighbors.nearest_neighbors(maps, config.neighbors, knn_method, config.seed)
-        # knn_method: what was asked for ("auto", or "approximate" forced); knn: what was done
+        if knn_method == "hnsw":
+            indices, distances, description, recall = faiss_hnsw(maps, config.neighbors, config.seed)
+        else:
+            method = "approximate" if knn_method == "nndescent" else knn_method
+            indices, distances, description, recall = analysis.nearest_neighbors(maps, config.neighbors, method, config.seed)
+        # knn_method: what was asked for ("auto", or a path forced); knn: what was done
         extra.update(knn=description, knn_recall=recall, knn_method=knn_method)
-        return analyse._affinity_from_neighbors(indices, distances)
+        return analysis.affinity_from_neighbors(indices, distances)
 
     affinity = steps.run("knn", knn)
 
     def eigen():
-        laplacian = analyse.normalized_laplacian(affinity)
-        return analyse.smallest_eigenpairs(laplacian, min(config.eigenvalues, len(maps) - 1), config.seed)
+        laplacian = analysis.normalized_laplacian(affinity)
+        return analysis.smallest_eigenpairs(laplacian, min(config.eigenvalues, len(maps) - 1), config.seed)
 
     values, vectors = steps.run("eigen", eigen)
 
     def cluster():
-        lower, upper = analyse._cluster_range(len(maps), len(values), config)
-        k = analyse.choose_n_clusters(values, lower, upper)
-        return analyse.spectral_clustering(vectors, k, config.seed)
+        lower, upper = analysis.cluster_range(len(maps), len(values), config)
+        k = analysis.choose_n_clusters(values, lower, upper)
+        return analysis.spectral_clustering(vectors, k, config.seed)
 
     labels = steps.run("cluster", cluster)
     extra["n_components"] = int(scipy.sparse.csgraph.connected_components(affinity, directed=False)[0])
     if umap:
-        steps.run("umap", lambda: analyse.embed(maps, EmbeddingConfig(methods=["umap"], seed=seed)))
+        steps.run("umap", lambda: analysis.embed(maps, EmbeddingConfig(methods=["umap"], seed=seed)))
     extra["eigenvalues"] = values[:12].round(6).tolist()
     return {"steps": steps, "labels": labels, **extra}
 
@@ -233,12 +284,10 @@ def run_corelay(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[
     }
 
 
-def run_spray_approximate(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
-    """spray with the approximate kNN graph forced at any N (recorded as tool "spray", knn_method)."""
-    return run_spray(maps, clusters, seed, umap, knn_method="approximate")
-
-
-TOOLS = {"spray": run_spray, "spray-approximate": run_spray_approximate, "sklearn": run_sklearn, "corelay": run_corelay}
+KNN_PATHS = ("projected", "hnsw", "nndescent", "exact")
+TOOLS: dict[str, Callable[..., dict[str, Any]]] = {"spray": run_spray, "sklearn": run_sklearn, "corelay": run_corelay}
+for _path in KNN_PATHS:
+    TOOLS[f"spray[{_path}]"] = lambda maps, clusters, seed, umap, _path=_path: run_spray(maps, clusters, seed, umap, _path)
 
 
 def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float) -> dict[str, Any]:
@@ -253,6 +302,7 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float
     analysis = [name for name in ("knn", "eigen", "cluster") if name in steps.seconds]
     return {
         "tool": "spray" if tool.startswith("spray") else tool,
+        "knn_method": tool[len("spray["):-1] if tool.startswith("spray[") else "auto",
         "n": n,
         "noise": noise,
         "seconds": round(sum(steps.seconds[name] for name in analysis), 3),
@@ -269,9 +319,9 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def _child(python: str, tool: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def _child(python: str, tool: str, n: int, noise: float, args: argparse.Namespace) -> dict[str, Any]:
     command = [python, str(Path(__file__).resolve()), "--worker", tool, str(n),
-               "--clusters", str(args.clusters), "--seed", str(args.seed), "--noise", str(args.noise)]
+               "--clusters", str(args.clusters), "--seed", str(args.seed), "--noise", str(noise)]
     if args.no_umap:
         command.append("--no-umap")
     environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # no busy-waiting threads on shared cores
@@ -279,8 +329,8 @@ def _child(python: str, tool: str, n: int, args: argparse.Namespace) -> dict[str
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
-        return {"tool": tool, "n": n, "error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"],
-                "wall_s": round(time.perf_counter() - started, 1)}
+        return {"tool": tool, "n": n, "noise": noise, "wall_s": round(time.perf_counter() - started, 1),
+                "error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -293,50 +343,84 @@ def _corelay_python(requested: str | None) -> str | None:
 
 
 def _knn_tag(description: str) -> str:
-    """"exact", "pca48" (projected on 48 principal components) or "nndescent", from spray's description."""
+    """"exact", "pca48" (projected on 48 principal components), "hnsw" or "nndescent", from spray's
+    description (a fallback's description starts with what ran)."""
     if description.startswith("exact"):
         return "exact"
-    found = re.search(r"in (\d+) principal components", description)
-    return f"pca{found.group(1)}" if found else "nndescent"
+    what = description.split(":")[0]
+    found = re.search(r"in (\d+) principal components", what)
+    if found:
+        return f"pca{found.group(1)}"
+    return "hnsw" if "faiss" in what else "nndescent"
+
+
+def _name(record: dict[str, Any]) -> str:
+    method = record.get("knn_method", "auto")
+    return record["tool"] + ("" if method == "auto" else f"[{method}]")
 
 
 def _print_run(record: dict[str, Any]) -> None:
+    name = _name(record)
     if "error" in record:
-        print(f"{record['tool']:>8} {record['n']:>8}  failed: {record['error']}", flush=True)
+        print(f"{name:>16} {record['n']:>8} {record['noise']:>5}  failed: {record['error']}", flush=True)
         return
     steps = record["steps"]
-    name = record["tool"] + ("~" if record.get("knn_method") == "approximate" else "")
-    cells = "  ".join(f"{name} {steps[name]:7.2f}s" for name in ("knn", "eigen", "cluster", "umap") if name in steps)
+    cells = "  ".join(f"{step} {steps[step]:7.2f}s" for step in ("knn", "eigen", "cluster", "umap") if step in steps)
     extra = f"  knn {_knn_tag(record['knn'])} recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
     extra += f"  components {record['n_components']}" if "n_components" in record else ""
     print(
-        f"{name:>8} {record['n']:>8}  total {record['seconds']:8.2f}s  peak {record['peak_memory_mb']:8.0f} MB"
-        f"  (input {record['input_mb']:.0f} MB)  {cells}  k={record['n_clusters']} ARI {record['ari']:.3f}{extra}",
+        f"{name:>16} {record['n']:>8} {record['noise']:>5}  total {record['seconds']:8.2f}s  "
+        f"peak {record['peak_memory_mb']:8.0f} MB  (input {record['input_mb']:.0f} MB)  {cells}  "
+        f"k={record['n_clusters']} ARI {record['ari']:.3f}{extra}",
         flush=True,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _plan(n: int, args: argparse.Namespace, corelay_python: str | None) -> list[tuple[str, str]]:
+    """(tool, python) for the runs of one N."""
+    plan = [("spray", sys.executable)]
+    plan += [(f"spray[{path}]", sys.executable) for path in args.knn_paths if path != "exact" or n <= args.reference_max]
+    if n <= args.reference_max:
+        plan.append(("sklearn", sys.executable))
+        if corelay_python:
+            plan.append(("corelay", corelay_python))
+    return plan
+
+
+def _print_ratios(runs: list[dict[str, Any]], n: int, noise: float) -> None:
+    """Each other tool's and path's time over spray's default path, for one N and noise."""
+    done = {_name(r): r for r in runs if r["n"] == n and r.get("noise") == noise and "error" not in r}
+    if "spray" not in done:
+        return
+    for name, record in done.items():
+        if name != "spray":
+            print(f"{'':>16} {n:>8} {noise:>5}  {name} / spray time: {record['seconds'] / done['spray']['seconds']:.2f} "
+                  "(knn + eigen + cluster)", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 20_000, 100_000])
     parser.add_argument("--large", action="store_true", help="also N = 1,000,000 (spray only; ~4 GB of maps)")
     parser.add_argument("--json", type=Path, help="write the runs to this file")
     parser.add_argument("--corelay-python", help="a Python that can import corelay (default: $CORELAY_PYTHON)")
-    parser.add_argument("--reference-max", type=int, default=20_000, help="largest N for sklearn and corelay")
+    parser.add_argument("--reference-max", type=int, default=20_000, help="largest N for sklearn, corelay and exact kNN")
     parser.add_argument("--no-umap", action="store_true", help="skip spray's UMAP step")
-    parser.add_argument(
-        "--approximate-too", action="store_true",
-        help="up to --reference-max, also run spray with its NN-descent kNN forced (tool spray, knn_method approximate)",
-    )
+    parser.add_argument("--knn-paths", nargs="*", default=[], choices=KNN_PATHS,
+                        help="also run spray with each of these kNN searches forced (tool spray, knn_method PATH)")
     parser.add_argument("--clusters", type=int, default=10, help="planted groups")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=0.15, help="smooth noise per map (1.0: groups share edges)")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.15],
+                        help="smooth noise per map, one run per value (1.0: groups share edges)")
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "N"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.worker:
         tool, n = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap, args.noise)))
+        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap, args.noise[0])))
         return 0
 
     sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))
@@ -344,29 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     corelay_python = _corelay_python(args.corelay_python)
     if corelay_python is None:
         print("corelay: skipped (give --corelay-python or CORELAY_PYTHON, a Python that can import corelay)")
+    print(f"{'tool':>16} {'N':>8} {'noise':>5}")
     runs = []
     for n in sizes:
-        plan = [("spray", sys.executable)]
-        if args.approximate_too and n <= args.reference_max:
-            plan.append(("spray-approximate", sys.executable))
-        if n <= args.reference_max:
-            plan.append(("sklearn", sys.executable))
-            if corelay_python:
-                plan.append(("corelay", corelay_python))
-        for tool, python in plan:
-            record = _child(python, tool, n, args)
-            _print_run(record)
-            runs.append(record)
-        by_tool = {
-            record["tool"]: record
-            for record in runs
-            if record["n"] == n and "error" not in record and record.get("knn_method") != "approximate"
-        }
-        if "spray" in by_tool:
-            for other in ("sklearn", "corelay"):
-                if other in by_tool:
-                    print(f"{'':>8} {n:>8}  {other} / spray time: {by_tool[other]['seconds'] / by_tool['spray']['seconds']:.1f} "
-                          "(knn + eigen + cluster)", flush=True)
+        for noise in args.noise:
+            for tool, python in _plan(n, args, corelay_python):
+                record = _child(python, tool, n, noise, args)
+                _print_run(record)
+                runs.append(record)
+            _print_ratios(runs, n, noise)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")

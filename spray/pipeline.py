@@ -44,10 +44,21 @@ from typing import Any
 import dask
 import numpy as np
 
-from spray.analyse import _import_umap, embed, embedding_descriptions, spectral_analysis
+from spray.analysis import import_umap
+from spray.analysis.task import (
+    AnalyseJob,
+    CrossClassJob,
+    EmbedJob,
+    analyse_key,
+    analyse_task,
+    cross_class_key,
+    cross_class_task,
+    embed_key,
+    embed_task,
+)
 from spray.assemble import assemble_class
 from spray.attribute import ShardTask, attribute_task, resolve_device, shard_key
-from spray.cache import CorruptEntry, Entry, cached, entry_key, sweep_stale
+from spray.cache import CorruptEntry, Entry, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
 from spray.config import (
     AnalysisConfig,
@@ -71,8 +82,6 @@ from spray.preprocess import PreprocessedClass, PreprocessTask, preprocess_key, 
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
-# What analyse, embed and cross_class entries hold (spray.cache.entry_key).
-ANALYSIS_STORE_VERSION = 1
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
 
 
@@ -96,66 +105,6 @@ class AuditOutcome:
 # task bodies: module-level functions so that process and distributed workers can run them
 
 
-def _analyse(pre: Entry, config, class_name: str) -> tuple[dict, dict]:
-    arrays, _ = pre.read()
-    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
-    try:
-        result = spectral_analysis(maps, config)
-    except DataError as error:
-        # too few samples left once unreadable or non-finite ones were skipped, or maps that are not
-        # finite: this class is skipped with the reason, the others are audited
-        return {}, {"skipped": str(error)}
-    return (
-        {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
-         "gaps": result.gaps},
-        {"n_clusters": result.n_clusters, "n_components": result.n_components, "neighbors": result.neighbors,
-         "cluster_range": list(result.cluster_range), "knn": result.knn, "eigensolver": result.eigensolver,
-         "notes": list(result.notes)},
-    )
-
-
-def _analyse_task(directory, key, pre, config, class_name) -> Entry:
-    return cached(directory, "analyse", key, _analyse, pre, config, class_name)
-
-
-def _embed(pre: Entry, config) -> tuple[dict, dict]:
-    arrays, _ = pre.read()
-    if not _analysable(arrays["maps"]):
-        return {}, {"descriptions": {}}
-    maps = arrays["maps"].reshape(len(arrays["maps"]), -1)
-    return embed(maps, config), {"descriptions": embedding_descriptions(len(maps), config)}
-
-
-def _analysable(maps: np.ndarray) -> bool:
-    """Whether maps (N, h, w) can be embedded: at least 3, all finite (else the analysis skipped the class)."""
-    return len(maps) >= 3 and bool(np.isfinite(maps).all())
-
-
-def _embed_task(directory, key, pre, config) -> Entry:
-    return cached(directory, "embed", key, _embed, pre, config)
-
-
-def _cross_class(pres: list[Entry], classes: list[int], analysis, embedding) -> tuple[dict, dict]:
-    """One spectral analysis and the embeddings of the maps of every audited class together."""
-    maps, ids, labels = [], [], []
-    for entry, index in zip(pres, classes):
-        arrays, meta = entry.read()
-        maps.append(arrays["maps"].reshape(len(arrays["maps"]), -1))
-        ids += meta["ids"]
-        labels.append(np.full(len(meta["ids"]), index, dtype=np.int64))
-    all_maps = np.concatenate(maps)
-    try:
-        result = spectral_analysis(all_maps, analysis)
-    except DataError as error:
-        raise DataError(f"cross-class analysis: {error}") from None
-    arrays = {"eigenvalues": result.eigenvalues, "labels": result.labels, "classes": np.concatenate(labels)}
-    arrays.update({f"embedding_{name}": coords for name, coords in embed(all_maps, embedding).items()})
-    return arrays, {"ids": ids, "n_clusters": result.n_clusters, "notes": list(result.notes),
-                    "embeddings": list(embedding.methods)}
-
-
-def _cross_class_task(directory, key, pres, classes, analysis, embedding) -> Entry:
-    return cached(directory, "cross_class", key, _cross_class, pres, classes, analysis, embedding)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -241,15 +190,15 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     pre = dask.delayed(preprocess_task, pure=True)(
         PreprocessTask(directory, pre_key, shard_samples, config.preprocessing), shards,
         dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-    analyse_key = entry_key("analyse", ANALYSIS_STORE_VERSION, config.analysis, pre_key)
-    analysis = dask.delayed(_analyse_task, pure=True)(
-        directory, analyse_key, pre, config.analysis, context.dataset.class_names[index],
-        dask_key_name=f"analyse-{index}-{analyse_key[:8]}")
-    embed_key = entry_key("embed", ANALYSIS_STORE_VERSION, config.embedding, pre_key)
-    embedding = dask.delayed(_embed_task, pure=True)(
-        directory, embed_key, pre, config.embedding, dask_key_name=f"embed-{index}-{embed_key[:8]}")
+    analysis_key = analyse_key(config.analysis, pre_key)
+    analysis = dask.delayed(analyse_task, pure=True)(
+        directory, analysis_key, AnalyseJob(pre, config.analysis, context.dataset.class_names[index]),
+        dask_key_name=f"analyse-{index}-{analysis_key[:8]}")
+    embedding_key = embed_key(config.embedding, pre_key)
+    embedding = dask.delayed(embed_task, pure=True)(
+        directory, embedding_key, EmbedJob(pre, config.embedding), dask_key_name=f"embed-{index}-{embedding_key[:8]}")
     image, attribution = config.data.image, config.attribution
-    flag_key = store_key(config.flagging, image, analyse_key, pre_key, context.token,
+    flag_key = store_key(config.flagging, image, analysis_key, pre_key, context.token,
                          dataset_token(recipients, context.digests))
     flag_inputs = FlagTask(
         class_index=index, model=config.model, image=image, flagging=config.flagging, device=attribution.device,
@@ -284,11 +233,9 @@ def build_cross_class(analysis: AnalysisConfig, embedding: EmbeddingConfig, grap
                       directory: str) -> Any:
     """The cross-class task: one analysis of every audited class's preprocessed maps, keyed by them."""
     classes = sorted(graph)
-    key = entry_key("cross_class", ANALYSIS_STORE_VERSION, analysis, embedding,
-                    [graph[index]["_pre_key"] for index in classes], classes)
-    return dask.delayed(_cross_class_task, pure=True)(
-        directory, key, [graph[index]["preprocess"] for index in classes], classes, analysis,
-        embedding, dask_key_name=f"cross_class-{key[:8]}")
+    key = cross_class_key(analysis, embedding, [graph[index]["_pre_key"] for index in classes], classes)
+    job = CrossClassJob(tuple(graph[index]["preprocess"] for index in classes), tuple(classes), analysis, embedding)
+    return dask.delayed(cross_class_task, pure=True)(directory, key, job, dask_key_name=f"cross_class-{key[:8]}")
 
 
 def workers_declare_gpu(client: Any) -> bool:
@@ -370,7 +317,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     classes, skipped_classes = audited_classes(config.audit, config.analysis.neighbors, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
-        _import_umap()
+        import_umap()
     with _cache_folder(config.cache, use_cache) as directory:
         done = _compute_again_if_corrupt(config, dataset, classes, directory, token, progress)
     skipped_classes = skipped_classes + done.skipped_classes

@@ -12,7 +12,7 @@ import torch
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import run_cli, spray_process
 
-from spray.analyse import embed, spectral_analysis
+from spray.analysis import embed, spectral_analysis
 from spray.config import AnalysisConfig, EmbeddingConfig, FlaggingConfig, ImageConfig
 from spray.flag import array_batches, score_clusters
 

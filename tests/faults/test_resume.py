@@ -14,7 +14,7 @@ from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, outcome, spray_process
 from threadpoolctl import threadpool_limits
 
-from spray.analyse import embed
+from spray.analysis import embed
 from spray.config import EmbeddingConfig
 
 

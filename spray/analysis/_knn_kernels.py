@@ -1,13 +1,13 @@
-"""Compiled inner loops of spray's projected kNN search (``spray.neighbors._knn_projected``).
+"""Compiled inner loops of spray's projected kNN search (:mod:`spray.analysis._projected`).
 
 numba is a dependency of umap-learn (and so of spray). This module is imported only by the projected path
-(``spray.neighbors._knn_kernels``), so ``import spray.neighbors`` does not import numba. Every kernel is
-compiled with ``cache=True``: the machine code is kept on disk (``__pycache__`` beside this file, or
-``NUMBA_CACHE_DIR``, or numba's per-user cache directory when this folder is read-only), so only a
-machine's first process compiles (0.6 s here); later ones load it (0.15 s, with importing numba). No
-kernel takes a function argument, which keeps the cache entries valid across processes.
+(``spray.analysis._projected._knn_kernels``), so ``import spray.analysis`` does not import numba. Every
+kernel is compiled with ``cache=True``: the machine code is kept on disk (``__pycache__`` beside this file,
+or ``NUMBA_CACHE_DIR``, or numba's per-user cache directory when this folder is read-only), so only a
+machine's first process compiles; later ones load it. No kernel takes a function argument, which keeps the
+cache entries valid across processes.
 
-All kernels release the GIL (``nogil``): ``spray.neighbors`` runs them from a few Python threads on disjoint
+All kernels release the GIL (``nogil``): :mod:`spray.analysis._projected` runs them from a few Python threads on disjoint
 rows. Inputs are finite float32: no NaN or inf ever reaches them (the "empty" entry is the largest finite
 float32), which is what lets the scans use ``fastmath``.
 """

@@ -1,0 +1,64 @@
+"""Validation of the maps at the boundary of the analysis, and their distinct rows.
+
+Maps that are not a finite 2-D array, or a class with fewer samples than the kNN graph needs, raise
+:class:`spray.errors.DataError` with a message that starts with what is wrong, so that the caller can
+prefix the class (``"class 7: " + message``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spray.errors import DataError
+
+
+def check_maps(maps: Any, name: str = "maps") -> np.ndarray:
+    """Return ``maps`` as a C-contiguous float32 (N, D) array or raise DataError."""
+    array = np.asarray(maps)
+    if array.ndim != 2:
+        raise DataError(f"expected {name} of shape (N, D) (one flattened heatmap per row), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"expected at least one heatmap with at least one value, got {name} of shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise DataError(f"expected numeric {name}, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        shown = ", ".join(str(i) for i in rows[:20]) + (f", ... ({len(rows)} in all)" if len(rows) > 20 else "")
+        raise DataError(
+            f"{len(rows)} of {len(array)} heatmaps contain NaN or inf values (rows {shown}); "
+            "expected finite relevance: check the attribution of these samples"
+        )
+    return array
+
+
+def check_enough_samples(n_samples: int, n_neighbors: int) -> None:
+    if n_samples <= n_neighbors:
+        raise DataError(
+            f"{n_samples} sample{'s' if n_samples != 1 else ''} but the kNN graph with analysis.neighbors = "
+            f"{n_neighbors} needs at least {n_neighbors + 1}; lower analysis.neighbors to at most "
+            f"{max(n_samples - 1, 1)} or audit more samples"
+        )
+
+
+def distinct_rows(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``maps`` (N, D) in order of first appearance, and (N,) the index of each row's
+    copy among them."""
+    _, first, inverse = np.unique(maps, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return maps[first[order]], rank[np.ravel(inverse)]
+
+
+def relabel_by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber so that cluster 0 is the largest; equal sizes keep the order of their first member."""
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))
+    mapping = np.empty(ids.max() + 1, dtype=np.int64)
+    mapping[ids[order]] = np.arange(len(ids))
+    return mapping[labels]
+
