@@ -16,7 +16,7 @@ import pytest
 from audit_cases import make_tiny_case, tiny_config, write_config
 from fault_cases import leftovers, run_cli, spray_process
 
-import spray.pipeline
+import spray.analysis.task
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_an_unexpected_error_exits_5_with_one_line_and_a_logged_traceback(case, 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug deep inside")
 
-    monkeypatch.setattr(spray.pipeline, "spectral_analysis", broken)
+    monkeypatch.setattr(spray.analysis.task, "spectral_analysis", broken)
     assert run_cli("run", str(case / "audit.yaml"), "--quiet") == 5
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if line.startswith("spray: error")]
@@ -43,7 +43,7 @@ def test_an_unexpected_error_exits_5_with_one_line_and_a_logged_traceback(case, 
 
 @pytest.mark.e2e
 def test_debug_prints_the_traceback_too(case, monkeypatch, capsys):
-    monkeypatch.setattr(spray.pipeline, "spectral_analysis", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(spray.analysis.task, "spectral_analysis", lambda *a, **k: 1 / 0)
     assert run_cli("run", str(case / "audit.yaml"), "--quiet", "--debug") == 5
     assert "Traceback" in capsys.readouterr().err
 
