@@ -7,7 +7,8 @@ only a page's path comes back and the parent never holds more than its own share
 The workers are started with the ``spawn`` method, never forked: the audit's parent process runs threads
 (Dask's task pool, torch's and BLAS's thread pools, the attribution loader), and a child forked from a
 threaded process may inherit a lock that another thread held at the fork and deadlock on it. A spawned
-worker is a fresh interpreter that imports only the report's modules (about 0.5 s, once per worker). As with
+worker is a fresh interpreter that imports only the report's modules (a start-up cost paid once per worker;
+benchmarks/report_scale.py measures the whole). As with
 any ``multiprocessing`` code, a script that calls ``write_report`` with more than one worker must guard its
 entry point with ``if __name__ == "__main__":`` (``python -m spray`` does not need to).
 """

@@ -30,8 +30,8 @@ def png_data_uri(pixels: np.ndarray) -> str:
     """Encode a uint8 ``(H, W)`` or ``(H, W, 3)`` array as a ``data:image/png;base64,...`` URI.
 
     Gray images (all channels equal) are stored with one channel and colour ones as a 128-colour palette:
-    a third of the bytes or less, without visible loss at tile size (measured: 128 colours save a sixth of
-    the bytes of 256 on photo-like tiles).
+    a third of the bytes or less, without visible loss at tile size (fewer colours than 256 also save bytes
+    on photo-like tiles; page sizes: benchmarks/report_scale.py).
     """
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
