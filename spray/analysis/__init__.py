@@ -24,7 +24,8 @@ from spray.analysis.eigenpairs import (
 )
 from spray.analysis.embedding import (
     MIN_DISTINCT_TO_EMBED,
-    TSNE_MAX_N,
+    FULL_LAYOUT_MAX_N,
+    LANDMARKS,
     embed,
     embed_described,
     embedding_descriptions,
@@ -37,7 +38,8 @@ __all__ = [
     "DENSE_EIGEN_MAX_N",
     "KNN_METHODS",
     "MIN_DISTINCT_TO_EMBED",
-    "TSNE_MAX_N",
+    "FULL_LAYOUT_MAX_N",
+    "LANDMARKS",
     "WEIGHTINGS",
     "KnnGraph",
     "KnnLimits",
