@@ -38,10 +38,10 @@ __all__ = [
 # ``LANDMARK_DIMS`` leading principal components and every other map is placed at the mean position of its
 # ``PLACEMENT_NEIGHBORS`` nearest landmarks there; the report says which.
 FULL_LAYOUT_MAX_N = 10_000
-# Landmarks laid out above ``FULL_LAYOUT_MAX_N``: 200 per group of ten groups, enough to draw each group and a
-# group of 1 % (about 20 landmarks), while both layouts together stay within the spectral analysis's time
-# at 100,000 maps (benchmarks/spectral_scale.py --embeddings, docs/scaling.md).
-LANDMARKS = 2_000
+# Landmarks laid out above ``FULL_LAYOUT_MAX_N``: 100 per group of ten groups, enough to draw each group (a
+# group of 1 % of the maps gets about 10), and few enough that both layouts together stay within the
+# spectral analysis's time at 100,000 maps (benchmarks/spectral_scale.py --embeddings, docs/scaling.md).
+LANDMARKS = 1_000
 # Principal components the landmark layouts and the placement work in: t-SNE's customary 50, which hold
 # nearly all of the variance of smooth heatmaps (the projected kNN search reaches its recall with 48).
 LANDMARK_DIMS = 50
