@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +12,9 @@ import numpy as np
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-from spray.analysis._exact import KNN_BLOCK_BYTES
 from spray.analysis._lazy import import_umap
 from spray.analysis._maps import check_maps, distinct_rows
-from spray.analysis._projected import principal_coordinates
+from spray.analysis._projected import principal_coordinates, worker_threads
 from spray.analysis.neighbors import DEFAULT_LIMITS, KnnLimits, knn_method, nearest_neighbors
 from spray.config import EmbeddingConfig
 from spray.errors import DataError
@@ -47,6 +47,8 @@ LANDMARKS = 1_000
 LANDMARK_DIMS = 50
 # How many nearest landmarks place a map that was not laid out.
 PLACEMENT_NEIGHBORS = 10
+# Scores held per thread while the nearest landmarks are found (32 MiB: cache-friendly blocks).
+PLACEMENT_BLOCK_BYTES = 32 << 20
 
 
 # Fewer distinct heatmaps than this are not embedded (all placed at the origin): see :func:`embed`.
@@ -118,15 +120,23 @@ def embedding_descriptions(
 
 
 def _nearest_reference(queries: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """Indices (len(queries), k) of the k nearest reference rows of each query (brute force, float32)."""
+    """Indices (len(queries), k) of the k nearest reference rows of each query (brute force, float32).
+
+    Blocks of queries run in one thread per CPU, each with one BLAS thread: the selection (numpy's
+    argpartition, which releases the GIL) costs more than the product and has no threads of its own. A
+    row's neighbours do not depend on the blocks, so the result is the same on any number of threads."""
     sq_norms = np.einsum("ij,ij->i", reference, reference)
-    block = int(max(1, KNN_BLOCK_BYTES // (4 * len(reference))))
+    block = int(max(1, PLACEMENT_BLOCK_BYTES // (4 * len(reference))))
     found = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), block):
+
+    def nearest(start: int) -> None:
         scores = queries[start : start + block] @ reference.T
         scores *= -2.0
         scores += sq_norms
         found[start : start + block] = np.argpartition(scores, k - 1, axis=1)[:, :k]
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(worker_threads()) as pool:
+        list(pool.map(nearest, range(0, len(queries), block)))
     return found
 
 
