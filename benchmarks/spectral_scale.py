@@ -241,8 +241,8 @@ def run_spray(
         # "embed": both methods in one call, as the embed stage runs them (landmarks above FULL_LAYOUT_MAX_N);
         # "tsne", "umap": one method per call; "umap-all": UMAP of every map, the baseline of the landmarks
         full_max_n = len(maps) if method == "umap-all" else analysis.FULL_LAYOUT_MAX_N
-        methods = ["tsne", "umap"] if method == "embed" else [method.removesuffix("-all")]
-        embedding = EmbeddingConfig(methods=methods, seed=seed)
+        names = ["tsne", "umap"] if method == "embed" else [method.removesuffix("-all")]
+        embedding = EmbeddingConfig.model_validate({"methods": names, "seed": seed})
         steps.run(method, lambda: analysis.embed(maps, embedding, full_max_n=full_max_n,
                                                  landmarks=landmarks or analysis.LANDMARKS))
     extra["eigenvalues"] = values[:12].round(6).tolist()

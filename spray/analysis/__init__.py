@@ -23,9 +23,9 @@ from spray.analysis.eigenpairs import (
     smallest_eigenpairs,
 )
 from spray.analysis.embedding import (
-    MIN_DISTINCT_TO_EMBED,
     FULL_LAYOUT_MAX_N,
     LANDMARKS,
+    MIN_DISTINCT_TO_EMBED,
     embed,
     embed_described,
     embedding_descriptions,
@@ -36,10 +36,10 @@ from spray.analysis.spectral import SpectralResult, cluster_range, spectral_anal
 
 __all__ = [
     "DENSE_EIGEN_MAX_N",
-    "KNN_METHODS",
-    "MIN_DISTINCT_TO_EMBED",
     "FULL_LAYOUT_MAX_N",
+    "KNN_METHODS",
     "LANDMARKS",
+    "MIN_DISTINCT_TO_EMBED",
     "WEIGHTINGS",
     "KnnGraph",
     "KnnLimits",
