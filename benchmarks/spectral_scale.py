@@ -47,7 +47,8 @@ and CoRelAy's dense N x N matrices need tens of GB).
 Reported per run: ``seconds`` = distinct + knn + eigen + cluster (the spectral analysis; embeddings separate), each step's
 wall time, ``peak_memory_mb`` = the process's peak resident memory (VmHWM, including the input maps,
 ``input_mb``), ``step_peak_mb`` = the highest resident memory sampled during each step, the number of
-clusters found, the ARI against the planted groups, and for spray the kNN recall.
+clusters found, the ARI against the planted groups, for spray the kNN recall and ``layout_ari``: per
+embedding step and method, the ARI of k-means (the planted number of groups) on the 2-D coordinates.
 ``--json PATH`` writes ``{"runs": [{"tool", "n", "seconds", "peak_memory_mb", "steps": {...}, ...}]}``.
 
 2 cores are shared with other work on the machines this was written on: compare tools within one run
@@ -243,8 +244,9 @@ def run_spray(
         full_max_n = len(maps) if method == "umap-all" else analysis.FULL_LAYOUT_MAX_N
         names = ["tsne", "umap"] if method == "embed" else [method.removesuffix("-all")]
         embedding = EmbeddingConfig.model_validate({"methods": names, "seed": seed})
-        steps.run(method, lambda: analysis.embed(maps, embedding, full_max_n=full_max_n,
-                                                 landmarks=landmarks or analysis.LANDMARKS))
+        layouts = steps.run(method, lambda: analysis.embed(maps, embedding, full_max_n=full_max_n,
+                                                           landmarks=landmarks or analysis.LANDMARKS))
+        extra.setdefault("layouts", {}).update({f"{method}/{name}": xy for name, xy in layouts.items()})
     extra["eigenvalues"] = values[:12].round(6).tolist()
     return {"steps": steps, "labels": labels, **extra}
 
@@ -313,6 +315,7 @@ def worker(
     tool: str, n: int, clusters: int, seed: int, embeddings: list[str], noise: float, landmarks: int = 0
 ) -> dict[str, Any]:
     """One (tool, N) run in this process; returns the JSON record."""
+    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     maps, truth = synthetic_heatmaps(n, clusters, seed=seed, noise=noise)
@@ -320,6 +323,12 @@ def worker(
     outcome = TOOLS[tool](maps, clusters, seed, embeddings, landmarks=landmarks)
     steps: Steps = outcome.pop("steps")
     labels = outcome.pop("labels")
+    # how well each 2-D layout keeps the planted groups apart: k-means with the planted number of groups
+    layouts = outcome.pop("layouts", {})
+    outcome["layout_ari"] = {
+        name: round(float(adjusted_rand_score(truth, KMeans(clusters, n_init=3, random_state=seed).fit_predict(xy))), 3)
+        for name, xy in layouts.items()
+    }
     analysis = [name for name in ("distinct", "knn", "eigen", "cluster") if name in steps.seconds]
     return {
         "tool": "spray" if tool.startswith("spray") else tool,
@@ -389,6 +398,8 @@ def _print_run(record: dict[str, Any]) -> None:
     cells = "  ".join(f"{step} {steps[step]:7.2f}s" for step in ("distinct", "knn", "eigen", "cluster", *EMBEDDINGS) if step in steps)
     extra = f"  knn {_knn_tag(record['knn'])} recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
     extra += f"  components {record['n_components']}" if "n_components" in record else ""
+    if record.get("layout_ari"):
+        extra += "  layout ARI " + " ".join(f"{name} {ari:.3f}" for name, ari in record["layout_ari"].items())
     print(
         f"{name:>16} {record['n']:>8} {record['noise']:>5}  total {record['seconds']:8.2f}s  "
         f"peak {record['peak_memory_mb']:8.0f} MB  (input {record['input_mb']:.0f} MB)  {cells}  "
