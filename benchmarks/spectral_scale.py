@@ -1,7 +1,8 @@
 """How spray's spectral analysis scales, against scikit-learn and CoRelAy, on heatmap-shaped data.
 
     python benchmarks/spectral_scale.py [--sizes 1000 20000 100000] [--large] [--json PATH]
-        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--knn-paths hnsw nndescent]
+        [--corelay-python PATH] [--reference-max 20000] [--no-umap] [--embeddings embed tsne umap umap-all]
+        [--knn-paths hnsw nndescent]
         [--clusters 10] [--noise 0.15 1.0] [--seed 0]
 
 Data: synthetic pooled heatmaps, N x 1024 (32 x 32) float32: ``--clusters`` groups, each a few Gaussian
@@ -11,11 +12,15 @@ same maps (same seed).
 
 Tools, each (tool, N) in a fresh process so that peak memory and imports are its own:
 
-- ``spray``: ``spray.analysis`` step by step as ``spectral_analysis`` runs it -- knn (kNN graph and
-  affinity; by N and ``KnnLimits``: exact up to 10,000, projected on principal components up to 200,000
+- ``spray``: ``spray.analysis`` step by step as ``spectral_analysis`` runs it -- distinct (the distinct
+  maps, which the graph is built on), knn (kNN graph and affinity; by N and ``KnnLimits``: exact up to 10,000, projected on principal components up to 200,000
   with its recall measured first, approximate above; the table shows which, e.g. ``knn pca48``), eigen
   (normalised Laplacian, 32 smallest eigenpairs), cluster (eigengap, k-means on the row-normalised
-  eigenvectors), and umap (``spray.analysis.embed`` with UMAP only, not part of ``seconds``). Everything a
+  eigenvectors), and the embedding steps ``--embeddings`` names (default umap), not part of ``seconds``:
+  ``embed`` is ``spray.analysis.embed`` with t-SNE and UMAP in one call, as the embed stage runs them
+  (above 10,000 maps: ``--landmarks`` maps laid out, the rest placed); ``tsne`` and ``umap`` one method per
+  call; ``umap-all`` UMAP laying out every map (the baseline of the landmarks). The ratio line divides
+  ``embed`` (else the sum of ``tsne`` and ``umap``) by ``seconds``. Everything a
   fresh process pays on first use counts: importing numba or faiss and loading compiled kernels is in knn.
   ``--knn-paths`` adds one spray run per N and path with that kNN search forced: ``projected``,
   ``nndescent`` (pynndescent), ``exact``, or ``hnsw``: faiss-cpu's ``IndexHNSWFlat`` (32 links, built with
@@ -39,10 +44,11 @@ and CoRelAy's dense N x N matrices need tens of GB).
 ``--noise`` takes several values; each N runs for each: at 0.15 the planted groups share no kNN edges
 (one component per group), at 1.0 they do (one connected component).
 
-Reported per run: ``seconds`` = knn + eigen + cluster (the spectral analysis; umap separate), each step's
+Reported per run: ``seconds`` = distinct + knn + eigen + cluster (the spectral analysis; embeddings separate), each step's
 wall time, ``peak_memory_mb`` = the process's peak resident memory (VmHWM, including the input maps,
 ``input_mb``), ``step_peak_mb`` = the highest resident memory sampled during each step, the number of
-clusters found, the ARI against the planted groups, and for spray the kNN recall.
+clusters found, the ARI against the planted groups, for spray the kNN recall and ``layout_ari``: per
+embedding step and method, the ARI of k-means (the planted number of groups) on the 2-D coordinates.
 ``--json PATH`` writes ``{"runs": [{"tool", "n", "seconds", "peak_memory_mb", "steps": {...}, ...}]}``.
 
 2 cores are shared with other work on the machines this was written on: compare tools within one run
@@ -190,23 +196,29 @@ def faiss_hnsw(maps: np.ndarray, k: int, seed: int, min_recall: float = 0.95, li
     return indices, distances, description, recall
 
 
-def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method: str = "auto") -> dict[str, Any]:
+def run_spray(
+    maps: np.ndarray, clusters: int, seed: int, embeddings: list[str], knn_method: str = "auto", landmarks: int = 0
+) -> dict[str, Any]:
     import scipy.sparse.csgraph
 
     sys.path.insert(0, str(REPOSITORY))
     from spray import analysis
+    from spray.analysis import _maps as analysis_maps
     from spray.config import AnalysisConfig, EmbeddingConfig
 
     config = AnalysisConfig(neighbors=NEIGHBORS, eigenvalues=EIGENVALUES, seed=seed)
     steps = Steps()
     extra: dict[str, Any] = {}
 
+    # spectral_analysis builds the graph on the distinct maps (repeats share their cluster)
+    distinct, inverse = steps.run("distinct", lambda: analysis_maps.distinct_rows(maps))
+
     def knn():
         if knn_method == "hnsw":
-            indices, distances, description, recall = faiss_hnsw(maps, config.neighbors, config.seed)
+            indices, distances, description, recall = faiss_hnsw(distinct, config.neighbors, config.seed)
         else:
             method = "approximate" if knn_method == "nndescent" else knn_method
-            indices, distances, description, recall = analysis.nearest_neighbors(maps, config.neighbors, method, config.seed)
+            indices, distances, description, recall = analysis.nearest_neighbors(distinct, config.neighbors, method, config.seed)
         # knn_method: what was asked for ("auto", or a path forced); knn: what was done
         extra.update(knn=description, knn_recall=recall, knn_method=knn_method)
         return analysis.affinity_from_neighbors(indices, distances)
@@ -215,24 +227,31 @@ def run_spray(maps: np.ndarray, clusters: int, seed: int, umap: bool, knn_method
 
     def eigen():
         laplacian = analysis.normalized_laplacian(affinity)
-        return analysis.smallest_eigenpairs(laplacian, min(config.eigenvalues, len(maps) - 1), config.seed)
+        return analysis.smallest_eigenpairs(laplacian, min(config.eigenvalues, len(distinct) - 1), config.seed)
 
     values, vectors = steps.run("eigen", eigen)
 
     def cluster():
-        lower, upper = analysis.cluster_range(len(maps), len(values), config)
+        lower, upper = analysis.cluster_range(len(distinct), len(values), config)
         k = analysis.choose_n_clusters(values, lower, upper)
         return analysis.spectral_clustering(vectors, k, config.seed)
 
-    labels = steps.run("cluster", cluster)
+    labels = steps.run("cluster", cluster)[inverse]
     extra["n_components"] = int(scipy.sparse.csgraph.connected_components(affinity, directed=False)[0])
-    if umap:
-        steps.run("umap", lambda: analysis.embed(maps, EmbeddingConfig(methods=["umap"], seed=seed)))
+    for method in embeddings:
+        # "embed": both methods in one call, as the embed stage runs them (landmarks above FULL_LAYOUT_MAX_N);
+        # "tsne", "umap": one method per call; "umap-all": UMAP of every map, the baseline of the landmarks
+        full_max_n = len(maps) if method == "umap-all" else analysis.FULL_LAYOUT_MAX_N
+        names = ["tsne", "umap"] if method == "embed" else [method.removesuffix("-all")]
+        embedding = EmbeddingConfig.model_validate({"methods": names, "seed": seed})
+        layouts = steps.run(method, lambda: analysis.embed(maps, embedding, full_max_n=full_max_n,
+                                                           landmarks=landmarks or analysis.LANDMARKS))
+        extra.setdefault("layouts", {}).update({f"{method}/{name}": xy for name, xy in layouts.items()})
     extra["eigenvalues"] = values[:12].round(6).tolist()
     return {"steps": steps, "labels": labels, **extra}
 
 
-def run_sklearn(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+def run_sklearn(maps: np.ndarray, clusters: int, seed: int, embeddings: list[str], landmarks: int = 0) -> dict[str, Any]:
     from sklearn.cluster import k_means
     from sklearn.manifold import spectral_embedding
     from sklearn.neighbors import kneighbors_graph
@@ -258,7 +277,7 @@ def run_sklearn(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[
     return {"steps": steps, "labels": labels}
 
 
-def run_corelay(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[str, Any]:
+def run_corelay(maps: np.ndarray, clusters: int, seed: int, embeddings: list[str], landmarks: int = 0) -> dict[str, Any]:
     import corelay
     from corelay.processor.affinity import SparseKNN
     from corelay.processor.clustering import KMeans
@@ -285,21 +304,32 @@ def run_corelay(maps: np.ndarray, clusters: int, seed: int, umap: bool) -> dict[
 
 
 KNN_PATHS = ("projected", "hnsw", "nndescent", "exact")
+EMBEDDINGS = ("embed", "tsne", "umap", "umap-all")
 TOOLS: dict[str, Callable[..., dict[str, Any]]] = {"spray": run_spray, "sklearn": run_sklearn, "corelay": run_corelay}
 for _path in KNN_PATHS:
-    TOOLS[f"spray[{_path}]"] = lambda maps, clusters, seed, umap, _path=_path: run_spray(maps, clusters, seed, umap, _path)
+    TOOLS[f"spray[{_path}]"] = lambda maps, clusters, seed, embeddings, landmarks=0, _path=_path: run_spray(
+        maps, clusters, seed, embeddings, _path, landmarks)
 
 
-def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float) -> dict[str, Any]:
+def worker(
+    tool: str, n: int, clusters: int, seed: int, embeddings: list[str], noise: float, landmarks: int = 0
+) -> dict[str, Any]:
     """One (tool, N) run in this process; returns the JSON record."""
+    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     maps, truth = synthetic_heatmaps(n, clusters, seed=seed, noise=noise)
     input_mb = maps.nbytes / 2**20
-    outcome = TOOLS[tool](maps, clusters, seed, umap)
+    outcome = TOOLS[tool](maps, clusters, seed, embeddings, landmarks=landmarks)
     steps: Steps = outcome.pop("steps")
     labels = outcome.pop("labels")
-    analysis = [name for name in ("knn", "eigen", "cluster") if name in steps.seconds]
+    # how well each 2-D layout keeps the planted groups apart: k-means with the planted number of groups
+    layouts = outcome.pop("layouts", {})
+    outcome["layout_ari"] = {
+        name: round(float(adjusted_rand_score(truth, KMeans(clusters, n_init=3, random_state=seed).fit_predict(xy))), 3)
+        for name, xy in layouts.items()
+    }
+    analysis = [name for name in ("distinct", "knn", "eigen", "cluster") if name in steps.seconds]
     return {
         "tool": "spray" if tool.startswith("spray") else tool,
         "knn_method": tool[len("spray["):-1] if tool.startswith("spray[") else "auto",
@@ -322,8 +352,8 @@ def worker(tool: str, n: int, clusters: int, seed: int, umap: bool, noise: float
 def _child(python: str, tool: str, n: int, noise: float, args: argparse.Namespace) -> dict[str, Any]:
     command = [python, str(Path(__file__).resolve()), "--worker", tool, str(n),
                "--clusters", str(args.clusters), "--seed", str(args.seed), "--noise", str(noise)]
-    if args.no_umap:
-        command.append("--no-umap")
+    command += ["--embeddings", *_embeddings(args)] if _embeddings(args) else ["--no-umap"]
+    command += ["--landmarks", str(args.landmarks)]
     environment = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # no busy-waiting threads on shared cores
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")]))
     started = time.perf_counter()
@@ -365,9 +395,11 @@ def _print_run(record: dict[str, Any]) -> None:
         print(f"{name:>16} {record['n']:>8} {record['noise']:>5}  failed: {record['error']}", flush=True)
         return
     steps = record["steps"]
-    cells = "  ".join(f"{step} {steps[step]:7.2f}s" for step in ("knn", "eigen", "cluster", "umap") if step in steps)
+    cells = "  ".join(f"{step} {steps[step]:7.2f}s" for step in ("distinct", "knn", "eigen", "cluster", *EMBEDDINGS) if step in steps)
     extra = f"  knn {_knn_tag(record['knn'])} recall {record['knn_recall']:.3f}" if "knn_recall" in record else ""
     extra += f"  components {record['n_components']}" if "n_components" in record else ""
+    if record.get("layout_ari"):
+        extra += "  layout ARI " + " ".join(f"{name} {ari:.3f}" for name, ari in record["layout_ari"].items())
     print(
         f"{name:>16} {record['n']:>8} {record['noise']:>5}  total {record['seconds']:8.2f}s  "
         f"peak {record['peak_memory_mb']:8.0f} MB  (input {record['input_mb']:.0f} MB)  {cells}  "
@@ -387,15 +419,28 @@ def _plan(n: int, args: argparse.Namespace, corelay_python: str | None) -> list[
     return plan
 
 
+def _embeddings(args: argparse.Namespace) -> list[str]:
+    return [] if args.no_umap else list(args.embeddings)
+
+
 def _print_ratios(runs: list[dict[str, Any]], n: int, noise: float) -> None:
     """Each other tool's and path's time over spray's default path, for one N and noise."""
     done = {_name(r): r for r in runs if r["n"] == n and r.get("noise") == noise and "error" not in r}
     if "spray" not in done:
         return
+    spray = done["spray"]
+    steps = spray["steps"]
+    embedding = ["embed"] if "embed" in steps else [step for step in ("tsne", "umap") if step in steps]
+    if embedding:
+        spent = sum(steps[step] for step in embedding)
+        print(f"{'':>16} {n:>8} {noise:>5}  spray embedding ({' + '.join(embedding)}) {spent:.2f}s / spectral "
+              f"{spray['seconds']:.2f}s: {spent / spray['seconds']:.2f}"
+              + (f"; umap-all / umap: {steps['umap-all'] / steps['umap']:.2f}"
+                 if {"umap", "umap-all"} <= set(steps) else ""), flush=True)
     for name, record in done.items():
         if name != "spray":
             print(f"{'':>16} {n:>8} {noise:>5}  {name} / spray time: {record['seconds'] / done['spray']['seconds']:.2f} "
-                  "(knn + eigen + cluster)", flush=True)
+                  "(the spectral analysis)", flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -405,9 +450,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="write the runs to this file")
     parser.add_argument("--corelay-python", help="a Python that can import corelay (default: $CORELAY_PYTHON)")
     parser.add_argument("--reference-max", type=int, default=20_000, help="largest N for sklearn, corelay and exact kNN")
-    parser.add_argument("--no-umap", action="store_true", help="skip spray's UMAP step")
+    parser.add_argument("--no-umap", action="store_true", help="no embedding step (same as --embeddings with none)")
+    parser.add_argument("--embeddings", nargs="*", choices=EMBEDDINGS, default=["umap"],
+                        help="spray's embedding steps, each timed on its own (umap-all: UMAP of every map)")
     parser.add_argument("--knn-paths", nargs="*", default=[], choices=KNN_PATHS,
                         help="also run spray with each of these kNN searches forced (tool spray, knn_method PATH)")
+    parser.add_argument("--landmarks", type=int, default=0,
+                        help="landmarks laid out above 10,000 maps (default: spray's LANDMARKS)")
     parser.add_argument("--clusters", type=int, default=10, help="planted groups")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.15],
@@ -420,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.worker:
         tool, n = args.worker[0], int(args.worker[1])
-        print(json.dumps(worker(tool, n, args.clusters, args.seed, not args.no_umap, args.noise[0])))
+        print(json.dumps(worker(tool, n, args.clusters, args.seed, _embeddings(args), args.noise[0], args.landmarks)))
         return 0
 
     sizes = sorted(set(args.sizes + ([1_000_000] if args.large else [])))

@@ -8,6 +8,7 @@ paths resolve against the folder of the config file.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -211,11 +212,27 @@ class _AttributionRun(_Section):
     batch_size: int = Field(default=64, ge=1, description="images per forward/backward pass")
     shard_size: int = Field(default=512, ge=1, description="images per cached Dask task")
     loader_workers: int = Field(
-        default=4, ge=0,
-        description="threads decoding the next batches while the model runs (0: decode in the attributing "
-        "thread); at most two batches are decoded ahead, so memory stays bounded",
+        default="auto", validate_default=True, ge=0,
+        description="threads decoding the next batches while the model runs (auto: one per CPU this process "
+        "may use, at most 8; 0: decode in the attributing thread); at most two batches are decoded ahead, so "
+        "memory stays bounded",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: cuda when available")
+
+    @field_validator("loader_workers", mode="before")
+    @classmethod
+    def _loader_workers(cls, value: Any) -> Any:
+        return default_loader_workers() if value == "auto" else value
+
+
+def default_loader_workers() -> int:
+    """``attribution.loader_workers: auto``: one decoding thread per CPU this process may use (its affinity
+    where the platform has one), at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 class LrpAttribution(_AttributionRun):

@@ -23,8 +23,9 @@ from spray.analysis.eigenpairs import (
     smallest_eigenpairs,
 )
 from spray.analysis.embedding import (
+    FULL_LAYOUT_MAX_N,
+    LANDMARKS,
     MIN_DISTINCT_TO_EMBED,
-    TSNE_MAX_N,
     embed,
     embed_described,
     embedding_descriptions,
@@ -35,9 +36,10 @@ from spray.analysis.spectral import SpectralResult, cluster_range, spectral_anal
 
 __all__ = [
     "DENSE_EIGEN_MAX_N",
+    "FULL_LAYOUT_MAX_N",
     "KNN_METHODS",
+    "LANDMARKS",
     "MIN_DISTINCT_TO_EMBED",
-    "TSNE_MAX_N",
     "WEIGHTINGS",
     "KnnGraph",
     "KnnLimits",

@@ -45,13 +45,39 @@ def check_enough_samples(n_samples: int, n_neighbors: int) -> None:
 
 
 def distinct_rows(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of ``maps`` (N, D) in order of first appearance, and (N,) the index of each row's
-    copy among them."""
-    _, first, inverse = np.unique(maps, axis=0, return_index=True, return_inverse=True)
+    """The distinct rows of ``maps`` (N, D) float32 in order of first appearance, and (N,) the index of each
+    row's copy among them. Rows are equal when their values are (-0.0 equals 0.0)."""
+    rows = np.ascontiguousarray(maps, dtype=np.float32)
+    if (np.signbit(rows) & (rows == 0)).any():
+        rows = rows + np.float32(0)  # -0.0 + 0.0 is +0.0: rows equal as numbers become equal as bits
+    bits = rows.view(np.uint32)
+    first, inverse = _first_copies(_row_hashes(bits))
+    duplicate = np.flatnonzero(first[inverse] != np.arange(len(rows)))
+    if duplicate.size and not (bits[duplicate] == bits[first[inverse[duplicate]]]).all():
+        # two different rows share a hash: sort the rows themselves, each one opaque item of bytes
+        # (np.unique(axis=0) compares a structured dtype field by field, far slower on long rows)
+        items = bits.view(np.dtype((np.void, 4 * bits.shape[1]))).ravel()
+        first, inverse = _first_copies(items)
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    return maps[first[order]], rank[np.ravel(inverse)]
+    return np.asarray(maps)[first[order]], rank[np.ravel(inverse)]
+
+
+def _row_hashes(bits: np.ndarray, block: int = 4096) -> np.ndarray:
+    """(N,) uint64 hash of each row of ``bits`` (N, D) uint32: a fixed random linear form modulo 2^64, so that
+    equal rows hash equal; computed in blocks to bound the uint64 copy."""
+    weights = np.random.default_rng(0).integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+    hashes = np.empty(len(bits), dtype=np.uint64)
+    for start in range(0, len(bits), block):
+        hashes[start : start + block] = (bits[start : start + block].astype(np.uint64) * weights).sum(axis=1)
+    return hashes
+
+
+def _first_copies(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For (N,) keys: the row of each distinct key's first occurrence (sorted by key), and each row's distinct key."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first, np.ravel(inverse)
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:

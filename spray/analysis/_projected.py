@@ -49,7 +49,7 @@ def _knn_kernels() -> Any:
         return _knn_kernels
 
 
-def _worker_threads() -> int:
+def worker_threads() -> int:
     """CPUs this process may use (what OpenBLAS and OpenMP default to)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -223,7 +223,7 @@ def _projected_candidates(partition: _Partition, n_candidates: int) -> np.ndarra
             kernels.keep_smallest_rows(values, indices, counts, start, stop, n_candidates)
 
     largest_first = nonempty[np.argsort(-np.diff(partition.bounds)[nonempty], kind="stable")]
-    threads = _worker_threads()
+    threads = worker_threads()
     if threads == 1:
         for g in largest_first:
             search(g)
@@ -235,14 +235,14 @@ def _projected_candidates(partition: _Partition, n_candidates: int) -> np.ndarra
 
 def _in_threads(function: Any, n_items: int, step: int) -> None:
     """``function(start, stop)`` for consecutive ranges of at most ``step`` (>= 1) of ``n_items``, spread
-    over the CPUs (:func:`_worker_threads`)."""
-    step = int(max(1, min(step, -(-n_items // _worker_threads()))))
+    over the CPUs (:func:`worker_threads`)."""
+    step = int(max(1, min(step, -(-n_items // worker_threads()))))
     ranges = [(start, min(n_items, start + step)) for start in range(0, n_items, step)]
-    if _worker_threads() == 1 or len(ranges) == 1:
+    if worker_threads() == 1 or len(ranges) == 1:
         for start, stop in ranges:
             function(start, stop)
         return
-    with ThreadPoolExecutor(_worker_threads()) as pool:
+    with ThreadPoolExecutor(worker_threads()) as pool:
         list(pool.map(lambda bounds: function(*bounds), ranges))
 
 

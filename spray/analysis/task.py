@@ -2,7 +2,8 @@
 
 Each task takes one frozen job (what it computes from) and stores ``(arrays, meta)`` through
 :func:`spray.cache.cached`; :func:`analyse_key`, :func:`embed_key` and :func:`cross_class_key` are the
-cache keys, which hold ``STORE_VERSION``: bump it when what these entries store changes within a release.
+cache keys, which hold ``STORE_VERSION`` (and the latter two ``EMBED_STORE_VERSION``): bump it when what these
+entries store changes within a release.
 They are module-level functions so that process and distributed workers can run them.
 """
 
@@ -20,6 +21,7 @@ from spray.config import AnalysisConfig, EmbeddingConfig
 from spray.errors import DataError
 
 __all__ = [
+    "EMBED_STORE_VERSION",
     "STORE_VERSION",
     "AnalyseJob",
     "CrossClassJob",
@@ -37,6 +39,9 @@ __all__ = [
 ]
 
 STORE_VERSION = 1
+# What embed and cross-class entries hold: above ``spray.analysis.embedding.FULL_LAYOUT_MAX_N`` maps, landmark
+# layouts (version 2); bump it when the embeddings stored change.
+EMBED_STORE_VERSION = 2
 
 Stored = tuple[dict[str, np.ndarray], dict[str, Any]]
 
@@ -73,12 +78,12 @@ def analyse_key(config: AnalysisConfig, pre_key: str) -> str:
 
 
 def embed_key(config: EmbeddingConfig, pre_key: str) -> str:
-    return entry_key("embed", STORE_VERSION, config, pre_key)
+    return entry_key("embed", STORE_VERSION, EMBED_STORE_VERSION, config, pre_key)
 
 
 def cross_class_key(analysis: AnalysisConfig, embedding: EmbeddingConfig, pre_keys: list[str],
                     classes: list[int]) -> str:
-    return entry_key("cross_class", STORE_VERSION, analysis, embedding, pre_keys, classes)
+    return entry_key("cross_class", STORE_VERSION, EMBED_STORE_VERSION, analysis, embedding, pre_keys, classes)
 
 
 def _flat_maps(pre: Entry) -> np.ndarray:
