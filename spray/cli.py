@@ -26,7 +26,7 @@ from spray.errors import EXIT_FLAGGED, EXIT_OK, EXIT_RUN, SprayError
 if TYPE_CHECKING:
     from spray.config import SprayConfig
     from spray.demo import DemoConfig
-    from spray.diff import AuditDiff
+    from spray.diff import AuditDiff, Snapshot
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
 # config did not load far enough to name one).
@@ -211,7 +211,7 @@ def _validate(arguments: argparse.Namespace) -> int:
 
     demo, config = _load(arguments)
     check_output_folders(config)
-    _check_baseline(arguments, config)
+    baseline = _check_baseline(arguments, config)
     if demo is not None and not Path(config.model.weights or demo.directory).exists():
         print(f"spray: {arguments.config}: valid config; the demo case is built in {demo.directory} on "
               "first run, so the model and images are checked then")
@@ -226,6 +226,10 @@ def _validate(arguments: argparse.Namespace) -> int:
           f"({attribution.method}{composite})")
     for line in mapping_lines(checked.mapping):
         print(f"  {line}")
+    if baseline is not None:
+        n_flags = sum(len(snapshot.flagged) for snapshot in baseline.classes.values())
+        print(f"  baseline {config.audit.baseline}: {len(baseline.classes)} audited classes, {n_flags} flag(s) "
+              "to compare with")
     for item in skipped:
         print(f"  skipped class {item.class_name}: {item.reason}")
     problems = list(dataset.missing) + list(checked.undecodable)
@@ -282,9 +286,10 @@ def _run(arguments: argparse.Namespace) -> int:
     return EXIT_FLAGGED if outcome.flagged and arguments.fail_on_flag else EXIT_OK
 
 
-def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> None:
+def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> Snapshot | None:
     """Before any work: ``--fail-on-new-flag`` needs a baseline, and the baseline must be an earlier run's
-    output folder with a readable summary.json (ConfigError naming the folder otherwise)."""
+    output folder with a readable summary.json (ConfigError naming the folder otherwise). Returns its
+    verdicts, None without a baseline."""
     if getattr(arguments, "fail_on_new_flag", False) and config.audit.baseline is None:
         from spray.errors import ConfigError
 
@@ -292,7 +297,8 @@ def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> None:
     if config.audit.baseline is not None:
         from spray.diff import load_baseline
 
-        load_baseline(config.audit.baseline)
+        return load_baseline(config.audit.baseline)
+    return None
 
 
 def _print_diff(diff: AuditDiff) -> list[str]:

@@ -196,3 +196,10 @@ def test_the_command_line_baseline_wins_over_the_configs_which_resolves_beside_t
 def test_fail_on_new_flag_without_a_baseline_is_a_config_error(tiny_audit, capsys):
     assert main(["run", str(tiny_audit()), "--quiet", "--fail-on-new-flag"]) == EXIT_CONFIG
     assert "--fail-on-new-flag compares with a baseline" in capsys.readouterr().err
+
+
+def test_validate_reads_the_baseline_and_says_what_it_holds(tiny_audit, tiny_case, capsys):
+    (tiny_case / "last-week").mkdir()
+    (tiny_case / "last-week" / "summary.json").write_text(json.dumps(WATERMARK))
+    assert main(["validate", str(tiny_audit()), "--baseline", str(tiny_case / "last-week")]) == EXIT_OK
+    assert f"baseline {tiny_case / 'last-week'}: 2 audited classes, 1 flag(s)" in capsys.readouterr().out
