@@ -20,12 +20,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spray.config import LrpAttribution, SprayConfig
 from spray.errors import ConfigError, DataError
+from spray.export import ExportedClass, SampleBatch, write_virelay_project
+
+if TYPE_CHECKING:
+    from spray.data import Dataset, Sample
 
 # The pip extra that brings h5py (named in the error when it is missing).
 EXTRA = 'pip install -e ".[virelay]"'
@@ -65,10 +69,9 @@ def export_virelay(config: SprayConfig, output_dir: str | Path, *, use_cache: bo
         return _write(config, output_dir, dataset, classes, entries, list(checked.mapping.names))
 
 
-def _write(config: SprayConfig, output_dir: Path, dataset: Any, classes: list[int],
+def _write(config: SprayConfig, output_dir: Path, dataset: Dataset, classes: list[int],
            entries: dict[int, dict[str, Any]], label_names: list[str]) -> Path:
     """The project from the graph's entries, written into a staging folder and published whole."""
-    from spray.export import write_virelay_project
     from spray.pipeline import PathShower
     from spray.report._io import publish_folder, staging_folder
 
@@ -97,9 +100,8 @@ def _write(config: SprayConfig, output_dir: Path, dataset: Any, classes: list[in
     return output_dir / "project.yaml"
 
 
-def _exported_class(index: int, tasks: dict[str, Any], offset: int) -> Any:
+def _exported_class(index: int, tasks: dict[str, Any], offset: int) -> ExportedClass:
     """One class's analysis for the export; its samples are rows ``offset ...`` of the exported arrays."""
-    from spray.export import ExportedClass
     from spray.flag import read_flagged
 
     analysis, _ = tasks["analyse"].read()
@@ -111,12 +113,12 @@ def _exported_class(index: int, tasks: dict[str, Any], offset: int) -> Any:
                          embeddings={str(name): np.asarray(coordinates) for name, coordinates in embeddings.items()})
 
 
-def _batches(config: SprayConfig, classes: list[tuple[int, list[Any], dict[str, Any]]]) -> Iterator[Any]:
+def _batches(config: SprayConfig,
+             classes: list[tuple[int, list[Sample], dict[str, Any]]]) -> Iterator[SampleBatch]:
     """The exported samples, class by class and shard by shard, one stored chunk of relevance at a time:
     ``SampleBatch`` of pixels (B, C, H, W), relevance (B, C, H, W), logits (B, K), labels (B,)."""
     from spray.attribute import StoredShard
     from spray.data import load_pixels
-    from spray.export import SampleBatch
 
     size, image = config.attribution.shard_size, config.data.image
     for index, samples, tasks in classes:
