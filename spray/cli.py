@@ -1,7 +1,8 @@
-"""``python -m spray run CONFIG``, ``python -m spray validate CONFIG`` and ``python -m spray init MODEL IMAGES``.
+"""``python -m spray run CONFIG``, ``validate CONFIG``, ``init MODEL IMAGES`` and ``export virelay CONFIG DIR``.
 
-Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given; 2 invalid
-config or command line; 3 unusable data; 4 unusable model; 5 the run failed.
+Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given, or a flag that
+the baseline did not have and --fail-on-new-flag was given; 2 invalid config or command line (also a
+baseline folder without a readable summary.json); 3 unusable data; 4 unusable model; 5 the run failed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from spray.errors import EXIT_FLAGGED, EXIT_OK, EXIT_RUN, SprayError
 if TYPE_CHECKING:
     from spray.config import SprayConfig
     from spray.demo import DemoConfig
+    from spray.diff import AuditDiff, Snapshot
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
 # config did not load far enough to name one).
@@ -46,21 +48,40 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
     run.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
     run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged")
+    run.add_argument("--baseline", type=Path, metavar="DIR",
+                     help="output folder of an earlier audit to compare with (overrides audit.baseline)")
+    run.add_argument("--fail-on-new-flag", action="store_true",
+                     help=f"exit {EXIT_FLAGGED} when a flag is new since the baseline (needs a baseline)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     validate = commands.add_parser(
         "validate", help="check that the run will start: model, weights, images, labels, attribution, folders")
     validate.add_argument("config", type=Path)
     validate.add_argument("--output", type=Path, help="folder for the report (overrides the config's output)")
     validate.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
+    validate.add_argument("--baseline", type=Path, metavar="DIR", help="an earlier audit's output folder to read")
     init = commands.add_parser("init", help="write a commented starter config for a model and an image folder")
     init.add_argument("model", help="factory: models.py, models.py:build or package.module:build")
     init.add_argument("images", type=Path, help="folder with manifest.csv or one sub-folder per class")
     init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
     init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
-    for command in (run, validate, init):
+    export = _export_parser(commands)
+    for command in (run, validate, init, export):
         command.add_argument("--debug", action="store_true",
                              help="print the traceback of an unexpected error here too (it is always logged)")
     return parser
+
+
+def _export_parser(commands: Any) -> argparse.ArgumentParser:
+    """``export virelay CONFIG OUTPUT_DIR``: the config's audit (from the cache, computing what is missing)
+    as a ViRelAy project."""
+    export = commands.add_parser("export", help="write the config's audit in another tool's format")
+    export.add_argument("format", choices=["virelay"], help="virelay: a ViRelAy project (HDF5 files and YAML)")
+    export.add_argument("config", type=Path, help="the audit's YAML config")
+    export.add_argument("output_dir", type=Path, help="folder for the project (project.yaml and its files)")
+    export.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to export (indices or names)")
+    export.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    return export
 
 
 class Terminated(KeyboardInterrupt):
@@ -81,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _validate(arguments)
             if arguments.command == "init":
                 return _init(arguments)
+            if arguments.command == "export":
+                return _export(arguments)
             return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
@@ -152,6 +175,8 @@ def _overrides(arguments: argparse.Namespace) -> dict[str, Any]:
         overrides["output"] = str(arguments.output.resolve())
     if getattr(arguments, "classes", None):
         overrides["audit"] = {"classes": [int(c) if c.lstrip("-").isdigit() else c for c in arguments.classes]}
+    if getattr(arguments, "baseline", None) is not None:
+        overrides.setdefault("audit", {})["baseline"] = str(arguments.baseline.resolve())
     return overrides
 
 
@@ -186,6 +211,7 @@ def _validate(arguments: argparse.Namespace) -> int:
 
     demo, config = _load(arguments)
     check_output_folders(config)
+    baseline = _check_baseline(arguments, config)
     if demo is not None and not Path(config.model.weights or demo.directory).exists():
         print(f"spray: {arguments.config}: valid config; the demo case is built in {demo.directory} on "
               "first run, so the model and images are checked then")
@@ -200,6 +226,10 @@ def _validate(arguments: argparse.Namespace) -> int:
           f"({attribution.method}{composite})")
     for line in mapping_lines(checked.mapping):
         print(f"  {line}")
+    if baseline is not None:
+        n_flags = sum(len(snapshot.flagged) for snapshot in baseline.classes.values())
+        print(f"  baseline {config.audit.baseline}: {len(baseline.classes)} audited classes, {n_flags} flag(s) "
+              "to compare with")
     for item in skipped:
         print(f"  skipped class {item.class_name}: {item.reason}")
     problems = list(dataset.missing) + list(checked.undecodable)
@@ -225,6 +255,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
     demo, config = _load(arguments)
     arguments.output_folder = Path(config.output)
+    _check_baseline(arguments, config)
     if demo is not None:
         from spray.checks import check_output_folders
         from spray.demo import prepare_demo
@@ -247,5 +278,57 @@ def _run(arguments: argparse.Namespace) -> int:
                   f"score {cluster.score:.2f}")
     else:
         print("spray: no cluster flagged")
+    new_flags = _print_diff(outcome.diff) if outcome.diff is not None else []
     print(f"spray: report: {outcome.report}")
+    if arguments.fail_on_new_flag and new_flags:
+        print(f"spray: {len(new_flags)} flag(s) new since the baseline: {'; '.join(new_flags)}", file=sys.stderr)
+        return EXIT_FLAGGED
     return EXIT_FLAGGED if outcome.flagged and arguments.fail_on_flag else EXIT_OK
+
+
+def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> Snapshot | None:
+    """Before any work: ``--fail-on-new-flag`` needs a baseline, and the baseline must be an earlier run's
+    output folder with a readable summary.json (ConfigError naming the folder otherwise). Returns its
+    verdicts, None without a baseline."""
+    if getattr(arguments, "fail_on_new_flag", False) and config.audit.baseline is None:
+        from spray.errors import ConfigError
+
+        raise ConfigError("--fail-on-new-flag compares with a baseline: give --baseline DIR or audit.baseline")
+    if config.audit.baseline is not None:
+        from spray.diff import load_baseline
+
+        return load_baseline(config.audit.baseline)
+    return None
+
+
+def _print_diff(diff: AuditDiff) -> list[str]:
+    """One line per new and per resolved flag; returns the new ones as 'class C cluster K' for stderr."""
+    new = [f"class {c.class_index} cluster {c.current.cluster}" for c in diff.new if c.current is not None]
+    print(f"spray: since the baseline {diff.baseline}: {len(diff.new)} new, {len(diff.persisting)} persisting, "
+          f"{len(diff.resolved)} resolved flag(s)")
+    for change in diff.new:
+        if change.current is not None:
+            print(f"  new: class {change.class_index} cluster {change.current.cluster} "
+                  f"({len(change.current.members)} samples), score {change.current.score:.2f}")
+    for change in diff.resolved:
+        if change.baseline is not None:
+            print(f"  resolved: class {change.class_index} cluster {change.baseline.cluster} of the baseline "
+                  f"({len(change.baseline.members)} samples), score then {change.baseline.score:.2f}")
+    return new
+
+
+def _export(arguments: argparse.Namespace) -> int:
+    """``export virelay``: the config's audit as a ViRelAy project in ``output_dir``."""
+    from spray.export_audit import export_virelay
+
+    demo, config = _load(arguments)
+    arguments.output_folder = Path(arguments.output_dir)
+    if demo is not None:
+        from spray.demo import prepare_demo
+
+        prepare_demo(demo)
+    path = export_virelay(config, arguments.output_dir, use_cache=not arguments.no_cache,
+                          progress=not arguments.quiet)
+    print(f"spray: wrote the ViRelAy project {path}; open it with `python -m virelay {path}` where ViRelAy is "
+          "installed")
+    return EXIT_OK

@@ -141,6 +141,12 @@ class AuditSection(_Section):
         description="also run one spectral analysis (and the embeddings) of the heatmaps of all audited "
         "classes together, shown as its own report section",
     )
+    baseline: Path | None = Field(
+        default=None,
+        description="output folder of an earlier audit to compare with (read before the audit starts): "
+        "summary.json gains a diff section (new, persisting and resolved flags, matched by members) and the "
+        "report a 'Since the baseline' box; --baseline overrides it",
+    )
 
 
 class CompositeRule(_Section):
@@ -616,6 +622,7 @@ def _resolve_paths(config: SprayConfig, base_dir: Path, source: Path | None) -> 
             update={"manifest": resolve(config.data.manifest), "root": resolve(config.data.root)}
         ),
         "cache": config.cache.model_copy(update={"directory": resolve(config.cache.directory)}),
+        "audit": config.audit.model_copy(update={"baseline": resolve(config.audit.baseline)}),
         "output": resolve(config.output),
         "path": source.resolve() if source is not None else None,
     }

@@ -75,6 +75,7 @@ from spray.data import (
     dataset_token,
     load_dataset,
 )
+from spray.diff import AuditDiff, compare, load_baseline, snapshot_from_results
 from spray.errors import DataError, RunError
 from spray.flag import FlagTask, flag_task, store_key
 from spray.model import model_token
@@ -95,6 +96,7 @@ class AuditOutcome:
     skipped_classes: list[SkippedClass] = field(default_factory=list)
     cross_class: CrossClassResult | None = None
     skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
+    diff: AuditDiff | None = None  # against audit.baseline, when given
 
     @property
     def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
@@ -308,6 +310,8 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     started = time.perf_counter()
     # an output that cannot be written fails now, not after the whole audit has been computed
     check_output_folders(config)
+    # read before any work, and before this run's report may replace it (the baseline can be the output folder)
+    baseline = load_baseline(config.audit.baseline) if config.audit.baseline else None
     dataset = load_dataset(config.data)
     token = model_token(config.model)
     # Fail fast, before any task runs: the model must load, take the configured images, have one output per
@@ -318,7 +322,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
         import_umap()
-    with _cache_folder(config.cache, use_cache) as directory:
+    with cache_folder(config.cache, use_cache) as directory:
         done = _compute_again_if_corrupt(config, dataset, classes, directory, token, progress)
     skipped_classes = skipped_classes + done.skipped_classes
     skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
@@ -327,12 +331,14 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     stages = _stage_counts(done.entries, done.cross_entry)
     run = _run_info(config, dataset, checked.mapping, stages, (skipped_classes, skipped_samples),
                     started_at, time.perf_counter() - started)
-    report = _write_report(config, done.results, run, done.cross_result)
-    return AuditOutcome(report, done.results, stages, skipped_classes, done.cross_result, skipped_samples)
+    diff = (compare(snapshot_from_results(done.results), baseline, PathShower(config)(config.audit.baseline))
+            if baseline is not None else None)
+    report = _write_report(config, done.results, run, done.cross_result, diff)
+    return AuditOutcome(report, done.results, stages, skipped_classes, done.cross_result, skipped_samples, diff)
 
 
 @contextlib.contextmanager
-def _cache_folder(cache: CacheConfig, use_cache: bool) -> Iterator[Path]:
+def cache_folder(cache: CacheConfig, use_cache: bool) -> Iterator[Path]:
     """The cache folder (``cache.directory``), or a temporary one removed afterwards when the cache is off;
     staging folders of dead runs in it are swept first."""
     temporary = None
@@ -388,7 +394,7 @@ def _run_info(config: SprayConfig, dataset: Dataset, mapping: LabelMapping, stag
 
 
 def _write_report(config: SprayConfig, results: list[ClassResult], run: RunInfo,
-                  cross_result: CrossClassResult | None) -> Path:
+                  cross_result: CrossClassResult | None, diff: AuditDiff | None = None) -> Path:
     """Draw the report into ``output``; class pages in worker processes unless the scheduler is synchronous."""
     from spray.report import write_report
 
@@ -397,7 +403,7 @@ def _write_report(config: SprayConfig, results: list[ClassResult], run: RunInfo,
     log.info("writing the report (%d classes) to %s", len(results), config.output)
     drawing = time.perf_counter()
     report = write_report(Path(config.output), results, run, cross_result,
-                          workers=1 if in_process else config.dask.workers)
+                          workers=1 if in_process else config.dask.workers, diff=diff)
     log.info("report written in %.1f s", time.perf_counter() - drawing)
     return report
 
@@ -423,7 +429,7 @@ class PathShower:
     of the machine it ran on."""
 
     _PATH_KEYS = (("model", "weights"), ("data", "manifest"), ("data", "root"), ("cache", "directory"),
-                  ("output",))
+                  ("output",), ("audit", "baseline"))
 
     def __init__(self, config: SprayConfig) -> None:
         self._config = config
@@ -487,12 +493,8 @@ class _Computed:
 def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
              progress: bool) -> _Computed:
     """Run the graph and read its entries back."""
-    with _scheduler(config.dask) as options, _progress(progress and not config.dask.address):
-        gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
-        graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
-        cross = (build_cross_class(config.analysis, config.embedding, graph, str(directory))
-                 if config.audit.cross_class else None)
-        computed, cross_entry = dask.compute(graph, cross, **options)
+    computed, cross_entry = compute_entries(config, dataset, classes, directory, token, progress,
+                                            config.audit.cross_class)
     by_class = dataset.by_class()
     log.info("reading the results back: prototypes, and every member of the flagged clusters")
     results, skipped, skipped_samples = [], [], []
@@ -507,6 +509,18 @@ def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], director
         raise DataError("no class could be audited: " + "; ".join(f"{s.class_name}: {s.reason}" for s in skipped))
     cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None
     return _Computed(computed, cross_entry, results, cross_result, skipped, skipped_samples)
+
+
+def compute_entries(config: SprayConfig, dataset: Dataset, classes: list[int], directory: Path, token: str,
+                    progress: bool, cross_class: bool) -> tuple[dict[int, dict[str, Any]], Entry | None]:
+    """Run the audit graph of ``classes`` in the cache folder ``directory`` (stored entries are found, not
+    recomputed) and return its entries per class (``build_graph``'s layout) and the cross-class entry."""
+    with _scheduler(config.dask) as options, _progress(progress and not config.dask.address):
+        gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
+        graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
+        cross = build_cross_class(config.analysis, config.embedding, graph, str(directory)) if cross_class else None
+        computed, cross_entry = dask.compute(graph, cross, **options)
+    return computed, cross_entry
 
 
 def _stage_counts(computed: dict[int, dict[str, Any]], cross_entry: Entry | None) -> dict[str, dict[str, int]]:

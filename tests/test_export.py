@@ -78,3 +78,75 @@ def test_virelays_own_loaders_read_the_export(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "class 3 (digit 3): 6 attributions, spray-spectral with 2 clusters" in done.stdout
 
+
+
+# --- python -m spray export virelay CONFIG OUTPUT_DIR ------------------------------------------------------
+
+@pytest.fixture
+def audited_then_exported(tiny_audit, tiny_case, monkeypatch) -> tuple[Path, Path]:
+    """The tiny case audited, then exported from the cache (attribution would fail if it ran again)."""
+    import spray.attribute
+    from spray.cli import main
+
+    config = tiny_audit()
+    assert main(["run", str(config), "--quiet"]) == 0
+
+    def no_attribution(*args, **kwargs):
+        raise AssertionError("the export recomputed an attribution that the run had cached")
+
+    monkeypatch.setattr(spray.attribute, "attribute_shard", no_attribution)
+    assert main(["export", "virelay", str(config), str(tiny_case / "virelay"), "--quiet"]) == 0
+    return tiny_case / "report", tiny_case / "virelay" / "project.yaml"
+
+
+@pytest.mark.e2e
+def test_an_exported_audit_holds_the_reports_samples_logits_and_clusters(audited_then_exported):
+    import csv
+
+    report, project_path = audited_then_exported
+    rows = list(csv.DictReader((report / "samples.csv").open()))
+    project = yaml.safe_load(project_path.read_text())["project"]
+    folder = project_path.parent
+    assert project["model"] == "models.py:build"  # shown relative to the config, as in the report
+    with h5py.File(folder / project["dataset"]["path"]) as inputs, \
+            h5py.File(folder / project["attributions"]["sources"][0]) as attributions, \
+            h5py.File(folder / project["analyses"][0]["sources"][0]) as analysis:
+        assert inputs["data"].shape == (72, 1, 16, 16) and 0 <= inputs["data"][:].min() <= inputs["data"][:].max() <= 1
+        assert attributions["attribution"].shape == (72, 1, 16, 16)
+        assert sorted(analysis) == ["0", "1", "2"]
+        for index in (0, 1, 2):
+            reported = [row for row in rows if int(row["class"]) == index]
+            group = analysis[str(index)]
+            exported_rows = group["index"][:]
+            assert len(exported_rows) == len(reported) == 24
+            np.testing.assert_array_equal(inputs["label"][exported_rows], index)
+            np.testing.assert_allclose(attributions["prediction"][exported_rows, index],
+                                       [float(row["logit"]) for row in reported], rtol=1e-5)
+            np.testing.assert_array_equal(group[f"cluster/{CLUSTERING}"][:], [int(row["cluster"]) for row in reported])
+            np.testing.assert_allclose(group["embedding/tsne"][:, 0], [float(row["tsne_x"]) for row in reported],
+                                       rtol=1e-5)
+            assert group["embedding/spectral"].shape[0] == 24
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not os.environ.get("SPRAY_VIRELAY_PYTHON"),
+                    reason="SPRAY_VIRELAY_PYTHON names no python with ViRelAy (tests/virelay_check.py says how)")
+def test_virelay_reads_an_exported_audit(audited_then_exported):
+    _, project_path = audited_then_exported
+    done = subprocess.run([os.environ["SPRAY_VIRELAY_PYTHON"], str(Path(__file__).parent / "virelay_check.py"),
+                           str(project_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dataset of 72 samples" in done.stdout
+    assert "spectral / class 2 (2): 24 attributions" in done.stdout
+
+
+def test_export_without_h5py_names_the_extra(tiny_audit, tiny_case, monkeypatch, capsys):
+    import sys
+
+    from spray.cli import main
+    from spray.errors import EXIT_CONFIG
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
+    assert main(["export", "virelay", str(tiny_audit()), str(tiny_case / "virelay")]) == EXIT_CONFIG
+    assert 'pip install -e ".[virelay]"' in capsys.readouterr().err
+    assert not (tiny_case / "cache").exists()

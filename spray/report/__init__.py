@@ -19,19 +19,27 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spray.report._io import atomic_text_writer, publish_folder, staging_folder, write_atomic
 from spray.results import ClassResult, CrossClassResult, RunInfo
+
+if TYPE_CHECKING:
+    from spray.diff import AuditDiff
 
 __all__ = ["write_report"]
 
 
 def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
-                 cross_class: CrossClassResult | None = None, *, workers: int | None = None) -> Path:
+                 cross_class: CrossClassResult | None = None, *, workers: int | None = None,
+                 diff: AuditDiff | None = None) -> Path:
     """Write index.html, summary.json and samples.csv into ``output_dir`` (created); return the HTML's path.
 
     ``cross_class``: the analysis of all audited classes together, shown in its own section of index.html
     and under the key ``cross_class`` of summary.json.
+
+    ``diff``: what changed since a baseline audit (``spray.diff``), shown in a box at the top of index.html
+    and under the key ``diff`` of summary.json.
 
     ``workers``: how many processes draw the class pages of a report with pages (more than 20 classes) at
     once; default: one per CPU this process may use; 1 draws them in this process. The pages are the same
@@ -49,7 +57,7 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
         check_aligned(result)
     staging = staging_folder(output_dir)
     try:
-        _write_files(staging, classes, run, cross_class, workers)
+        _write_files(staging, classes, run, cross_class, workers, diff)
         publish_folder(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -58,7 +66,7 @@ def write_report(output_dir: Path, classes: list[ClassResult], run: RunInfo,
 
 
 def _write_files(folder: Path, classes: list[ClassResult], run: RunInfo, cross_class: CrossClassResult | None,
-                 workers: int | None) -> None:
+                 workers: int | None, diff: AuditDiff | None = None) -> None:
     """Write the report's files into the (new, empty) staging ``folder``."""
     from spray.report._pages import write_class_pages
     from spray.report.html import CLASS_PAGES, PageContext, index_html, is_paged, ranked
@@ -68,6 +76,8 @@ def _write_files(folder: Path, classes: list[ClassResult], run: RunInfo, cross_c
     document = build_summary(classes, run)
     if cross_class is not None:
         document["cross_class"] = cross_class_summary(cross_class)
+    if diff is not None:
+        document["diff"] = diff.to_dict()
     # Streamed into the file (not built as one string first): a million-sample audit's summary lists every id.
     with atomic_text_writer(folder / "summary.json") as text:
         json.dump(document, text, indent=2, ensure_ascii=False, allow_nan=False)
@@ -78,7 +88,7 @@ def _write_files(folder: Path, classes: list[ClassResult], run: RunInfo, cross_c
     context = PageContext.of(classes, run)
 
     def draw_index() -> str:
-        return index_html(classes, run, paged, cross_class, context)
+        return index_html(classes, run, paged, cross_class, context, diff)
 
     if paged:
         (folder / CLASS_PAGES).mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -32,6 +32,9 @@ from spray.report.summary import (
     to_jsonable,
 )
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
+
+if TYPE_CHECKING:
+    from spray.diff import AuditDiff, FlagChange
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
@@ -334,6 +337,34 @@ def _verdict(classes: list[ClassResult], run: RunInfo, paged: bool = False) -> d
     }
 
 
+def _diff_view(diff: AuditDiff, names: list[str], paged: bool) -> dict[str, Any]:
+    """The "Since the baseline" box: new, persisting and resolved flags, and per class the highest score in
+    both runs (``names``: the class of each model output, for titles)."""
+    from spray.diff import MATCH_OVERLAP
+
+    def title(index: int) -> str:
+        return class_title(index, names[index] if 0 <= index < len(names) else str(index))
+
+    def flag(change: FlagChange) -> dict[str, Any]:
+        now, before = change.current, change.baseline
+        return {"title": title(change.class_index), "href": _class_href(change.class_index, paged),
+                "cluster": now.cluster if now else None, "size": len(now.members) if now else None,
+                "score": now.score if now else None,
+                "cluster_href": _class_href(change.class_index, paged,
+                                            f"class-{change.class_index}-cluster-{now.cluster}") if now else "",
+                "baseline_cluster": before.cluster if before else None,
+                "baseline_size": len(before.members) if before else None,
+                "baseline_score": before.score if before else None, "overlap": change.overlap}
+
+    scores = [{"title": title(index), "baseline": before, "current": now,
+               "change": diff.score_change.get(index, math.nan)}
+              for index, (before, now) in sorted(diff.max_scores.items())]
+    return {"baseline": diff.baseline, "match_overlap": MATCH_OVERLAP,
+            "new": [flag(c) for c in diff.new], "persisting": [flag(c) for c in diff.persisting],
+            "resolved": [flag(c) for c in diff.resolved], "scores": scores,
+            "only_now": [title(i) for i in diff.only_now], "only_before": [title(i) for i in diff.only_before]}
+
+
 class _ConfigDumper(yaml.SafeDumper):
     """YAML as a person writes a config: short lists of plain values inline (``size: [32, 32]``)."""
 
@@ -472,9 +503,11 @@ class ClassPageRenderer:
 
 
 def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
-               cross_class: CrossClassResult | None = None, context: PageContext | None = None) -> str:
+               cross_class: CrossClassResult | None = None, context: PageContext | None = None,
+               diff: AuditDiff | None = None) -> str:
     """index.html: with ``paged`` (default: ``is_paged(classes)``) the verdict, the ranked summary table
     linking to the class pages, the skipped items and the run; otherwise every class's section as well.
+    With ``diff``, a box under the verdict says what changed since the baseline audit.
 
     Raises RunError naming the class whose section cannot be drawn.
     """
@@ -493,7 +526,8 @@ def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = No
     return _environment().get_template("report.html.j2").render(
         classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=context.run,
         colorbar=context.colorbar, summary_href="#summary", spray_version=context.spray_version,
-        cross=_cross_class_view(cross_class, paged) if cross_class is not None else None)
+        cross=_cross_class_view(cross_class, paged) if cross_class is not None else None,
+        diff=_diff_view(diff, list(run.label_names), paged) if diff is not None else None)
 
 
 def iter_pages(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,

@@ -87,6 +87,35 @@ class Run(_Open):
     stages: dict[str, dict[str, int]] = Field(description="per stage, tasks computed and found cached")
 
 
+class FlagChange(_Open):
+    class_index: int = Field(alias="class", description="the class the flag is in")
+    cluster: int | None = Field(description="the flagged cluster in this run; null when resolved")
+    baseline_cluster: int | None = Field(description="the flagged cluster in the baseline; null when new")
+    size: int | None = Field(description="members of the cluster in this run")
+    baseline_size: int | None = Field(description="members of the cluster in the baseline")
+    score: float | None
+    baseline_score: float | None
+    overlap: float = Field(description="shared members over the smaller cluster's members that both runs "
+                                       "audited (0 for new and resolved flags)")
+
+
+class ScoreChange(_Open):
+    baseline: float | None = Field(description="the class's highest cluster score in the baseline")
+    current: float | None = Field(description="the class's highest cluster score in this run")
+    change: float | None = Field(description="current - baseline; null when either is missing")
+
+
+class Diff(_Open):
+    baseline: str = Field(description="the baseline's output folder, shown like the run's other paths")
+    match_overlap: float = Field(description="the overlap at which two flagged clusters are the same flag")
+    new: list[FlagChange] = Field(description="flags this run has and the baseline did not")
+    persisting: list[FlagChange] = Field(description="flags of the baseline matched by a flag of this run")
+    resolved: list[FlagChange] = Field(description="flags of the baseline that this run no longer has")
+    score_change: dict[str, ScoreChange] = Field(description="per class audited in both runs (by index)")
+    classes_only_now: list[int]
+    classes_only_in_baseline: list[int]
+
+
 class Summary(_Open):
     """The whole summary.json."""
 
@@ -98,6 +127,8 @@ class Summary(_Open):
     n_flagged_clusters: int
     label_mapping: LabelMapping
     run: Run
+    diff: Diff | None = Field(default=None, description="what changed since the baseline audit (--baseline or "
+                                                        "audit.baseline); absent without one")
 
 
 def json_schema() -> dict[str, Any]:
