@@ -236,7 +236,7 @@ def _integer_labels(labels: np.ndarray) -> np.ndarray:
     bad = (np.arange(len(labels)) if as_float is None else
            np.flatnonzero((as_float < 0) | (as_float != np.round(as_float)) | (labels.dtype.kind == "b")))
     if len(bad):
-        raise DataError(f"sample {int(bad[0])}: label {labels[bad[0]]!r}; expected a model output index (an integer "
+        raise DataError(f"sample {int(bad[0])}: label {labels[bad[0]].item()!r}; expected a model output index (an integer "
                         ">= 0)")
     return labels.astype(np.int64)
 
