@@ -130,7 +130,8 @@ def audit(model: nn.Module, dataset: Any, classes: Sequence[int | str] | None = 
         config = config.model_copy(update={"model": model_config})
         samples = [Sample(id=str(i), path=paths[d], label=int(label)) for i, (d, label) in
                    enumerate(zip(digests, labels))]
-        memory = in_memory_dataset(samples, labels, class_names, type(dataset).__qualname__)
+        kind = "arrays" if _is_pair(dataset) else type(dataset).__qualname__
+        memory = in_memory_dataset(samples, labels, class_names, kind)
         done = compute_audit(config, memory, use_cache=use_cache, progress=progress)
     result = _result(done, config)
     if "output" in raw:
@@ -175,7 +176,7 @@ def read_samples(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     Raises DataError naming the sample when an item is not ``(image, label)``, an image has another shape
     than the first or non-finite values, or a label is not a non-negative integer.
     """
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2 and _is_array(dataset[0]):
+    if _is_pair(dataset):
         images, labels = _as_array(dataset[0], "images"), _as_array(dataset[1], "labels")
         if images.ndim != 4:
             raise DataError(f"images of shape {images.shape}; expected (N, C, H, W)")
@@ -216,6 +217,11 @@ def _read_dataset(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     if not images:
         return np.zeros((0, 1, 1, 1), np.float32), np.zeros(0, np.int64)
     return np.stack(images), np.concatenate(labels)
+
+
+def _is_pair(dataset: Any) -> bool:
+    """Whether ``dataset`` is an ``(images, labels)`` pair of arrays rather than a sequence of samples."""
+    return isinstance(dataset, (tuple, list)) and len(dataset) == 2 and _is_array(dataset[0])
 
 
 def _is_array(value: Any) -> bool:

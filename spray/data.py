@@ -14,6 +14,9 @@ Two layouts are read (``DataConfig`` holds exactly one of them):
 Files that are listed but absent are not fatal: they are kept in ``Dataset.missing`` with the reason. Images
 that exist but cannot be decoded are found when pixels are loaded (``load_pixels``) and reported the same way.
 
+Images held in memory (``spray.audit``) are registered by ``in_memory_images`` under virtual paths
+``<in-memory>/<digest>``: decoding returns their pixels and digesting their content digest.
+
 Pixels are ``(H, W, C)`` float32 in [0, 1] ("pixel space", where interventions such as masking work); the
 model sees ``to_model_input(pixels, image)``, ``(N, C, H, W)`` normalised with the config's mean and std.
 """

@@ -6,6 +6,9 @@
 ``weights_only=True`` so that a weights file can never run code. Without weights the factory's model is used
 as it is (it must then load its own parameters).
 
+A model held in memory (``spray.audit``) is registered by ``in_memory_model`` under the factory
+``IN_MEMORY_FACTORY``; its token is ``module_token`` (its classes and state), and loading it returns a copy.
+
 Every failure raises ModelError naming the culprit: the file (and line), the callable, or the keys that do
 not fit.
 """
