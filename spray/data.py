@@ -14,12 +14,16 @@ Two layouts are read (``DataConfig`` holds exactly one of them):
 Files that are listed but absent are not fatal: they are kept in ``Dataset.missing`` with the reason. Images
 that exist but cannot be decoded are found when pixels are loaded (``load_pixels``) and reported the same way.
 
+Images held in memory (``spray.audit``) are registered by ``in_memory_images`` under virtual paths
+``<in-memory>/<digest>``: decoding returns their pixels and digesting their content digest.
+
 Pixels are ``(H, W, C)`` float32 in [0, 1] ("pixel space", where interventions such as masking work); the
 model sees ``to_model_input(pixels, image)``, ``(N, C, H, W)`` normalised with the config's mean and std.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -337,6 +341,11 @@ def _large_decoder_pool() -> ThreadPoolExecutor:
 
 
 def _decode(path: Path, image: ImageConfig) -> np.ndarray:
+    held = _held_pixels(path)
+    if held is not None:
+        if held.shape != (*image.size, image.channels):
+            raise _DecodeProblem(f"in-memory image of shape {held.shape}; expected {(*image.size, image.channels)}")
+        return held.copy()
     try:
         with Image.open(path) as opened:
             large = opened.width * opened.height > LARGE_IMAGE_PIXELS
@@ -568,7 +577,11 @@ def to_model_input(pixels: np.ndarray, image: ImageConfig) -> torch.Tensor:
 
 
 def file_digest(path: Path) -> str:
-    """Content hash (blake2b, 32 hex digits) of a file's bytes, for cache keys. Raises DataError if unreadable."""
+    """Content hash (blake2b, 32 hex digits) of a file's bytes, for cache keys. Raises DataError if unreadable.
+
+    An in-memory image (``in_memory_images``) has the digest of its array (``array_digest``)."""
+    if _held_pixels(path) is not None:
+        return Path(path).name
     digest = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as handle:
@@ -606,6 +619,8 @@ class DigestIndex:
                 self._database = None
 
     def __call__(self, path: Path) -> str:
+        if _held_pixels(path) is not None:
+            return Path(path).name
         try:
             stat = os.stat(path)
         except FileNotFoundError:
@@ -649,3 +664,60 @@ def _listing(names: Sequence[str]) -> str:
     shown = ", ".join(repr(name) for name in names[:_SHOWN])
     more = len(names) - _SHOWN
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+# --- images held in memory (spray.audit) -------------------------------------------------------------------
+
+# The folder of the virtual paths of in-memory images: ``<in-memory>/<digest>``. A relative path of this name
+# is never resolved against a real folder, because only paths registered by ``in_memory_images`` are looked up.
+MEMORY_FOLDER = "<in-memory>"
+_HELD: dict[str, tuple[np.ndarray, int]] = {}  # digest -> ((H, W, C) float32 pixels, number of holders)
+_HELD_LOCK = threading.Lock()
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Content hash (blake2b, 32 hex digits) of an array's dtype, shape and bytes, for cache keys."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{array.dtype.str}\0{array.shape}\0".encode())
+    digest.update(array.data)
+    return digest.hexdigest()
+
+
+def memory_path(digest: str) -> Path:
+    """The virtual path of the in-memory image with content digest ``digest``."""
+    return Path(MEMORY_FOLDER) / digest
+
+
+def _held_pixels(path: Path | str) -> np.ndarray | None:
+    path = Path(path)
+    if path.parent != Path(MEMORY_FOLDER):
+        return None
+    with _HELD_LOCK:
+        held = _HELD.get(path.name)
+    return None if held is None else held[0]
+
+
+@contextlib.contextmanager
+def in_memory_images(pixels: dict[str, np.ndarray]) -> Iterator[dict[str, Path]]:
+    """Make images held in memory readable as samples while the block runs, in this process.
+
+    ``pixels`` maps a content digest to ``(H, W, C)`` float32 pixels in [0, 1]; yields the virtual path of
+    each (``memory_path``), for ``Sample.path``. Decoding (``read_pixels``, ``iter_pixel_batches``) returns
+    the held pixels and digests (``dataset_token``) the given digest. Other processes do not see them: an
+    audit of in-memory images runs its tasks in this process (threads or synchronous scheduler).
+    """
+    with _HELD_LOCK:
+        for digest, array in pixels.items():
+            held = _HELD.get(digest)
+            _HELD[digest] = (array if held is None else held[0], 1 if held is None else held[1] + 1)
+    try:
+        yield {digest: memory_path(digest) for digest in pixels}
+    finally:
+        with _HELD_LOCK:
+            for digest in pixels:
+                array, holders = _HELD[digest]
+                if holders > 1:
+                    _HELD[digest] = (array, holders - 1)
+                else:
+                    del _HELD[digest]

@@ -6,23 +6,29 @@
 ``weights_only=True`` so that a weights file can never run code. Without weights the factory's model is used
 as it is (it must then load its own parameters).
 
+A model held in memory (``spray.audit``) is registered by ``in_memory_model`` under the factory
+``IN_MEMORY_FACTORY``; its token is ``module_token`` (its classes and state), and loading it returns a copy.
+
 Every failure raises ModelError naming the culprit: the file (and line), the callable, or the keys that do
 not fit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
 import threading
 import traceback
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +73,10 @@ def model_token(config: ModelConfig) -> str:
 
     For a ``.py`` factory the file's bytes are hashed (modules it imports are not); for a module the
     module name and, where it can be found, its file's bytes. Raises ModelError if a file is missing.
+    An in-memory model (``in_memory_model``) has the token of its module (``module_token``).
     """
+    if config.factory == IN_MEMORY_FACTORY:
+        return str(config.kwargs["token"])
     source, _, name = config.factory.rpartition(":")
     digest = hashlib.blake2b(digest_size=16)
     if source.endswith(".py"):
@@ -326,3 +335,65 @@ def _file_digest(path: Path) -> str:
     except OSError as error:
         raise ModelError(f"cannot read {path}: {error.strerror}") from None
     return digest.hexdigest()
+
+
+# --- a model held in memory (spray.audit) ------------------------------------------------------------------
+
+# The factory of a model handed to spray.audit as an nn.Module; its kwargs are {"token": module_token(...),
+# "name": the class's qualified name}.
+IN_MEMORY_FACTORY = "spray.model:held_model"
+_HELD_MODELS: dict[str, tuple[nn.Module, int]] = {}  # token -> (module, number of holders)
+_HELD_LOCK = threading.Lock()
+
+
+def module_token(module: nn.Module) -> str:
+    """Content hash of an in-memory model: the qualified names of its module classes, their source code
+    where Python can find it, and every tensor of its ``state_dict`` (name, dtype, shape, bytes).
+
+    A class whose source Python cannot find (defined in an interpreter session without it) contributes only
+    its name: a changed ``forward`` under the same name and state is then not seen.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for cls in dict.fromkeys(type(child) for child in module.modules()):
+        digest.update(f"class\0{cls.__module__}.{cls.__qualname__}\0".encode())
+        if not cls.__module__.startswith("torch."):
+            try:
+                digest.update(inspect.getsource(cls).encode())
+            except (OSError, TypeError):
+                pass
+    for name, tensor in module.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"\0tensor\0{name}\0{data.dtype}\0{tuple(data.shape)}\0".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def in_memory_model(module: nn.Module) -> Iterator[ModelConfig]:
+    """Make ``module`` loadable by the stages while the block runs, in this process; yields its
+    ModelConfig (``IN_MEMORY_FACTORY``). ``load_model`` returns a copy of it, so the caller's module is
+    neither moved nor switched to eval mode."""
+    token = module_token(module)
+    with _HELD_LOCK:
+        held = _HELD_MODELS.get(token)
+        _HELD_MODELS[token] = (module if held is None else held[0], 1 if held is None else held[1] + 1)
+    try:
+        yield ModelConfig(factory=IN_MEMORY_FACTORY,
+                          kwargs={"token": token, "name": f"{type(module).__module__}.{type(module).__qualname__}"})
+    finally:
+        with _HELD_LOCK:
+            module, holders = _HELD_MODELS[token]
+            if holders > 1:
+                _HELD_MODELS[token] = (module, holders - 1)
+            else:
+                del _HELD_MODELS[token]
+
+
+def held_model(token: str, name: str) -> nn.Module:
+    """The factory of ``IN_MEMORY_FACTORY``: a copy of the in-memory model with content token ``token``."""
+    with _HELD_LOCK:
+        held = _HELD_MODELS.get(token)
+    if held is None:
+        raise ModelError(f"the in-memory model {name} is not in this process: spray.audit hands an nn.Module to "
+                         "tasks in its own process only (dask.scheduler threads or synchronous)")
+    return copy.deepcopy(held[0])

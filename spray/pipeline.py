@@ -59,7 +59,7 @@ from spray.analysis.task import (
 from spray.assemble import assemble_class
 from spray.attribute import ShardTask, attribute_task, resolve_device, shard_key
 from spray.cache import CorruptEntry, Entry, sweep_stale
-from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, preflight
+from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, check_writable_folder, preflight
 from spray.config import (
     AnalysisConfig,
     AuditSection,
@@ -78,7 +78,7 @@ from spray.data import (
 from spray.diff import AuditDiff, compare, load_baseline, snapshot_from_results
 from spray.errors import DataError, RunError
 from spray.flag import FlagTask, flag_task, store_key
-from spray.model import model_token
+from spray.model import IN_MEMORY_FACTORY, model_token
 from spray.preprocess import PreprocessedClass, PreprocessTask, preprocess_key, preprocess_task
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
@@ -304,15 +304,43 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+@dataclass
+class AuditComputed:
+    """What an audit computed, before any report is drawn: the results of the audited classes, the run's
+    metadata for the report, the stage counts, and what was skipped."""
+
+    classes: list[ClassResult]
+    run: RunInfo
+    stages: dict[str, dict[str, int]]
+    skipped_classes: list[SkippedClass]
+    cross_class: CrossClassResult | None
+    skipped_samples: list[tuple[str, str]]  # (sample id, reason)
+
+
 def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = True) -> AuditOutcome:
-    """Run the whole audit and write the report; raises SprayError subclasses with exit codes."""
-    started_at = datetime.now(timezone.utc)
-    started = time.perf_counter()
+    """Run the whole audit of the config's files and write the report; raises SprayError subclasses with
+    exit codes."""
     # an output that cannot be written fails now, not after the whole audit has been computed
     check_output_folders(config)
     # read before any work, and before this run's report may replace it (the baseline can be the output folder)
     baseline = load_baseline(config.audit.baseline) if config.audit.baseline else None
-    dataset = load_dataset(config.data)
+    done = compute_audit(config, load_dataset(config.data), use_cache=use_cache, progress=progress)
+    diff = (compare(snapshot_from_results(done.classes), baseline, PathShower(config)(config.audit.baseline))
+            if baseline is not None else None)
+    report = _write_report(config, done.classes, done.run, done.cross_class, diff)
+    return AuditOutcome(report, done.classes, done.stages, done.skipped_classes, done.cross_class,
+                        done.skipped_samples, diff)
+
+
+def compute_audit(config: SprayConfig, dataset: Dataset, *, use_cache: bool = True,
+                  progress: bool = True) -> AuditComputed:
+    """Check the model on real images, run the graph of ``dataset``'s audited classes and read the results
+    back; no report is drawn. The model is what ``config.model`` loads (a factory, or an in-memory model of
+    ``spray.model.in_memory_model``). Raises SprayError subclasses with exit codes."""
+    started_at = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    if use_cache and config.cache.enabled:
+        check_writable_folder(Path(config.cache.directory), "cache.directory")
     token = model_token(config.model)
     # Fail fast, before any task runs: the model must load, take the configured images, have one output per
     # class, and every layer must be explainable (the same checks as `spray validate`).
@@ -331,10 +359,7 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     stages = _stage_counts(done.entries, done.cross_entry)
     run = _run_info(config, dataset, checked.mapping, stages, (skipped_classes, skipped_samples),
                     started_at, time.perf_counter() - started)
-    diff = (compare(snapshot_from_results(done.results), baseline, PathShower(config)(config.audit.baseline))
-            if baseline is not None else None)
-    report = _write_report(config, done.results, run, done.cross_result, diff)
-    return AuditOutcome(report, done.results, stages, skipped_classes, done.cross_result, skipped_samples, diff)
+    return AuditComputed(done.results, run, stages, skipped_classes, done.cross_result, skipped_samples)
 
 
 @contextlib.contextmanager
@@ -375,10 +400,12 @@ def _run_info(config: SprayConfig, dataset: Dataset, mapping: LabelMapping, stag
     skipped_classes, skipped_samples = skipped
     shown = PathShower(config)
     weights = f" with weights {shown(config.model.weights)}" if config.model.weights else ""
+    model = (f"{config.model.kwargs['name']} (in memory, state {config.model.kwargs['token'][:12]})"
+             if config.model.factory == IN_MEMORY_FACTORY else shown(config.model.factory) + weights)
     return RunInfo(
         config_path=shown(config.path) if config.path else "",
         config=shown.config(),
-        model=shown(config.model.factory) + weights,
+        model=model,
         data=f"{shown(dataset.source)} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
         versions=_versions(),
         started=started_at.isoformat(timespec="seconds"),
