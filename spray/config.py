@@ -399,9 +399,9 @@ class EvaluationConfig(_Section):
         default=100, ge=1, description="patches destroyed per curve (Samek et al.: 100), capped at the patches"
     )
     perturbation: Literal["uniform", "blur", "constant"] = Field(
-        default="uniform",
-        description="what replaces a destroyed patch: uniform noise in [0, 1] pixels, a Gaussian blur "
-        "(sigma 3 px), or black",
+        default="blur",
+        description="what replaces a destroyed patch: a Gaussian blur of the image (sigma 3 px), uniform noise "
+        "in [0, 1] pixels (Samek et al.; adds texture the model never saw: docs/method.md), or black",
     )
     seed: int = Field(default=0, description="seed of the sampled samples, the random order and the noise")
 
