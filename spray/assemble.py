@@ -1,5 +1,6 @@
 """Cached entries of one class -> the ``spray.results`` dataclasses the report is drawn from: prototypes,
-the members' gallery of flagged clusters, and every cluster's typed evidence."""
+the members' gallery of flagged clusters, every cluster's typed evidence, its NEON explanation (what sets it
+apart from its nearest cluster) and the faithfulness of the heatmaps per class and cluster."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import numpy as np
 from spray.cache import Entry
 from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
+from spray.faithfulness import read_evaluated
 from spray.flag import ClusterEvidence, read_flagged
-from spray.results import ClassResult, ClusterResult, Thumbnail
+from spray.neon import ClusterMembership, cluster_memberships, positive_share_in_region
+from spray.results import (
+    ClassFaithfulness,
+    ClassResult,
+    ClusterNeon,
+    ClusterResult,
+    FaithfulnessSummary,
+    Thumbnail,
+)
 
 # Members of a flagged cluster shown in the report's gallery, and their side in pixels: a reviewer checks
 # that every member carries the pattern; the ids of all members are in summary.json and samples.csv.
@@ -36,15 +46,25 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
     relevance_by_id = relevance_lookup(tasks["shards"], samples, config.attribution.shard_size)
     clusters = []
     notes = list(analysis_meta.get("notes", []))
+    neon, membership_maps = _neon(maps, flagged.labels)
+    position = {sample_id: i for i, sample_id in enumerate(ids)}
     for cluster in flagged.clusters:
         # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
         member_index = np.flatnonzero(flagged.labels == cluster.id)
         if not len(member_index):
             notes.append(_absorbed_note(cluster.id, analysis_arrays["labels"], flagged.labels))
             continue
-        clusters.append(_cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
-                                        config.data.image, config.flagging.prototypes))
+        result = _cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
+                                 config.data.image, config.flagging.prototypes)
+        result.neon = _cluster_neon(neon.get(cluster.id), cluster.region)
+        if result.neon is not None:
+            result.prototype_neon_maps = [membership_maps[position[i]] for i in result.prototypes]
+        clusters.append(result)
     clusters.sort(key=lambda c: (not c.flagged, -c.score))
+    faithfulness = _class_faithfulness(tasks["evaluate"], ids) if "evaluate" in tasks else None
+    if faithfulness is not None:
+        for result in clusters:
+            result.faithfulness = _mean_faithfulness(faithfulness, np.isin(ids, result.members))
     return ClassResult(
         class_index=index, class_name=dataset.class_names[index], ids=ids,
         labels=np.full(len(ids), index), predictions=logits.argmax(1) if len(logits) else np.zeros(0, int),
@@ -52,7 +72,54 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
         cluster_labels=flagged.labels, embeddings=dict(embeddings), clusters=clusters,
         class_mean_map=maps.mean(0), notes=notes,
-        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]])
+        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]], faithfulness=faithfulness)
+
+
+def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMembership], np.ndarray]:
+    """NEON of the final clusters (after joining) over the preprocessed maps: per cluster id, and per sample
+    ``(N, h, w)`` its own membership map. No clusters (an empty class): nothing."""
+    if not len(maps):
+        return {}, np.zeros_like(maps)
+    memberships, per_sample = cluster_memberships(maps, labels)
+    return {m.cluster: m for m in memberships}, per_sample.astype(np.float32)
+
+
+def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None) -> ClusterNeon | None:
+    if membership is None or membership.competitor < 0:
+        return None
+    return ClusterNeon(competitor=membership.competitor, mean_logit=membership.mean_logit,
+                       mean_map=membership.mean_map.astype(np.float32),
+                       positive_share_in_region=positive_share_in_region(membership.mean_map, region))
+
+
+def _class_faithfulness(entry: Entry, ids: list[str]) -> ClassFaithfulness | None:
+    """The evaluate entry aligned with the class's ids (NaN where a sample was not sampled); None when no
+    sample was measured."""
+    evaluated = read_evaluated(entry)
+    if not evaluated.ids:
+        return None
+    row_of = {sample_id: row for row, sample_id in enumerate(evaluated.ids)}
+    rows = np.array([row_of.get(sample_id, -1) for sample_id in ids], dtype=np.int64)
+
+    def aligned(values: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, values[np.maximum(rows, 0)], np.nan) if len(values) else np.full(len(ids), np.nan)
+
+    summary = FaithfulnessSummary(float(evaluated.aopc_morf.mean()), float(evaluated.aopc_random.mean()),
+                                  float(evaluated.aopc_gain.mean()), len(evaluated.ids))
+    return ClassFaithfulness(summary=summary, morf_curve=evaluated.morf.mean(0), random_curve=evaluated.random.mean(0),
+                             aopc_morf=aligned(evaluated.aopc_morf), aopc_random=aligned(evaluated.aopc_random),
+                             aopc_gain=aligned(evaluated.aopc_gain), patch_size=evaluated.patch_size,
+                             perturbation=evaluated.perturbation)
+
+
+def _mean_faithfulness(faithfulness: ClassFaithfulness, members: np.ndarray) -> FaithfulnessSummary | None:
+    """The mean over ``members (N,)`` bool that were sampled; None when none was."""
+    measured = members & np.isfinite(faithfulness.aopc_gain)
+    if not measured.any():
+        return None
+    return FaithfulnessSummary(float(faithfulness.aopc_morf[measured].mean()),
+                               float(faithfulness.aopc_random[measured].mean()),
+                               float(faithfulness.aopc_gain[measured].mean()), int(measured.sum()))
 
 
 def _absorbed_note(cluster: int, spectral: np.ndarray, labels: np.ndarray) -> str:

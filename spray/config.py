@@ -405,6 +405,30 @@ class FlaggingConfig(_Section):
     seed: int = Field(default=0, description="seed of the transplant sampling")
 
 
+class EvaluationConfig(_Section):
+    """Faithfulness of the heatmaps by region perturbation (Samek et al. 2017): on a sample of each class,
+    patches are destroyed most relevant first and in a random order; the class is marked when the first
+    does not lower the logit more than the second (docs/method.md)."""
+
+    enabled: bool = Field(default=True, description="measure faithfulness per class (needs the model)")
+    samples: int = Field(
+        default=32, ge=1,
+        description="samples per class measured, drawn with seed (capped at the class's explained samples)",
+    )
+    patch_size: int = Field(
+        default=9, ge=1, description="side of the square patches in pixels (Samek et al.: 9); a centred grid"
+    )
+    steps: int = Field(
+        default=100, ge=1, description="patches destroyed per curve (Samek et al.: 100), capped at the patches"
+    )
+    perturbation: Literal["uniform", "blur", "constant"] = Field(
+        default="blur",
+        description="what replaces a destroyed patch: a Gaussian blur of the image (sigma 3 px), uniform noise "
+        "in [0, 1] pixels (Samek et al.; adds texture the model never saw: docs/method.md), or black",
+    )
+    seed: int = Field(default=0, description="seed of the sampled samples, the random order and the noise")
+
+
 class CacheConfig(_Section):
     directory: Path = Field(default=Path(".spray-cache"), description="where intermediates are stored")
     enabled: bool = Field(default=True, description="false: compute everything afresh, store nothing")
@@ -446,6 +470,9 @@ class SprayConfig(_Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="stage 3: spectral clustering")
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="stage 3: 2-D views")
     flagging: FlaggingConfig = Field(default_factory=FlaggingConfig, description="stage 4: evidence")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="stage 4: how faithful the heatmaps are (region perturbation)"
+    )
     cache: CacheConfig = Field(default_factory=CacheConfig, description="intermediates on disk")
     dask: DaskConfig = Field(default_factory=DaskConfig, description="where the graph runs")
     output: Path = Field(default=Path("spray-report"), description="folder for index.html and summary.json")

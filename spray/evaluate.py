@@ -13,6 +13,7 @@ the evidence is; near 0 or below, clusters of these heatmaps say little about th
 
 Defaults follow Samek et al.: 9x9 patches, up to 100 steps, each destroyed patch replaced by uniform noise
 within the data range. Every step of a batch of samples runs as one forward pass where ``batch_size`` allows.
+The audit itself replaces patches by a blur by default (``evaluation.perturbation``; docs/method.md says why).
 """
 
 from __future__ import annotations

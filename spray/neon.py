@@ -168,13 +168,21 @@ class ClusterMembership:
 
 
 def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None) -> list[ClusterMembership]:
-    """NEON explanation of every cluster of a class's heatmaps.
+    """NEON explanation of every cluster of a class's heatmaps (see :func:`cluster_memberships`)."""
+    return cluster_memberships(maps, labels, beta=beta)[0]
+
+
+def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *,
+                        beta: float | None = None) -> tuple[list[ClusterMembership], np.ndarray]:
+    """NEON explanation of every cluster of a class's heatmaps, and of every sample's membership.
 
     ``maps (N, h, w)``: the preprocessed heatmaps the clusters were formed from; ``labels (N,)``: each map's
     cluster. The centroids are the clusters' mean maps: spray's spectral clustering runs k-means in the
     eigenvector space, which has no pixels; the mean maps are the centroids k-means would have over the
     heatmaps themselves, so membership relevance lands on heatmap pixels. Needs at least two clusters; a class
     with one cluster returns one entry with no competitor (``-1``), a zero logit and a zero map.
+
+    Returns the clusters (by label) and ``(N, h, w)``: each sample's membership relevance in its own cluster.
     """
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 3:
@@ -184,8 +192,8 @@ def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None
         raise ValueError(f"labels must be ({len(maps)},), got shape {labels.shape}")
     clusters, assigned = np.unique(labels, return_inverse=True)
     if len(clusters) < 2:
-        return [ClusterMembership(int(c), int((labels == c).sum()), -1, 0.0, np.zeros(maps.shape[1:]))
-                for c in clusters]
+        return ([ClusterMembership(int(c), int((labels == c).sum()), -1, 0.0, np.zeros(maps.shape[1:]))
+                 for c in clusters], np.zeros_like(maps))
     points = maps.reshape(len(maps), -1)
     centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
     membership = explain_membership(points, centroids, assigned, beta=beta)
@@ -197,4 +205,14 @@ def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None
             cluster=int(cluster), size=int(members.sum()), competitor=int(clusters[competitor]),
             mean_logit=float(membership.logit[members].mean()),
             mean_map=membership.relevance[members].mean(0).reshape(maps.shape[1:])))
-    return out
+    return out, membership.relevance.reshape(maps.shape)
+
+
+def positive_share_in_region(relevance: np.ndarray, region: np.ndarray | None) -> float | None:
+    """Share of the positive part of ``relevance (h, w)`` that lies inside ``region (h, w)`` bool; None
+    without a region (or an empty one), NaN when there is no positive relevance at all."""
+    if region is None or not np.any(region):
+        return None
+    positive = np.clip(np.asarray(relevance, dtype=np.float64), 0, None)
+    total = float(positive.sum())
+    return float(positive[np.asarray(region, dtype=bool)].sum() / total) if total > 0 else float("nan")

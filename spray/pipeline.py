@@ -1,4 +1,5 @@
-"""The audit as a Dask graph: attribute -> preprocess -> analyse, embed -> flag, then the report.
+"""The audit as a Dask graph: attribute -> preprocess -> analyse, embed -> flag (and attribute -> evaluate),
+then the report.
 
 Every task is a cached computation (``spray.cache.cached``) whose key (``spray.cache.entry_key``) is the
 token of spray's version, the stage's ``STORE_VERSION`` (what its entries hold) and what determines it; config
@@ -11,6 +12,8 @@ sections tokenize by their values:
 - analyse / embed: their own section and the preprocess key;
 - flag: the flagging section, the analyse and preprocess keys, the model token and the digests of the
   transplant images;
+- evaluate (with ``evaluation.enabled``, ``spray.faithfulness``): the evaluation and image sections, the
+  model token and the shard keys;
 - cross_class (with ``audit.cross_class``): the analysis and embedding sections and every class's
   preprocess key.
 
@@ -77,13 +80,15 @@ from spray.data import (
 )
 from spray.diff import AuditDiff, compare, load_baseline, snapshot_from_results
 from spray.errors import DataError, RunError
+from spray.faithfulness import EvaluateTask, evaluate_task
+from spray.faithfulness import store_key as evaluate_key
 from spray.flag import FlagTask, flag_task, store_key
 from spray.model import IN_MEMORY_FACTORY, model_token
 from spray.preprocess import PreprocessedClass, PreprocessTask, preprocess_key, preprocess_task
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
 
 log = logging.getLogger(__name__)
-STAGES = ("attribute", "preprocess", "analyse", "embed", "flag")
+STAGES = ("attribute", "preprocess", "analyse", "embed", "flag", "evaluate")
 
 
 @dataclass
@@ -154,7 +159,8 @@ class _GraphContext:
 
 def build_graph(config: SprayConfig, dataset: Dataset, classes: list[int], directory: str,
                 token: str, gpu_resource: bool = False) -> dict[int, dict[str, Any]]:
-    """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"}.
+    """Delayed tasks per class: {"shards": [...], "preprocess", "analyse", "embed", "flag"} and "evaluate"
+    with ``evaluation.enabled``.
 
     ``gpu_resource``: attribution tasks ask the distributed scheduler for one unit of the worker resource
     "GPU", so that each GPU explains one shard at a time and shards go only to workers that have one.
@@ -208,8 +214,15 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
         recipients=tuple(recipients))
     flagged = dask.delayed(flag_task, pure=True)(
         directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
-    return {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
-            "_pre_key": pre_key}
+    tasks = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
+             "_pre_key": pre_key}
+    if config.evaluation.enabled:
+        key = evaluate_key(config.evaluation, image, shard_keys, context.token)
+        job = EvaluateTask(index, config.model, image, config.evaluation, attribution.device, attribution.batch_size,
+                           tuple(tuple(shard) for shard in shard_samples))
+        tasks["evaluate"] = dask.delayed(evaluate_task, pure=True)(
+            directory, key, shards, job, dask_key_name=f"evaluate-{index}-{key[:8]}")
+    return tasks
 
 
 def _shard_tasks(context: _GraphContext, index: int, samples: list[Sample]) -> tuple[list[Any], list[str],
@@ -554,7 +567,7 @@ def _stage_counts(computed: dict[int, dict[str, Any]], cross_entry: Entry | None
     """Entries computed and found cached, per stage (and cross_class when it ran)."""
     counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
     for tasks in computed.values():
-        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:]]
+        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:] if s in tasks]
         for entry in entries:
             counts[entry.stage]["computed" if entry.computed else "cached"] += 1
     if cross_entry is not None:

@@ -19,6 +19,57 @@ class Thumbnail:
     heatmap: np.ndarray  # (h, w) float32, channel-summed input relevance resized to the image
 
 
+@dataclass(frozen=True)
+class ClusterNeon:
+    """What sets a cluster apart, by NEON over the preprocessed heatmap grid (``spray.neon``).
+
+    The centroids are the clusters' mean preprocessed maps; a member's membership logit is the soft minimum
+    over the other clusters of ``||x - mu_k||^2 - ||x - mu_c||^2`` (squared-distance units of the maps), and
+    its relevance splits that logit over the map's cells (summing to it).
+    """
+
+    competitor: int  # the cluster its members are most often nearest to after their own; -1 when alone
+    mean_logit: float  # the members' mean membership logit
+    mean_map: np.ndarray  # (h, w) the members' mean membership relevance
+    positive_share_in_region: float | None  # share of mean_map's positive relevance inside the region; None: no region
+
+
+@dataclass(frozen=True)
+class FaithfulnessSummary:
+    """Region perturbation (``spray.evaluate``) of ``n`` sampled samples: mean areas over the perturbation
+    curves, in logits. ``aopc_gain`` = ``aopc_morf - aopc_random``; a gain not above 0 means the heatmaps
+    point at pixels the model does not need more than random patches do."""
+
+    aopc_morf: float
+    aopc_random: float
+    aopc_gain: float
+    n: int
+
+    @property
+    def trusted(self) -> bool:
+        """Whether destroying the most relevant patches first lowers the logit more than a random order."""
+        return self.aopc_gain > 0
+
+
+@dataclass(frozen=True)
+class ClassFaithfulness:
+    """The faithfulness of one class's heatmaps, from its evaluate entry.
+
+    ``morf_curve``, ``random_curve`` ``(L + 1,)``: the sampled samples' mean logit after ``0..L`` destroyed
+    patches; ``aopc_morf``, ``aopc_random``, ``aopc_gain`` ``(N,)`` aligned with the class's ids, NaN where a
+    sample was not sampled.
+    """
+
+    summary: FaithfulnessSummary
+    morf_curve: np.ndarray
+    random_curve: np.ndarray
+    aopc_morf: np.ndarray
+    aopc_random: np.ndarray
+    aopc_gain: np.ndarray
+    patch_size: int
+    perturbation: str
+
+
 @dataclass
 class ClusterResult:
     """One spectral cluster of one audited class.
@@ -37,6 +88,9 @@ class ClusterResult:
     prototype_images: list[np.ndarray]  # (H, W, 3) uint8 each, as the model saw them (resized)
     prototype_heatmaps: list[np.ndarray]  # (H, W) float32 each, channel-summed input relevance
     members_shown: list[Thumbnail] = field(default_factory=list)  # flagged clusters: every member (capped)
+    neon: ClusterNeon | None = None  # what sets it apart from its nearest cluster; None with a single cluster
+    prototype_neon_maps: list[np.ndarray] = field(default_factory=list)  # (h, w) each prototype's membership map
+    faithfulness: FaithfulnessSummary | None = None  # over its sampled members; None when none was sampled
 
     @property
     def size(self) -> int:
@@ -71,6 +125,7 @@ class ClassResult:
     class_mean_map: np.ndarray  # (h, w) mean preprocessed relevance of the whole class
     notes: list[str] = field(default_factory=list)  # what a reviewer should know (e.g. components)
     skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): not explained
+    faithfulness: ClassFaithfulness | None = None  # None when evaluation is off or no sample was measured
 
     @property
     def n_samples(self) -> int:

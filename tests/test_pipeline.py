@@ -23,7 +23,8 @@ def computed(outcome) -> dict[str, int]:
 
 def test_first_run_computes_every_stage_and_writes_the_outputs(tiny_audit):
     outcome = run_audit(load_config(tiny_audit()), progress=False)
-    assert computed(outcome) == {"attribute": 6, "preprocess": 3, "analyse": 3, "embed": 3, "flag": 3}
+    assert computed(outcome) == {"attribute": 6, "preprocess": 3, "analyse": 3, "embed": 3, "flag": 3,
+                                 "evaluate": 3}
     folder = outcome.report.parent
     summary = json.loads((folder / "summary.json").read_text())
     assert [c["class"] for c in summary["classes"]] == [0, 1, 2]
@@ -46,7 +47,8 @@ def test_an_analysis_change_recomputes_only_analysis_onward(tiny_audit):
     run_audit(load_config(tiny_audit()), progress=False)
     changed = tiny_audit(analysis={"neighbors": 4, "eigenvalues": 8, "max_clusters": 4})
     outcome = run_audit(load_config(changed), progress=False)
-    assert computed(outcome) == {"attribute": 0, "preprocess": 0, "analyse": 3, "embed": 0, "flag": 3}
+    assert computed(outcome) == {"attribute": 0, "preprocess": 0, "analyse": 3, "embed": 0, "flag": 3,
+                                 "evaluate": 0}
 
 
 def test_new_weights_recompute_everything(tiny_audit, tiny_case):
@@ -56,7 +58,8 @@ def test_new_weights_recompute_everything(tiny_audit, tiny_case):
     weights["4.bias"] += 1.0
     torch.save(weights, tiny_case / "model.pt")
     outcome = run_audit(config, progress=False)
-    assert computed(outcome) == {"attribute": 6, "preprocess": 3, "analyse": 3, "embed": 3, "flag": 3}
+    assert computed(outcome) == {"attribute": 6, "preprocess": 3, "analyse": 3, "embed": 3, "flag": 3,
+                                 "evaluate": 3}
 
 
 def test_a_changed_image_recomputes_its_shard_and_what_depends_on_it(tiny_audit, tiny_case):

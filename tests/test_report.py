@@ -255,7 +255,8 @@ def test_samples_csv_has_one_row_per_audited_sample_and_round_trips_with_pandas(
     out, classes = standard_report
     frame = pd.read_csv(out / "samples.csv", dtype={"id": str})
     assert list(frame.columns) == [
-        "id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation",
+        "id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation", "aopc_morf", "aopc_random",
+        "aopc_gain",
         "tsne_x", "tsne_y", "umap_x", "umap_y",
     ]
     assert len(frame) == sum(result.n_samples for result in classes)

@@ -24,7 +24,7 @@ def test_a_run_logged_to_a_file_shows_mapping_progress_and_skipped_images(tiny_a
     assert "labels -> model outputs (integer labels are output indices):" in logged
     assert "  output 0 <- '0' (23 samples)" in logged  # the missing file is not a sample
     progress = [line for line in logged if line.startswith("tasks ")]
-    assert 2 <= len(progress) <= 11 and progress[-1].startswith("tasks 18/18: attribute 6/6")
+    assert 2 <= len(progress) <= 11 and progress[-1].startswith("tasks 21/21: attribute 6/6")
     assert any(line.startswith("report written in") for line in logged)
     assert not any("\r" in line for line in logged)
 

@@ -125,3 +125,31 @@ def term(key: str) -> Term:
         base = EVIDENCE.get(key.split(".", 1)[1])
         return Term(f"Threshold of {base.name if base else key.split('.', 1)[1]}", "The minimum a flag needs.")
     return Term(key, "")
+
+NEON_CLUSTER = (
+    "What sets this cluster apart from cluster {competitor}, its nearest: NEON (neuralized k-means explained by "
+    "LRP) splits each member's membership logit, how much nearer its heatmap lies to this cluster's mean than to "
+    "the others', over the heatmap's cells; red cells make the members this cluster, blue ones pull them towards "
+    "cluster {competitor}. Mean of the members' maps; mean logit {logit}."
+)
+NEON_PROTOTYPE = "Third tile: the prototype's own NEON membership map, where its heatmap makes it a member."
+NEON_SINGLE = "One cluster only: there is no other cluster to set it apart from."
+
+FAITHFULNESS = (
+    "Region perturbation (Samek et al. 2017) on {n} sampled images: {patch} × {patch}-pixel patches are replaced "
+    "({perturbation}) most relevant first (MoRF) and, as a control, in a random order; AOPC is the mean fall of the "
+    "class's logit over the steps. Faithful heatmaps make the logit fall faster than the random order: "
+    "gain = AOPC(MoRF) − AOPC(random) > 0."
+)
+UNFAITHFUL = "Heatmaps not better than random for this model: do not trust its clusters."
+PERTURBATIONS = {"uniform": "uniform noise", "blur": "a Gaussian blur", "constant": "black"}
+
+
+def neon_text(competitor: int, logit: str) -> str:
+    """The one-line explanation of a cluster's NEON map."""
+    return NEON_CLUSTER.format(competitor=competitor, logit=logit)
+
+
+def faithfulness_text(n: int, patch: int, perturbation: str) -> str:
+    """The one-line explanation of a class's faithfulness numbers."""
+    return FAITHFULNESS.format(n=n, patch=patch, perturbation=PERTURBATIONS.get(perturbation, perturbation))

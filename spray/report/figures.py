@@ -1,4 +1,4 @@
-"""The report's plots (eigenvalue spectrum, embeddings, LRP conservation) as inline PNG data URIs.
+"""The report's plots (eigenvalue spectrum, embeddings, LRP conservation, region perturbation) as inline PNG data URIs.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never through pyplot:
 no global backend is switched and no figure is left open, whatever else runs in the process.
@@ -283,5 +283,29 @@ def conservation_figure(conservation: np.ndarray) -> str:
     axes.set_xlabel("Σ input relevance / logit")
     axes.set_ylabel("samples")
     axes.set_title("LRP conservation", loc="left")
+    figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)
+
+
+@_with_style
+def faithfulness_figure(morf: np.ndarray, random: np.ndarray) -> str:
+    """The mean logit of the explained class ``(L + 1,)`` as patches are destroyed most relevant first (MoRF)
+    and in a random order: a faithful heatmap's curve falls below the random one."""
+    figure = _new_figure(4.4, 2.7)
+    axes = figure.add_subplot()
+    _style_axes(axes)
+    morf, random = np.asarray(morf, dtype=np.float64), np.asarray(random, dtype=np.float64)
+    if morf.size == 0:
+        _say_empty(axes, "no sample measured")
+    else:
+        steps = np.arange(morf.size)
+        axes.plot(steps, morf, color=FLAG_RED, linewidth=1.4, label="most relevant first")
+        axes.plot(steps, random, color=MUTED, linewidth=1.2, linestyle="--", label="random order")
+        axes.fill_between(steps, morf, random, color="#e9eef5", zorder=0)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=7, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none")
+    axes.set_xlabel("patches destroyed")
+    axes.set_ylabel("mean logit")
+    axes.set_title("Region perturbation", loc="left")
     figure.tight_layout(pad=0.5)
     return _to_data_uri(figure)

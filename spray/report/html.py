@@ -150,13 +150,16 @@ def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
     region = cluster.region if cluster.flagged else None
     views = []
     triples = zip(cluster.prototypes, cluster.prototype_images, cluster.prototype_heatmaps)
-    for sample_id, image, heatmap in list(triples)[:MAX_PROTOTYPES]:
+    neon_maps = list(cluster.prototype_neon_maps)
+    for position, (sample_id, image, heatmap) in enumerate(list(triples)[:MAX_PROTOTYPES]):
         height, width = np.asarray(image).shape[:2]
         views.append(
             {
                 "id": str(sample_id),
                 "image": images.image_tile(image, PROTOTYPE_SIDE),
                 "overlay": images.overlay_tile(image, heatmap, region, PROTOTYPE_SIDE),
+                "neon": images.map_tile(neon_maps[position], target=PROTOTYPE_SIDE) if position < len(neon_maps)
+                else None,
                 # Small inputs (e.g. 32x32 digits) are enlarged by the browser: keep their pixels crisp.
                 "pixelated": max(height, width) < PROTOTYPE_SIDE,
             }
@@ -188,12 +191,37 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
         "evidence": evidence_rows(cluster.evidence),
         "score_formula": score_formula(cluster.evidence),
         "mean_map": images.map_tile(cluster.mean_map, cluster.region if has_region else None),
+        **_neon_view(cluster, has_region),
+        "faithfulness": cluster.faithfulness,
         "has_region": has_region,
         "region_missing": cluster.region is None,
         "prototypes": _prototype_views(cluster),
         "members": _member_views(cluster),
         "n_members_hidden": max(0, int(cluster.size) - len(cluster.members_shown)) if cluster.members_shown else 0,
     }
+
+
+def _neon_view(cluster: ClusterResult, has_region: bool) -> dict[str, Any]:
+    """The cluster's NEON map (what sets it apart from its nearest cluster) and its one-line explanation."""
+    neon = cluster.neon
+    if neon is None:
+        return {"neon_map": None, "neon_text": explain.NEON_SINGLE, "neon_competitor": None, "neon_share": None,
+                "neon_prototype_text": ""}
+    return {"neon_map": images.map_tile(neon.mean_map, cluster.region if has_region else None),
+            "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit)),
+            "neon_competitor": neon.competitor, "neon_share": neon.positive_share_in_region,
+            "neon_prototype_text": explain.NEON_PROTOTYPE}
+
+
+def _faithfulness_view(result: ClassResult) -> dict[str, Any] | None:
+    """The class's region perturbation: curves, numbers, explanation, and whether its clusters can be trusted."""
+    faithfulness = result.faithfulness
+    if faithfulness is None:
+        return None
+    summary = faithfulness.summary
+    return {"figure": figures.faithfulness_figure(faithfulness.morf_curve, faithfulness.random_curve),
+            "summary": summary, "trusted": summary.trusted, "warning": explain.UNFAITHFUL,
+            "text": explain.faithfulness_text(summary.n, faithfulness.patch_size, faithfulness.perturbation)}
 
 
 def _member_views(cluster: ClusterResult) -> list[dict[str, Any]]:
@@ -260,6 +288,7 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
         "spectrum": figures.spectrum_figure(result.eigenvalues, result.n_clusters),
         "conservation_figure": figures.conservation_figure(result.conservation),
         "mean_map": images.map_tile(result.class_mean_map),
+        "faithfulness": _faithfulness_view(result),
         "embedding_names": [EMBEDDING_TITLES.get(name, name) for name in embeddings],
         "embedding_width": figures.embedding_display_width(len(embeddings)),
         "embedding": (

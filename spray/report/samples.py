@@ -1,6 +1,7 @@
 """``samples.csv``: one row per audited sample, for analyses of an audit in pandas or a spreadsheet.
 
-Columns: ``id, class, label, prediction, logit, cluster, flagged, conservation`` and, for every embedding
+Columns: ``id, class, label, prediction, logit, cluster, flagged, conservation, aopc_morf, aopc_random,
+aopc_gain`` (region perturbation in logits, empty where the sample was not sampled) and, for every embedding
 present in any class, ``<name>_x, <name>_y`` (``tsne_x, tsne_y, umap_x, umap_y``; empty where a class has
 no such embedding). ``logit`` is the audited class's logit; ``flagged`` says whether the sample's cluster is
 flagged. Read ids with ``pd.read_csv(path, dtype={"id": str})`` so that ids such as ``007`` keep their zeros. An id
@@ -18,7 +19,8 @@ import pandas as pd
 from spray.report._io import atomic_text_writer
 from spray.results import ClassResult
 
-BASE_COLUMNS = ["id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation"]
+BASE_COLUMNS = ["id", "class", "label", "prediction", "logit", "cluster", "flagged", "conservation", "aopc_morf",
+                "aopc_random", "aopc_gain"]
 
 
 def check_aligned(result: ClassResult) -> None:
@@ -35,6 +37,8 @@ def check_aligned(result: ClassResult) -> None:
         "cluster_labels": result.cluster_labels,
     }
     arrays.update({f"embeddings[{name!r}]": coords for name, coords in result.embeddings.items()})
+    if result.faithfulness is not None:
+        arrays["faithfulness.aopc_gain"] = result.faithfulness.aopc_gain
     for name, values in arrays.items():
         length = len(np.asarray(values))
         if length != expected:
@@ -93,6 +97,10 @@ def _class_frame(result: ClassResult, names: list[str], columns: list[str]) -> p
         "flagged": np.isin(cluster_labels, sorted(flagged_ids)),
         "conservation": np.asarray(result.conservation, dtype=np.float64),
     }
+    faithfulness = result.faithfulness
+    for key in ("aopc_morf", "aopc_random", "aopc_gain"):
+        data[key] = (np.asarray(getattr(faithfulness, key), dtype=np.float64) if faithfulness is not None
+                     else np.full(result.n_samples, np.nan))
     for name in names:
         coords = result.embeddings.get(name)
         for axis, column in (("x", 0), ("y", 1)):

@@ -21,6 +21,22 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Neon(_Open):
+    competitor: int = Field(description="the cluster the members are most often nearest to after their own")
+    mean_logit: float | None = Field(description="the members' mean NEON membership logit (squared-distance "
+                                                 "units of the preprocessed maps)")
+    positive_share_in_region: float | None = Field(
+        description="share of the mean membership map's positive relevance inside the cluster's distinctive "
+                    "region; null without a region")
+
+
+class Faithfulness(_Open):
+    aopc_morf: float | None = Field(description="mean area over the most-relevant-first perturbation curve, logits")
+    aopc_random: float | None = Field(description="the same for a random patch order")
+    aopc_gain: float | None = Field(description="aopc_morf - aopc_random; not above 0: heatmaps no better than random")
+    n: int = Field(description="sampled samples measured")
+
+
 class Cluster(_Open):
     id: int = Field(description="the cluster's label within its class")
     size: int = Field(description="number of members")
@@ -30,6 +46,11 @@ class Cluster(_Open):
     flagged: bool
     evidence: dict[str, Any] = Field(description="the measurements behind the score (docs/method.md)")
     prototypes: list[str] = Field(description="sample ids of the most typical members")
+    neon: Neon | None = Field(default=None, description="NEON: what sets the cluster apart from its nearest "
+                                                        "cluster; null for a class with one cluster")
+    faithfulness: Faithfulness | None = Field(
+        default=None, description="region perturbation over the cluster's sampled members; null when none was "
+                                  "sampled or evaluation is off")
 
 
 class Conservation(_Open):
@@ -52,6 +73,8 @@ class AuditedClass(_Open):
     embeddings: list[str]
     notes: list[str]
     clusters: list[Cluster]
+    faithfulness: Faithfulness | None = Field(
+        default=None, description="region perturbation over the class's sampled samples; null when evaluation is off")
 
 
 class SkippedClass(_Open):

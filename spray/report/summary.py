@@ -6,7 +6,10 @@ from ``spray.report.schema``)::
     {"schema_version": 1, "classes": [{"class": <index>, "name": ..., "n_samples": ..., "eigenvalues": [...], "n_clusters": k,
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
-                                "flagged": true|false, "evidence": {...}}]}],
+                                "flagged": true|false, "evidence": {...},
+                                "neon": {"competitor", "mean_logit", "positive_share_in_region"} | null,
+                                "faithfulness": {"aopc_morf", "aopc_random", "aopc_gain", "n"} | null}],
+                  "faithfulness": {...} | null}],
      "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}],
      "label_mapping": {"source": ..., "outputs": [{"output": <index>, "name": ...}]}, "run": {...}}
 
@@ -25,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from spray.report.schema import SCHEMA_VERSION
-from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
+from spray.results import (
+    ClassResult,
+    ClusterNeon,
+    ClusterResult,
+    CrossClassResult,
+    FaithfulnessSummary,
+    RunInfo,
+)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -118,7 +128,28 @@ def cluster_summary(cluster: ClusterResult) -> dict[str, Any]:
         "flagged": bool(cluster.flagged),
         "evidence": to_jsonable(cluster.evidence.to_dict()),
         "prototypes": [str(sample) for sample in cluster.prototypes],
+        "neon": neon_summary(cluster.neon),
+        "faithfulness": faithfulness_summary(cluster.faithfulness),
     }
+
+
+def neon_summary(neon: ClusterNeon | None) -> dict[str, Any] | None:
+    """A cluster's ``neon`` entry: its nearest competitor cluster, the members' mean membership logit and
+    the share of the mean membership map's positive relevance inside the cluster's region (null without
+    one); null for a class with a single cluster."""
+    if neon is None:
+        return None
+    return {"competitor": int(neon.competitor), "mean_logit": to_jsonable(neon.mean_logit),
+            "positive_share_in_region": to_jsonable(neon.positive_share_in_region)}
+
+
+def faithfulness_summary(faithfulness: FaithfulnessSummary | None) -> dict[str, Any] | None:
+    """``{"aopc_morf", "aopc_random", "aopc_gain", "n"}`` in logits over the ``n`` sampled samples; null when
+    the evaluation is off or no sample was measured."""
+    if faithfulness is None:
+        return None
+    return {"aopc_morf": to_jsonable(faithfulness.aopc_morf), "aopc_random": to_jsonable(faithfulness.aopc_random),
+            "aopc_gain": to_jsonable(faithfulness.aopc_gain), "n": int(faithfulness.n)}
 
 
 def class_summary(result: ClassResult) -> dict[str, Any]:
@@ -136,6 +167,7 @@ def class_summary(result: ClassResult) -> dict[str, Any]:
         "embeddings": sorted(str(name) for name in result.embeddings),
         "notes": [str(note) for note in result.notes],
         "clusters": [cluster_summary(cluster) for cluster in clusters],
+        "faithfulness": faithfulness_summary(result.faithfulness.summary if result.faithfulness else None),
     }
 
 
