@@ -39,6 +39,7 @@ from spray.config import ModelConfig
 from spray.errors import ModelError
 
 _IMPORT_LOCK = threading.Lock()  # sys.path and sys.modules are process-wide
+_FACTORY_MODULES: dict[tuple[str, int, int], types.ModuleType] = {}  # by (path, mtime, size)
 _SHOWN = 20  # keys listed per kind of misfit before summarising the rest
 
 
@@ -129,9 +130,26 @@ def _resolve_factory(spec: str) -> Callable[..., Any]:
 
 
 def _import_file(path: Path, spec: str) -> types.ModuleType:
+    """The factory file's module, executed once per process and version of the file.
+
+    Importing puts the file's folder on ``sys.path`` for a moment; doing that from a task thread while
+    another thread imports a package can make that import miss site-packages (the path finder walks the
+    list being shifted under it), so later loads of an unchanged file reuse the module instead.
+    """
     path = path.expanduser().resolve()
     if not path.is_file():
         raise ModelError(f"model factory file not found: {path} (from model.factory {spec!r})")
+    stat = path.stat()
+    version = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _IMPORT_LOCK:
+        module = _FACTORY_MODULES.get(version)
+        if module is None:
+            module = _execute_file(path)
+            _FACTORY_MODULES[version] = module
+    return module
+
+
+def _execute_file(path: Path) -> types.ModuleType:
     # A name unique to the file keeps two factories called models.py apart and is stable across calls,
     # so re-loading the same file replaces its module instead of piling up copies.
     key = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
@@ -142,28 +160,27 @@ def _import_file(path: Path, spec: str) -> types.ModuleType:
         raise ModelError(f"model factory file {path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     folder = str(path.parent)
-    with _IMPORT_LOCK:
-        # the file's folder goes first on sys.path while importing, so `from layers import Block` next to
-        # models.py works as it does when the user runs models.py themselves
-        sys.path.insert(0, folder)
-        sys.modules[module_name] = module  # dataclasses and pickling look the module up while it executes
+    # the file's folder goes first on sys.path while importing, so `from layers import Block` next to
+    # models.py works as it does when the user runs models.py themselves
+    sys.path.insert(0, folder)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up while it executes
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        sys.modules.pop(module_name, None)
+        where = f"{error.filename or path}, line {error.lineno}"
+        raise ModelError(f"model factory file {where}: SyntaxError: {error.msg}") from None
+    except Exception as error:
+        sys.modules.pop(module_name, None)
+        raise ModelError(
+            f"model factory file {path} failed to import: {type(error).__name__}: {error}"
+            f"{_user_frame(error, path)}"
+        ) from error
+    finally:
         try:
-            module_spec.loader.exec_module(module)
-        except SyntaxError as error:
-            sys.modules.pop(module_name, None)
-            where = f"{error.filename or path}, line {error.lineno}"
-            raise ModelError(f"model factory file {where}: SyntaxError: {error.msg}") from None
-        except Exception as error:
-            sys.modules.pop(module_name, None)
-            raise ModelError(
-                f"model factory file {path} failed to import: {type(error).__name__}: {error}"
-                f"{_user_frame(error, path)}"
-            ) from error
-        finally:
-            try:
-                sys.path.remove(folder)  # the first occurrence: the one inserted above
-            except ValueError:
-                pass  # the imported code removed it itself
+            sys.path.remove(folder)  # the first occurrence: the one inserted above
+        except ValueError:
+            pass  # the imported code removed it itself
     return module
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,27 @@ def test_a_factory_may_import_its_sibling_modules(tmp_path):
     model = load_model(ModelConfig(factory=f"{factory}:build"))
     assert isinstance(model, nn.Linear)
     assert str(tmp_path) not in sys.path  # the folder is on sys.path only while importing
+
+
+def test_a_factory_file_runs_once_so_task_threads_never_see_sys_path_change(tmp_path, monkeypatch):
+    """Loading the model in a task thread must not shift sys.path under another thread's import (which then
+    misses site-packages); an unchanged file is executed once per process, an edited one again."""
+    factory = write(tmp_path / "net.py", "from torch import nn\nRUNS = []\nRUNS.append(1)\n"
+                                         "def build():\n    return nn.Linear(2, len(RUNS) + 2)\n")
+    load_model(ModelConfig(factory=f"{factory}:build"))
+    inserted = []
+
+    class Watched(list):
+        def insert(self, index, value):
+            inserted.append(value)
+            super().insert(index, value)
+
+    monkeypatch.setattr(sys, "path", Watched(sys.path))
+    assert load_model(ModelConfig(factory=f"{factory}:build")).out_features == 3
+    assert inserted == []
+    write(tmp_path / "net.py", "from torch import nn\ndef build():\n    return nn.Linear(2, 7)\n")
+    os.utime(factory, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert load_model(ModelConfig(factory=f"{factory}:build")).out_features == 7
 
 
 def test_two_factory_files_with_the_same_name_stay_apart(tmp_path):
