@@ -49,6 +49,7 @@ from spray.lrp.rules import (
     ZPlus,
     make_rule,
 )
+from spray.names import COMPOSITE_NAMES
 
 
 class Sum(nn.Module):
@@ -198,14 +199,7 @@ def named_composite(
     raise ValueError(f"unknown composite {name!r}; expected one of {', '.join(COMPOSITES)}")
 
 
-COMPOSITES: tuple[str, ...] = (
-    "epsilon",
-    "epsilon_plus",
-    "epsilon_plus_flat",
-    "epsilon_gamma_box",
-    "epsilon_alpha2_beta1",
-    "epsilon_alpha2_beta1_flat",
-)
+COMPOSITES: tuple[str, ...] = COMPOSITE_NAMES  # one list, kept where the torch-free config reads it
 
 # Layer-type names a user-defined composite may use, and the types they stand for.
 LAYER_TYPE_NAMES: dict[str, tuple[type, ...]] = {
