@@ -405,6 +405,17 @@ class FlaggingConfig(_Section):
     seed: int = Field(default=0, description="seed of the transplant sampling")
 
 
+# Region perturbation compares most-relevant-first with a random order; on fewer patches than this the two
+# orders coincide too often to tell a faithful heatmap from an unfaithful one.
+MIN_EVALUATION_PATCHES = 4
+
+
+def _grid_side(side: int, patch_size: int) -> int:
+    """Patches along one side of the centred grid (spray.evaluate.patch_grid): cut patches at both edges."""
+    offset = (-side % patch_size) // 2
+    return (side - 1 + offset) // patch_size + 1
+
+
 class EvaluationConfig(_Section):
     """Faithfulness of the heatmaps by region perturbation (Samek et al. 2017): on a sample of each class,
     patches are destroyed most relevant first and in a random order; the class is marked when the first
@@ -483,6 +494,21 @@ class SprayConfig(_Section):
     @classmethod
     def _attribution_method(cls, value: Any) -> Any:
         return _with_method(value)
+
+    @model_validator(mode="after")
+    def _enough_patches(self) -> SprayConfig:
+        # With one patch (or a few) most-relevant-first and a random order destroy the same regions, so every
+        # class would read as "not better than random": a verdict about the setting, not the heatmaps.
+        if self.evaluation.enabled:
+            height, width = self.data.image.size
+            size = self.evaluation.patch_size
+            patches = _grid_side(height, size) * _grid_side(width, size)
+            if patches < MIN_EVALUATION_PATCHES:
+                raise ValueError(
+                    f"evaluation.patch_size {size} cuts the {height}x{width} images into {patches} patch(es); "
+                    f"region perturbation needs at least {MIN_EVALUATION_PATCHES}: give a patch_size of at most "
+                    f"{max(1, min(height, width) // 2)}, or evaluation.enabled: false")
+        return self
 
 
 # A config is a few dozen keys. These limits refuse inputs built to exhaust memory before they are built:

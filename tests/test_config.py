@@ -75,6 +75,18 @@ def test_the_cluster_range_must_fit_the_eigenvalues(tmp_path):
         load_config(write(tmp_path, MINIMAL + "analysis: {eigenvalues: 8, max_clusters: 8}\n"))
 
 
+def test_region_perturbation_needs_at_least_four_patches(tmp_path):
+    """One 100 px patch on 64x64 images would make most-relevant-first and random orders the same, and every
+    class read as "not better than random": refused before the run, naming the key and what would work."""
+    image = "data: {manifest: images/manifest.csv, image: {mode: RGB, size: [64, 64]}}\n"
+    model = "model: {factory: models.py:build, weights: model.pt}\n"
+    with pytest.raises(ConfigError, match=r"evaluation.patch_size 100 cuts the 64x64 images into 1 patch.*at most 32"):
+        load_config(write(tmp_path, model + image + "evaluation: {patch_size: 100}\n"))
+    assert load_config(write(tmp_path, model + image + "evaluation: {patch_size: 32}\n")).evaluation.patch_size == 32
+    assert not load_config(write(tmp_path, model + image + "evaluation: {patch_size: 100, enabled: false}\n")
+                           ).evaluation.enabled
+
+
 def test_invalid_yaml_names_the_line(tmp_path):
     with pytest.raises(ConfigError, match=r"audit.yaml: line \d+, column \d+ is not valid YAML"):
         load_config(write(tmp_path, "model:\n  factory: x.py:f\n  kwargs: {a: 1\ndata: {root: x}\n"))
