@@ -13,7 +13,7 @@ from spray.cache import Entry
 from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
 from spray.faithfulness import read_evaluated
-from spray.flag import ClusterEvidence, read_flagged
+from spray.flag import ClusterEvidence, Finding, read_flagged
 from spray.neon import ClusterMembership, cluster_memberships, positive_share_in_region
 from spray.results import (
     ClassFaithfulness,
@@ -21,6 +21,7 @@ from spray.results import (
     ClusterNeon,
     ClusterResult,
     FaithfulnessSummary,
+    FindingResult,
     Thumbnail,
 )
 
@@ -72,7 +73,26 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
         cluster_labels=flagged.labels, embeddings=dict(embeddings), clusters=clusters,
         class_mean_map=maps.mean(0), notes=notes,
-        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]], faithfulness=faithfulness)
+        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]], faithfulness=faithfulness,
+        findings=[finding_result(f, ids, flagged.labels, config.data.image) for f in flagged.findings])
+
+
+def finding_result(finding: Finding, ids: list[str], labels: np.ndarray, image: ImageConfig) -> FindingResult:
+    """A stored finding with its members' ids, where its windows lie (coverage) and how far they spread."""
+    height, width = int(image.size[0]), int(image.size[1])
+    coverage = np.zeros((height, width), np.float32)
+    for top, left, h, w in finding.windows:
+        coverage[top : top + h, left : left + w] += 1
+    windows = finding.windows.astype(np.float64)
+    spread = 0.0
+    if len(windows):
+        centres = np.stack([windows[:, 0] + windows[:, 2] / 2, windows[:, 1] + windows[:, 3] / 2], 1)
+        spread = float(np.linalg.norm(centres - centres.mean(0), axis=1).mean() / np.hypot(height, width))
+    return FindingResult(
+        cluster=finding.cluster, members=[ids[i] for i in np.flatnonzero(labels == finding.cluster)],
+        clusters=dict(finding.clusters), groups=list(finding.groups), anywhere=finding.anywhere,
+        evidence=finding.evidence, prototype=np.asarray(finding.prototype, np.float32),
+        coverage=coverage / max(len(finding.windows), 1), position_spread=spread)
 
 
 def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMembership], np.ndarray]:

@@ -1,5 +1,6 @@
 """What the passes over a class will measure: per scorable cluster its distinctive region (at preprocessing
-and at image resolution) and the donors whose region is pasted into images of other classes."""
+and at image resolution), per pattern found anywhere its carriers and each sample's window, and for both the
+donors whose pattern is pasted into images of other classes."""
 
 from __future__ import annotations
 
@@ -14,15 +15,61 @@ REGION_MASS = 0.5  # share of the positive mean-map difference the region must h
 
 
 @dataclass(frozen=True)
-class ClusterPlan:
-    """One scorable cluster: who its members are, where its region is, whose region is transplanted."""
+class Windows:
+    """One window per sample, in image pixels: (N,) int arrays ``top``, ``left``, ``height``, ``width``."""
 
-    cluster: int
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+
+    @classmethod
+    def fixed(cls, n: int, top: int, left: int, height: int, width: int) -> Windows:
+        """The same window in all ``n`` images (a pattern tied to its place)."""
+        return cls(*(np.full(n, value, np.int64) for value in (top, left, height, width)))
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    def box(self, i: int) -> tuple[int, int, int, int]:
+        return int(self.top[i]), int(self.left[i]), int(self.height[i]), int(self.width[i])
+
+    def take(self, index: np.ndarray | slice) -> Windows:
+        return Windows(self.top[index], self.left[index], self.height[index], self.width[index])
+
+    def scaled(self, factor: float, size: tuple[int, int]) -> Windows:
+        """The windows in an image resized by ``factor`` to ``size`` (h, w)."""
+        height = np.clip(np.round(self.height * factor).astype(np.int64), 1, size[0])
+        width = np.clip(np.round(self.width * factor).astype(np.int64), 1, size[1])
+        top = np.clip(np.round(self.top * factor).astype(np.int64), 0, size[0] - height)
+        left = np.clip(np.round(self.left * factor).astype(np.int64), 0, size[1] - width)
+        return Windows(top, left, height, width)
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """One scorable group: who its members are, where each sample's pattern window is, whose pattern is
+    transplanted and where to.
+
+    A spectral cluster's pattern is its distinctive region, at the same place in every image (``windows``
+    all alike, ``places`` None: transplanted to the donor's own place). A pattern found anywhere
+    (``spray.flag.patterns``) has a window per sample where that sample matches it best, and is transplanted
+    at ``places``: random positions, as fractions of the room left in the recipient.
+    """
+
+    cluster: int  # the spectral cluster's id; a pattern found anywhere: -1, -2, ...
     members: np.ndarray  # (N,) bool
-    region: np.ndarray  # (h, w) bool, preprocessing resolution
-    mask: np.ndarray  # (H, W) bool, image resolution
+    region: np.ndarray | None  # (h, w) bool, preprocessing resolution; None for a pattern found anywhere
+    mask: np.ndarray  # (H, W) bool, image resolution: where the pattern is in the image (a pattern's seed)
     # (M,) sample positions, one per recipient: the members' donors, and the rest of the class's (the control)
     donors: tuple[np.ndarray, np.ndarray]
+    windows: Windows  # (N,) each sample's window at image resolution
+    template: np.ndarray  # (h0, w0) bool: the pattern's pixels within a window, resized to each window
+    places: np.ndarray | None = None  # (M, 2) fractions in [0, 1]: where in each recipient a donor goes
+
+    @property
+    def anywhere(self) -> bool:
+        return self.places is not None
 
 
 @dataclass(frozen=True)
@@ -79,12 +126,23 @@ def plan_clusters(maps: np.ndarray, cluster_labels: np.ndarray, n_recipients: in
             unscored.append(Unscored(int(cluster), int(members.sum()), reason))
             continue
         region = distinctive_region(maps, members, config.region_fraction)
-        donors = (
-            rng.choice(np.flatnonzero(members), size=n_recipients),
-            rng.choice(np.flatnonzero(~members), size=n_recipients),
-        ) if n_recipients else (np.zeros(0, int), np.zeros(0, int))
-        plans.append(ClusterPlan(int(cluster), members, region, to_image_mask(region, size), donors))
+        mask = to_image_mask(region, size)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        top, left = int(rows[0]), int(cols[0])
+        height, width = int(rows[-1]) + 1 - top, int(cols[-1]) + 1 - left
+        plans.append(ClusterPlan(int(cluster), members, region, mask, draw_donors(members, n_recipients, rng),
+                                 Windows.fixed(len(maps), top, left, height, width),
+                                 mask[top : top + height, left : left + width].copy()))
     return plans, unscored
+
+
+def draw_donors(members: np.ndarray, n_recipients: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(M,) donors drawn from the members and (M,) from the rest of the class, one per recipient."""
+    if not n_recipients:
+        return np.zeros(0, int), np.zeros(0, int)
+    return rng.choice(np.flatnonzero(members), size=n_recipients), rng.choice(np.flatnonzero(~members),
+                                                                              size=n_recipients)
 
 
 def _not_scored_reason(member_maps: np.ndarray, n_class: int, min_cluster_size: int) -> str | None:

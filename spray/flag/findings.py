@@ -1,0 +1,189 @@
+"""One shortcut, one finding: flagged groups that share their carriers become one finding.
+
+A shortcut that moves (a logo in a random corner) can come out of the two kinds of flagged group at once:
+several spectral clusters, one per place, each flagged on its own region; and a pattern found anywhere
+(``spray.flag.patterns``), flagged on its carriers wherever they have it. ``form_findings`` merges flagged
+groups whose members overlap by at least ``OVERLAP`` of the smaller group into one finding, strongest score
+first, and so are flagged groups whose prototypes (their members' mean pattern) match with normalised
+cross-correlation of grey levels >= ``spray.flag.patterns.MATCH`` once resized to the same size (one logo in
+several size bands). A finding lists its members under one flagged cluster: the strongest spectral cluster in it, or a new
+cluster id when it holds no spectral cluster. Samples of unflagged clusters that carry a flagged spectral
+cluster's region pattern join it as before (``carriers``). This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from spray.flag.evidence import Evidence
+from spray.flag.plan import Windows
+
+OVERLAP = 0.5  # flagged groups sharing this share of the smaller one's members are one finding
+SAME_PATTERN = 0.85  # prototypes matching this well (NCC, spray.flag.patterns.MATCH) are one pattern
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterEvidence:
+    """The evidence of one scored group: a spectral cluster (``id`` >= 0) or a pattern found anywhere
+    (``id`` < 0); ``region`` is (h, w) bool at preprocessing resolution or None."""
+
+    id: int
+    size: int
+    evidence: Evidence
+    region: np.ndarray | None
+    # (N,) mean squared distance of each sample's pattern to the members' and to the rest's mean pattern;
+    # what ``carriers`` decides from. None when the group was not scored.
+    distance_to_members: np.ndarray | None = field(default=None, repr=False)
+    distance_to_rest: np.ndarray | None = field(default=None, repr=False)
+    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool, patterns found anywhere
+    windows: Windows | None = field(default=None, repr=False)  # (N,) each sample's pattern window
+    prototype: np.ndarray | None = field(default=None, repr=False)  # (h0, w0, C) the members' mean pattern
+    anywhere: bool = False  # a pattern found at each sample's own place, not at one place
+
+    @property
+    def score(self) -> float:
+        return self.evidence.score
+
+    @property
+    def flagged(self) -> bool:
+        return self.evidence.flagged
+
+
+@dataclass(frozen=True, eq=False)
+class Finding:
+    """One shortcut: the samples that carry one pattern, wherever it sits, listed under flagged ``cluster``.
+
+    ``clusters`` maps each spectral cluster its members came from to how many; ``groups`` are the flagged
+    groups merged into it (spectral cluster ids, and -1, -2, ... for patterns found anywhere); ``evidence``
+    is the strongest group's. ``prototype`` (h, w, C) float32 in [0, 1] is that group's members' mean
+    pattern; ``windows`` (size, 4) int: each member's top, left, height, width in image pixels, where known
+    (a spectral cluster's region is the same window in every member).
+    """
+
+    cluster: int
+    size: int
+    clusters: dict[int, int]
+    groups: tuple[int, ...]
+    anywhere: bool
+    evidence: Evidence
+    prototype: np.ndarray
+    windows: np.ndarray
+
+    @property
+    def score(self) -> float:
+        return self.evidence.score
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What ``form_findings`` returns: (N,) labels with each finding's members under its cluster, the
+    spectral clusters (and new finding clusters) with their evidence and sizes, and the findings."""
+
+    labels: np.ndarray
+    clusters: list[ClusterEvidence]
+    findings: list[Finding]
+
+
+def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """(N,) bool: samples not yet ``taken`` whose pixels in a flagged spectral cluster's region are closer to
+    its members' mean pattern than to the rest's, and no farther from it than 95 % of its members are.
+
+    Spectral clustering groups samples by *where the model looks*; a few samples that carry the artifact can
+    still land in other clusters when the model also reads their object well."""
+    to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
+    if to_members is None or to_rest is None:
+        return np.zeros(len(cluster_labels), bool)
+    own = cluster_labels == cluster.id
+    return ~taken & (to_members < to_rest) & (to_members <= np.quantile(to_members[own], 0.95))
+
+
+def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    if group.members is not None:
+        return group.members & ~taken
+    return ((cluster_labels == group.id) & ~taken) | carriers(group, cluster_labels, taken | (cluster_labels == group.id))
+
+
+def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> Joined:
+    """Merge flagged groups into findings and move their members into the findings' clusters.
+
+    cluster_labels: (N,) int spectral clusters; scored: every scored group (spectral clusters with id >= 0,
+    patterns found anywhere with id < 0). The inputs are not changed. A flagged spectral cluster's evidence
+    records how many samples joined it (``joined_by_pattern``) and its spectral size (``spectral_size``).
+    """
+    flagged = sorted((s for s in scored if s.flagged), key=lambda s: -s.score)
+    taken = np.zeros(len(cluster_labels), bool)
+    merged: list[tuple[list[ClusterEvidence], np.ndarray]] = []
+    for group in flagged:
+        members = _group_members(group, cluster_labels, np.zeros_like(taken))
+        home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
+                     or same_pattern(m[0][0].prototype, group.prototype)), None)
+        if home is None:
+            merged.append(([group], members.copy()))
+        else:
+            home[0].append(group)
+            home[1][:] |= members
+    labels = cluster_labels.copy()
+    next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
+    findings, finding_clusters = [], {}
+    for groups, members in merged:
+        members = members & ~taken
+        taken |= members
+        spectral = [g for g in groups if g.id >= 0]
+        cluster_id = spectral[0].id if spectral else next_id
+        next_id += 0 if spectral else 1
+        labels[members] = cluster_id
+        findings.append(_finding(cluster_id, groups, members, cluster_labels))
+        finding_clusters[cluster_id] = (groups[0], members)
+    return Joined(labels, _clusters(scored, labels, cluster_labels, finding_clusters), findings)
+
+
+def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two prototypes (h, w, C) show one pattern: grey-level NCC >= ``SAME_PATTERN`` once the larger
+    is resized (nearest) to the smaller's size."""
+    if a is None or b is None or not a.size or not b.size:
+        return False
+    if a.size > b.size:
+        a, b = b, a
+    grey_a, grey_b = a.mean(-1), b.mean(-1)
+    rows = np.minimum(np.arange(grey_a.shape[0]) * grey_b.shape[0] // grey_a.shape[0], grey_b.shape[0] - 1)
+    cols = np.minimum(np.arange(grey_a.shape[1]) * grey_b.shape[1] // grey_a.shape[1], grey_b.shape[1] - 1)
+    x, y = grey_a.ravel() - grey_a.mean(), grey_b[rows][:, cols].ravel() - grey_b[rows][:, cols].mean()
+    norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return norm > 1e-9 and float((x * y).sum()) / norm >= SAME_PATTERN
+
+
+def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray,
+             cluster_labels: np.ndarray) -> Finding:
+    strongest = groups[0]
+    origin, counts = np.unique(cluster_labels[members], return_counts=True)
+    windows = strongest.windows
+    boxes = (np.stack([windows.top, windows.left, windows.height, windows.width], 1)[members]
+             if windows is not None else np.zeros((0, 4), np.int64))
+    prototype = strongest.prototype if strongest.prototype is not None else np.zeros((0, 0, 1), np.float32)
+    return Finding(cluster_id, int(members.sum()), {int(c): int(k) for c, k in zip(origin, counts)},
+                   tuple(g.id for g in groups), any(g.anywhere for g in groups), strongest.evidence,
+                   prototype, boxes)
+
+
+def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,
+              finding_clusters: dict[int, tuple[ClusterEvidence, np.ndarray]]) -> list[ClusterEvidence]:
+    """The spectral clusters with their sizes after the move, a finding's cluster with its strongest
+    group's evidence; then a new cluster per finding without a spectral cluster."""
+    out = []
+    for group in (s for s in scored if s.id >= 0):
+        size = int((labels == group.id).sum())
+        if group.id in finding_clusters:
+            strongest, _ = finding_clusters[group.id]
+            spectral_size = int((cluster_labels == group.id).sum())
+            evidence = strongest.evidence.joined(size - spectral_size, spectral_size) \
+                if strongest.id == group.id else strongest.evidence
+            out.append(replace(group, size=size, evidence=evidence, region=strongest.region))
+        else:  # a flagged cluster merged into a finding listed under another cluster is left without members
+            out.append(replace(group, size=size))
+    known = {s.id for s in scored if s.id >= 0}
+    for cluster_id, (strongest, members) in finding_clusters.items():
+        if cluster_id not in known:
+            out.append(replace(strongest, id=cluster_id, size=int(members.sum()), members=None))
+    return out
