@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 CONSISTENCY = 0.9  # members' region pixels at most a tenth as spread as the rest of the class's
-NECESSITY = 0.15  # masking costs members 0.15 median logits more than the rest of the class
+NECESSITY = 0.3  # masking costs members 0.3 median logits more than the rest of the class
 SUFFICIENCY = 0.15  # pasting the members' region raises the class 0.15 median logits more than the control
 LINE_NAMES = ("consistency", "necessity", "sufficiency")
 NO_RECIPIENTS = "no images of other classes to transplant the region into"

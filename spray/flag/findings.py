@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from spray.flag.evidence import Evidence
+from spray.flag.evidence import Evidence, not_scored
 from spray.flag.plan import Windows
 
 OVERLAP = 0.5  # flagged groups sharing this share of the smaller one's members are one finding
@@ -86,57 +86,61 @@ class Joined:
     findings: list[Finding]
 
 
-def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray, taken: np.ndarray) -> np.ndarray:
-    """(N,) bool: samples not yet ``taken`` whose pixels in a flagged spectral cluster's region are closer to
-    its members' mean pattern than to the rest's, and no farther from it than 95 % of its members are.
+def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: the samples whose pixels in a flagged spectral cluster's region are closer to its members'
+    mean pattern than to the rest's, and no farther from it than 95 % of the members that are.
 
-    Spectral clustering groups samples by *where the model looks*; a few samples that carry the artifact can
-    still land in other clusters when the model also reads their object well."""
+    Spectral clustering groups samples by *where the model looks*: a few samples that carry the artifact can
+    land in other clusters when the model also reads their object well, and a few that do not can land in
+    the flagged one. The finding takes the carriers, wherever the spectral clustering put them."""
+    own = cluster_labels == cluster.id
     to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
     if to_members is None or to_rest is None:
-        return np.zeros(len(cluster_labels), bool)
-    own = cluster_labels == cluster.id
-    return ~taken & (to_members < to_rest) & (to_members <= np.quantile(to_members[own], 0.95))
+        return own
+    closer = to_members < to_rest
+    core = own & closer
+    if not core.any():
+        return own
+    return closer & (to_members <= np.quantile(to_members[core], 0.95))
 
 
-def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray, taken: np.ndarray) -> np.ndarray:
-    if group.members is not None:
-        return group.members & ~taken
-    return ((cluster_labels == group.id) & ~taken) | carriers(group, cluster_labels, taken | (cluster_labels == group.id))
+def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
+    return group.members.copy() if group.members is not None else carriers(group, cluster_labels)
 
 
 def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> Joined:
-    """Merge flagged groups into findings and move their members into the findings' clusters.
+    """Merge flagged groups into findings and move the samples that carry their pattern into the findings'
+    clusters.
 
     cluster_labels: (N,) int spectral clusters; scored: every scored group (spectral clusters with id >= 0,
-    patterns found anywhere with id < 0). The inputs are not changed. A flagged spectral cluster's evidence
-    records how many samples joined it (``joined_by_pattern``) and its spectral size (``spectral_size``).
+    patterns found anywhere with id < 0). The inputs are not changed. A finding's cluster records in its
+    evidence how many samples joined it (``joined_by_pattern``) and its spectral size (``spectral_size``);
+    the members of a flagged spectral cluster that do not carry its pattern become a cluster of their own,
+    not scored, and so do the non-carriers of a flagged cluster merged into another finding.
     """
-    flagged = sorted((s for s in scored if s.flagged), key=lambda s: -s.score)
-    taken = np.zeros(len(cluster_labels), bool)
     merged: list[tuple[list[ClusterEvidence], np.ndarray]] = []
-    for group in flagged:
-        members = _group_members(group, cluster_labels, np.zeros_like(taken))
+    for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
+        members = _group_members(group, cluster_labels)
         home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
                      or same_pattern(m[0][0].prototype, group.prototype)), None)
         if home is None:
-            merged.append(([group], members.copy()))
+            merged.append(([group], members))
         else:
             home[0].append(group)
             home[1][:] |= members
-    labels = cluster_labels.copy()
+    labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
-    findings, finding_clusters = [], {}
+    findings, homes = [], {}
     for groups, members in merged:
-        members = members & ~taken
+        members &= ~taken
         taken |= members
         spectral = [g for g in groups if g.id >= 0]
         cluster_id = spectral[0].id if spectral else next_id
         next_id += 0 if spectral else 1
         labels[members] = cluster_id
         findings.append(_finding(cluster_id, groups, members, cluster_labels))
-        finding_clusters[cluster_id] = (groups[0], members)
-    return Joined(labels, _clusters(scored, labels, cluster_labels, finding_clusters), findings)
+        homes[cluster_id] = (groups, members)
+    return Joined(labels, _clusters(scored, labels, cluster_labels, homes, next_id), findings)
 
 
 def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -168,22 +172,39 @@ def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray
 
 
 def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,
-              finding_clusters: dict[int, tuple[ClusterEvidence, np.ndarray]]) -> list[ClusterEvidence]:
-    """The spectral clusters with their sizes after the move, a finding's cluster with its strongest
-    group's evidence; then a new cluster per finding without a spectral cluster."""
+              homes: dict[int, tuple[list[ClusterEvidence], np.ndarray]], next_id: int) -> list[ClusterEvidence]:
+    """The clusters after the move (``labels`` is updated in place): each finding's cluster with its
+    strongest group's evidence; the samples a flagged spectral cluster keeps without carrying its pattern,
+    not scored (in a new cluster when the finding took the spectral cluster's id); the unflagged clusters
+    with what is left of them; then a new cluster per finding without a spectral cluster."""
+    merged_into = {g.id: cluster_id for cluster_id, (groups, _) in homes.items() for g in groups}
     out = []
     for group in (s for s in scored if s.id >= 0):
-        size = int((labels == group.id).sum())
-        if group.id in finding_clusters:
-            strongest, _ = finding_clusters[group.id]
+        if group.id in homes:
+            (strongest, *_), members = homes[group.id]
             spectral_size = int((cluster_labels == group.id).sum())
-            evidence = strongest.evidence.joined(size - spectral_size, spectral_size) \
-                if strongest.id == group.id else strongest.evidence
-            out.append(replace(group, size=size, evidence=evidence, region=strongest.region))
-        else:  # a flagged cluster merged into a finding listed under another cluster is left without members
-            out.append(replace(group, size=size))
+            joined = int((members & (cluster_labels != group.id)).sum())
+            out.append(replace(group, size=int(members.sum()), region=strongest.region,
+                               evidence=strongest.evidence.joined(joined, spectral_size)))
+            left = (labels == group.id) & ~members
+            if left.any():
+                labels[left] = next_id
+                out.append(_not_carrying(next_id, int(left.sum()), group.id, group.id))
+                next_id += 1
+        elif group.flagged:
+            out.append(_not_carrying(group.id, int((labels == group.id).sum()), group.id, merged_into[group.id]))
+        else:
+            out.append(replace(group, size=int((labels == group.id).sum())))
     known = {s.id for s in scored if s.id >= 0}
-    for cluster_id, (strongest, members) in finding_clusters.items():
+    for cluster_id, (groups, members) in homes.items():
         if cluster_id not in known:
-            out.append(replace(strongest, id=cluster_id, size=int(members.sum()), members=None))
+            out.append(replace(groups[0], id=cluster_id, size=int(members.sum()), members=None))
     return out
+
+
+def _not_carrying(cluster_id: int, size: int, flagged: int, finding: int) -> ClusterEvidence:
+    """The members a flagged spectral cluster keeps without carrying its pattern (their carriers are in the
+    finding listed under cluster ``finding``): not scored, never flagged."""
+    return ClusterEvidence(cluster_id, size, not_scored(
+        f"members of flagged cluster {flagged} that do not carry its pattern (the carriers are in cluster "
+        f"{finding})"), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ import torch
 from spray.config import ImageConfig
 from spray.data import to_model_input
 from spray.flag.plan import ClusterPlan
+
+if TYPE_CHECKING:
+    from spray.flag.patterns import SearchImages
 
 PixelBatches = Callable[[], Iterable[np.ndarray]]
 """Called once per pass over a class: yields its images in order as (n, H, W, C) float32 batches in [0, 1]."""
@@ -76,6 +80,22 @@ class SecondPass:
     to_rest: np.ndarray  # ... to the rest's mean
     masked_logits: np.ndarray  # the audited logit with the pattern's window filled
     shape_match: np.ndarray  # NCC of the grey levels of each sample's pattern pixels and the members' mean
+
+
+def scan(batches: PixelBatches, n: int, size: tuple[int, int]) -> SearchImages:
+    """Pass zero over the class: the grey images the pattern search looks in and cluster regions grow on
+    (``spray.flag.patterns.SearchImages``). Raises ValueError when ``batches`` yields other than ``n``."""
+    from spray.flag.patterns import SearchImages, grey, search_scale, shrink
+
+    factor = search_scale(size)
+    searched, seen = [], 0
+    for pixels in batches():
+        seen += len(pixels)
+        if seen > n:
+            break
+        searched.append(shrink(grey(pixels), factor))
+    check_count(seen, n)
+    return SearchImages(torch.cat(searched) if searched else torch.zeros(0, 1, 1, 1), factor, size)
 
 
 def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitScorer, recipients: np.ndarray,

@@ -25,7 +25,6 @@ patterns are measured per class; a pattern's carriers are then measured like a c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,14 +185,6 @@ class SearchImages:
     size: tuple[int, int]
 
 
-def search_images(batches: Iterable[np.ndarray], size: tuple[int, int]) -> SearchImages:
-    """Collect the shrunk grey images of a class from its (n, H, W, C) batches."""
-    factor = search_scale(size)
-    parts = [shrink(grey(pixels), factor) for pixels in batches]
-    searched = torch.cat(parts) if parts else torch.zeros(0, 1, 1, 1)
-    return SearchImages(searched, factor, size)
-
-
 def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int, config: FlaggingConfig,
                   covered: np.ndarray | None = None) -> list[ClusterPlan]:
     """Plans of at most ``MAX_PATTERNS`` patterns found anywhere in the class, most recurrent seed first.
@@ -235,3 +226,4 @@ def _placed(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray
     top, left, height, width = box
     mask[top : top + height, left : left + width] = True
     return mask
+

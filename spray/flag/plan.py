@@ -4,7 +4,7 @@ donors whose pattern is pasted into images of other classes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -12,6 +12,11 @@ from PIL import Image
 from spray.config import FlaggingConfig
 
 REGION_MASS = 0.5  # share of the positive mean-map difference the region must hold
+# A pixel joins a cluster's region when its members' spread there is at most this share of the rest of the
+# class's (the square root of CONSISTENCY's 1 - 0.9, as a spread is a deviation, not a variance) and it touches
+# the region: a frame, a line or a plate drawn the same way in every member grows to its whole extent.
+GROW_SPREAD = 0.32
+MIN_SPREAD = 0.01  # pixels that hardly vary in the rest of the class either (a flat background) never join
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,43 @@ def plan_clusters(maps: np.ndarray, cluster_labels: np.ndarray, n_recipients: in
                                  Windows.fixed(len(maps), top, left, height, width),
                                  mask[top : top + height, left : left + width].copy()))
     return plans, unscored
+
+
+def grow_region(plan: ClusterPlan, grey: np.ndarray) -> ClusterPlan:
+    """The plan with its image-resolution region grown over the touching pixels at which the members agree:
+    a thin frame or line found in part by the downsized relevance, whole.
+
+    grey: (N, h', w') the class's grey images at the search resolution (``spray.flag.patterns``), where a
+    pixel joins when the members' median absolute deviation there is at most ``GROW_SPREAD`` of the rest's
+    (medians: a few members without the pattern do not stop it) and the rest varies at all
+    (``MIN_SPREAD``). The grown pixels are scaled back to the image; the preprocessing-resolution ``region``
+    (what the report outlines) is kept.
+    """
+    from scipy import ndimage
+
+    members, rest = grey[plan.members], grey[~plan.members]
+    if len(members) < 2 or len(rest) < 2:
+        return plan
+    spread_members = np.median(np.abs(members - np.median(members, 0)), 0)
+    spread_rest = np.median(np.abs(rest - np.median(rest, 0)), 0)
+    consistent = (spread_members <= GROW_SPREAD * spread_rest) & (spread_rest > MIN_SPREAD)
+    size = plan.mask.shape
+    seed = _resized(plan.mask, consistent.shape)
+    pieces, _ = ndimage.label(consistent | seed, structure=np.ones((3, 3), bool))
+    touching = np.unique(pieces[seed])
+    grown = plan.mask | _resized(np.isin(pieces, touching[touching > 0]), size)
+    rows, cols = np.flatnonzero(grown.any(1)), np.flatnonzero(grown.any(0))
+    top, left = int(rows[0]), int(cols[0])
+    height, width = int(rows[-1]) + 1 - top, int(cols[-1]) + 1 - left
+    return replace(plan, mask=grown, windows=Windows.fixed(len(plan.members), top, left, height, width),
+                   template=grown[top : top + height, left : left + width].copy())
+
+
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to ``size`` (h, w)."""
+    rows = np.minimum(np.arange(size[0]) * mask.shape[0] // size[0], mask.shape[0] - 1)
+    cols = np.minimum(np.arange(size[1]) * mask.shape[1] // size[1], mask.shape[1] - 1)
+    return mask[rows][:, cols]
 
 
 def draw_donors(members: np.ndarray, n_recipients: int,

@@ -9,9 +9,9 @@ import torch
 from spray.config import FlaggingConfig, ImageConfig
 from spray.flag.evidence import Measured, Transplant, not_scored, weigh
 from spray.flag.findings import ClusterEvidence
-from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, check_count, first_pass, second_pass
-from spray.flag.patterns import plan_patterns, search_images
-from spray.flag.plan import ClusterPlan, Windows, plan_clusters
+from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, scan, second_pass
+from spray.flag.patterns import plan_patterns
+from spray.flag.plan import ClusterPlan, Windows, grow_region, plan_clusters
 
 
 def score_clusters(
@@ -41,8 +41,9 @@ def score_clusters(
     n = len(maps)
     size = (int(image.size[0]), int(image.size[1]))
     plans, unscored = plan_clusters(maps, cluster_labels, len(recipients), size, config)
-    searched = search_images(batches(), size)
-    check_count(len(searched.searched), n)
+    searched = scan(batches, n, size)
+    grey = searched.searched[:, 0].numpy()
+    plans = [grow_region(plan, grey) for plan in plans]
     plans += plan_patterns(searched, maps, len(recipients), config)
     first = first_pass(plans, batches, scorer, recipients, n, (*size, image.channels))
     scale = float(np.median(np.abs(first.logits))) or 1.0
@@ -79,10 +80,11 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
     members = plan.members
     region = plan.region if plan.region is not None else _map_region(plan.windows, absolute.shape[1], plan.mask)
     in_region = _in_region(absolute, region)
-    spread_rest = float(second.to_members[~members].mean())
-    colour = float(1.0 - second.to_members[members].mean() / spread_rest) if spread_rest > 0 else 0.0
-    match_rest = float(second.shape_match[~members].mean())
-    shape = float((second.shape_match[members].mean() - match_rest) / max(1.0 - match_rest, 1e-6))
+    # medians: a cluster with a few members that lack the pattern is still judged by the pattern
+    spread_rest = float(np.median(second.to_members[~members]))
+    colour = float(1.0 - np.median(second.to_members[members]) / spread_rest) if spread_rest > 0 else 0.0
+    match_rest = float(np.median(second.shape_match[~members]))
+    shape = float((np.median(second.shape_match[members]) - match_rest) / max(1.0 - match_rest, 1e-6))
     drop = (logits - second.masked_logits) / scale
     transplant = None
     if baseline is not None:

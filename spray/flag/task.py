@@ -29,7 +29,7 @@ from spray.flag.passes import PixelBatches
 from spray.flag.patterns import (
     HOTSPOT_SIDE, MATCH, MAX_PATTERNS, MIN_CONTRAST, MIN_RECUR, MIN_SIDE, SCALES, SEARCH_SIDE,
 )
-from spray.flag.plan import REGION_MASS
+from spray.flag.plan import GROW_SPREAD, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
 
 STORE_VERSION = 5
@@ -56,7 +56,7 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
     """The cache key of a class's flag entry: the token of everything that determines it. The thresholds
     are constants of the code, so they are part of it, with the release and ``STORE_VERSION``."""
     thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS, OVERLAP, HOTSPOT_SIDE, SCALES, MATCH,
-                  MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE)
+                  MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
                      recipients_token)
 
