@@ -14,6 +14,7 @@ from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
 from spray.faithfulness import read_evaluated
 from spray.flag import ClusterEvidence, Finding, read_flagged
+from spray.flag.findings import same_pattern
 from spray.neon import ClusterMembership, cluster_memberships, positive_share_in_region
 from spray.results import (
     ClassFaithfulness,
@@ -204,3 +205,17 @@ def display(pixels: np.ndarray) -> np.ndarray:
     """(H, W, C) in [0, 1] -> (H, W, 3) uint8 for the report."""
     rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def note_shared_patterns(results: list[ClassResult]) -> None:
+    """Note in each class whose finding shows the same pattern as another class's finding (prototypes
+    matched as ``spray.flag.findings.same_pattern`` merges a class's groups): one pattern that drives
+    several classes is one shortcut of the model, not several."""
+    for result in results:
+        for finding in result.findings:
+            others = [f"class {other.class_name} (cluster {theirs.cluster})" for other in results
+                      if other is not result for theirs in other.findings
+                      if same_pattern(finding.prototype, theirs.prototype)]
+            if others:
+                result.notes.append(f"the pattern of flagged cluster {finding.cluster} is also a finding in "
+                                    f"{', '.join(others)}: one pattern drives several classes")

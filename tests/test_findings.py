@@ -114,7 +114,7 @@ def test_a_pattern_that_moves_is_one_finding_with_its_carriers_wherever_it_sits(
 def test_a_thin_frame_seen_on_one_edge_is_found_whole():
     pixels, maps, labels, recipients = _framed_class()
     planted = np.arange(len(pixels)) < 18
-    scored, joined = _findings(_FrameReader(), pixels, maps, labels, recipients)
+    _scored, joined = _findings(_FrameReader(), pixels, maps, labels, recipients)
     (finding,) = joined.findings
     assert not finding.anywhere and finding.cluster == 0
     assert finding.evidence.necessity is not None and finding.evidence.necessity.passed
@@ -156,3 +156,28 @@ def test_flagged_groups_without_shared_carriers_are_separate_findings():
     scored = [_flagged(0, 1.3), _flagged(1, 1.1), ClusterEvidence(2, 10, Evidence(score=0.2), None)]
     joined = form_findings(labels, scored)
     assert [f.cluster for f in joined.findings] == [0, 1]
+
+
+def test_the_report_and_summary_list_each_finding_with_its_clusters_pattern_and_evidence(tmp_path):
+    import json
+
+    from spray.report import write_report
+    from spray.report.schema import validate_summary
+    from spray.report.synthetic import synthetic_class, synthetic_run
+    from spray.results import FindingResult
+
+    result = synthetic_class(0, "zero", n_clusters=3, per_cluster=10, flagged_cluster=0, seed=0)
+    flagged = next(c for c in result.clusters if c.flagged)
+    result.findings = [FindingResult(
+        cluster=flagged.id, members=flagged.members, clusters={0: 6, 2: 4}, groups=[0, -1], anywhere=True,
+        evidence=flagged.evidence, prototype=np.full((7, 7, 3), 0.5, np.float32),
+        coverage=np.zeros((32, 32), np.float32), position_spread=0.3)]
+    page = write_report(tmp_path, [result], synthetic_run()).read_text()
+    block = page[page.index('<div class="findings">'):page.index('<div class="clusters-head">')]
+    assert "Finding 1" in block and "Moves" in block and "6 from cluster 0, 4 from cluster 2" in block
+    assert "Consistency" in block  # its evidence, with the thresholds
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    validate_summary(summary)
+    (entry,) = summary["classes"][0]["findings"]
+    assert entry["cluster"] == flagged.id and entry["clusters"] == {"0": 6, "2": 4} and entry["anywhere"]
+    assert entry["members"] == list(flagged.members) and np.asarray(entry["prototype"]).shape == (7, 7, 3)

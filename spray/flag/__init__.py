@@ -67,7 +67,14 @@ from spray.flag.evidence import (
     weigh,
 )
 from spray.flag.findings import OVERLAP, ClusterEvidence, Finding, Joined, form_findings
-from spray.flag.plan import REGION_MASS, ClusterPlan, Windows, distinctive_region, plan_clusters, to_image_mask
+from spray.flag.plan import (
+    REGION_MASS,
+    ClusterPlan,
+    Windows,
+    distinctive_region,
+    plan_clusters,
+    to_image_mask,
+)
 
 if TYPE_CHECKING:
     from spray.flag.passes import LogitScorer, PixelBatches, array_batches
@@ -82,11 +89,37 @@ _LAZY = {
 }
 
 __all__ = [
-    "CONSISTENCY", "NECESSITY", "OVERLAP", "REGION_MASS", "STORE_VERSION", "SUFFICIENCY", "ClusterEvidence",
-    "ClusterPlan", "Evidence", "FlagTask", "Finding", "Flagged", "Joined", "Line", "LogitScorer", "Measured",
-    "PixelBatches", "Transplant", "Windows", "array_batches", "distinctive_region", "flag_task", "form_findings",
-    "measure", "plan_clusters",
-    "read_flagged", "score_clusters", "store_key", "to_image_mask", "weakest_evidence", "weigh",
+    "CONSISTENCY",
+    "NECESSITY",
+    "OVERLAP",
+    "REGION_MASS",
+    "STORE_VERSION",
+    "SUFFICIENCY",
+    "ClusterEvidence",
+    "ClusterPlan",
+    "Evidence",
+    "Finding",
+    "FlagTask",
+    "Flagged",
+    "Joined",
+    "Line",
+    "LogitScorer",
+    "Measured",
+    "PixelBatches",
+    "Transplant",
+    "Windows",
+    "array_batches",
+    "distinctive_region",
+    "flag_task",
+    "form_findings",
+    "measure",
+    "plan_clusters",
+    "read_flagged",
+    "score_clusters",
+    "store_key",
+    "to_image_mask",
+    "weakest_evidence",
+    "weigh",
 ]
 
 

@@ -105,7 +105,7 @@ def _map_region(windows: Windows, pixels: int, mask: np.ndarray) -> np.ndarray |
     """A pattern found anywhere has a region per sample: its window scaled to the (h, w) map of ``pixels``
     pixels, one (h * w,) bool row per sample."""
     height, width = mask.shape
-    side = int(round(np.sqrt(pixels * height / width)))
+    side = round(np.sqrt(pixels * height / width))
     map_size = (side, pixels // side)
     scaled = windows.scaled(map_size[0] / height, map_size)
     rows = np.zeros((len(windows), map_size[0], map_size[1]), bool)

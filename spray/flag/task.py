@@ -27,7 +27,14 @@ from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
 from spray.flag.findings import OVERLAP, ClusterEvidence, Finding, Joined
 from spray.flag.passes import PixelBatches
 from spray.flag.patterns import (
-    HOTSPOT_SIDE, MATCH, MAX_PATTERNS, MIN_CONTRAST, MIN_RECUR, MIN_SIDE, SCALES, SEARCH_SIDE,
+    HOTSPOT_SIDE,
+    MATCH,
+    MAX_PATTERNS,
+    MIN_CONTRAST,
+    MIN_RECUR,
+    MIN_SIDE,
+    SCALES,
+    SEARCH_SIDE,
 )
 from spray.flag.plan import GROW_SPREAD, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
