@@ -22,6 +22,9 @@ from spray.flag.plan import Windows
 
 OVERLAP = 0.5  # flagged groups sharing this share of the smaller one's members are one finding
 SAME_PATTERN = 0.85  # prototypes matching this well (NCC, spray.flag.patterns.MATCH) are one pattern
+# Two flagged patterns found anywhere are one when the median NCC of each with the other's carriers reaches
+# this: a logo at sizes beyond one pattern's scale band matches the other band's copies well, if not at MATCH.
+CROSS_MATCH = 0.7
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +44,7 @@ class ClusterEvidence:
     windows: Windows | None = field(default=None, repr=False)  # (N,) each sample's pattern window
     prototype: np.ndarray | None = field(default=None, repr=False)  # (h0, w0, C) the members' mean pattern
     anywhere: bool = False  # a pattern found at each sample's own place, not at one place
+    match_score: np.ndarray | None = field(default=None, repr=False)  # (N,) patterns: each sample's best NCC
 
     @property
     def score(self) -> float:
@@ -122,7 +126,8 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
     for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
         members = _group_members(group, cluster_labels)
         home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
-                     or same_pattern(m[0][0].prototype, group.prototype)), None)
+                     or same_pattern(m[0][0].prototype, group.prototype)
+                     or any(_cross_match(other, group) for other in m[0])), None)
         if home is None:
             merged.append(([group], members))
         else:
@@ -141,6 +146,14 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
         findings.append(_finding(cluster_id, groups, members, cluster_labels))
         homes[cluster_id] = (groups, members)
     return Joined(labels, _clusters(scored, labels, cluster_labels, homes, next_id), findings)
+
+
+def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
+    """Whether two patterns found anywhere each match the other's carriers with median NCC >= CROSS_MATCH."""
+    if a.match_score is None or b.match_score is None or a.members is None or b.members is None:
+        return False
+    return bool(np.median(a.match_score[b.members]) >= CROSS_MATCH
+                and np.median(b.match_score[a.members]) >= CROSS_MATCH)
 
 
 def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:

@@ -18,7 +18,7 @@ import torch
 
 from spray.config import ImageConfig
 from spray.data import to_model_input
-from spray.flag.plan import ClusterPlan
+from spray.flag.plan import ClusterPlan, resize_mask
 
 if TYPE_CHECKING:
     from spray.flag.patterns import SearchImages
@@ -145,10 +145,7 @@ def window_patterns(pixels: np.ndarray, plan: ClusterPlan, positions: np.ndarray
 
 def window_mask(plan: ClusterPlan, box: tuple[int, int, int, int]) -> np.ndarray:
     """The plan's template resized (nearest) to a window of (height, width) = box[2:]: (height, width) bool."""
-    height, width = box[2], box[3]
-    rows = np.minimum(np.arange(height) * plan.template.shape[0] // height, plan.template.shape[0] - 1)
-    cols = np.minimum(np.arange(width) * plan.template.shape[1] // width, plan.template.shape[1] - 1)
-    return plan.template[rows][:, cols]
+    return resize_mask(plan.template, (box[2], box[3]))
 
 
 def check_count(seen: int, n: int) -> None:

@@ -15,8 +15,8 @@ region fixed per cluster cannot describe it. This module looks for it by *what* 
    the copy (grey levels: a logo drawn in another colour keeps its shape), near 0 for unrelated content, and
    its best value over positions is tolerant to translation by construction. Samples whose best match
    reaches ``MATCH`` carry the pattern, each at its own place and scale. A pattern whose copies vary in
-   size beyond ``SCALES`` comes out as several patterns, one per size band; their findings are merged when
-   their prototypes match (``spray.flag.findings``).
+   size beyond ``SCALES`` comes out as several patterns, one per size band; flagged ones are merged into
+   one finding when each matches the other's carriers well (``spray.flag.findings``).
 
 Images are searched at most ``SEARCH_SIDE`` pixels wide (larger images are shrunk for the search only), so
 the cost per seed is that of a few small convolutions whatever the input size. At most ``MAX_PATTERNS``
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from spray.config import FlaggingConfig
-from spray.flag.plan import ClusterPlan, Windows, draw_donors
+from spray.flag.plan import GROW_SPREAD, MIN_SPREAD, ClusterPlan, Windows, draw_donors, resize_mask
 
 HOTSPOT_SIDE = 0.2  # side of a sample's most relevant window, as a share of the image side
 SCALES = (0.67, 0.8, 1.0, 1.25, 1.5)  # pattern sides tried, relative to the seed's window
@@ -130,22 +130,23 @@ def shrink(grey_images: np.ndarray, factor: float) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="area")
 
 
-def _ncc_map(x: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """NCC of ``template`` (h, w) at every position of x (n, 1, H, W): (n, H-h+1, W-w+1)."""
-    h, w = template.shape
-    centred = template - template.mean()
-    norm = centred.norm()
-    ones = torch.ones(1, 1, h, w)
-    sums = F.conv2d(x, ones)
-    squares = F.conv2d(x * x, ones)
-    variance = (squares - sums * sums / (h * w)).clamp_min(1e-8)
-    return (F.conv2d(x, centred[None, None]) / (variance.sqrt() * norm.clamp_min(1e-8)))[:, 0]
+def _ncc_map(x: torch.Tensor, template: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """NCC of ``template`` (h, w) over the pixels of ``mask`` (h, w) in {0, 1} at every position of x
+    (n, 1, H, W): (n, H-h+1, W-w+1)."""
+    count = mask.sum()
+    centred = mask * (template - (template * mask).sum() / count)
+    weights = mask[None, None]
+    sums = F.conv2d(x, weights)
+    squares = F.conv2d(x * x, weights)
+    variance = (squares - sums * sums / count).clamp_min(1e-8)
+    return (F.conv2d(x, centred[None, None]) / (variance.sqrt() * centred.norm().clamp_min(1e-8)))[:, 0]
 
 
 @torch.no_grad()
-def match(template: np.ndarray, searched: torch.Tensor, factor: float, image_size: tuple[int, int]) -> Matches:
+def match(template: np.ndarray, searched: torch.Tensor, factor: float, image_size: tuple[int, int],
+          mask: np.ndarray | None = None) -> Matches:
     """The best NCC of a grey ``template`` (h, w, at the search resolution) in each searched image, over
-    every position and the scales in ``SCALES``.
+    every position and the scales in ``SCALES``; over the pixels of ``mask`` (h, w) bool only, if given.
 
     searched: (n, 1, h', w') grey images shrunk by ``factor`` (``shrink``); the matched windows are given in
     image pixels of ``image_size`` (H, W).
@@ -154,14 +155,16 @@ def match(template: np.ndarray, searched: torch.Tensor, factor: float, image_siz
     best = np.full(n, -np.inf, np.float32)
     found = [np.zeros(n, np.int64) for _ in range(4)]
     base = torch.from_numpy(np.ascontiguousarray(template, np.float32))[None, None]
+    base_mask = torch.from_numpy(np.ones(template.shape, np.float32) if mask is None else mask.astype(np.float32))
     for scale in SCALES:
         size = (round(template.shape[0] * scale), round(template.shape[1] * scale))
         if min(size) < MIN_SIDE or size[0] > searched.shape[2] or size[1] > searched.shape[3]:
             continue
         scaled = F.interpolate(base, size=size, mode="area" if scale < 1 else "bilinear")[0, 0]
-        if float(scaled.std()) < MIN_CONTRAST:
+        scaled_mask = F.interpolate(base_mask[None, None], size=size, mode="nearest")[0, 0]
+        if scaled_mask.sum() < MIN_SIDE ** 2 or float(scaled[scaled_mask > 0].std()) < MIN_CONTRAST:
             continue
-        score = _ncc_map(searched, scaled).reshape(n, -1)
+        score = _ncc_map(searched, scaled, scaled_mask).reshape(n, -1)
         value, where = score.max(1)
         value_np, where_np = value.numpy(), where.numpy()
         better = value_np > best
@@ -185,20 +188,21 @@ class SearchImages:
     size: tuple[int, int]
 
 
-def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int, config: FlaggingConfig,
-                  covered: np.ndarray | None = None) -> list[ClusterPlan]:
+def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
+                  config: FlaggingConfig) -> list[ClusterPlan]:
     """Plans of at most ``MAX_PATTERNS`` patterns found anywhere in the class, most recurrent seed first.
 
     maps: (N, h, w) preprocessed relevance, aligned with ``images``. A seed whose hotspot another pattern
     already covers is skipped; a pattern carried by fewer than ``config.min_cluster_size`` samples, or by
-    the whole class, is not a candidate. ``covered`` (N,) bool: samples already explained (not seeds).
+    the whole class, is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
+    pixels wide: 16 KB per image.
     """
     n = len(maps)
     searched_size = (images.searched.shape[2], images.searched.shape[3])
     hot = hotspots(maps, images.size).scaled(images.factor, searched_size)
     side = (int(hot.height[0]), int(hot.width[0]))
     patches = cut(images.searched.numpy().transpose(0, 2, 3, 1), hot, side)[..., 0]
-    covered = np.zeros(n, bool) if covered is None else covered.copy()
+    covered = np.zeros(n, bool)
     rng = np.random.default_rng(config.seed)
     plans: list[ClusterPlan] = []
     for seed in seed_order(patches):
@@ -206,19 +210,44 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int, con
             break
         if covered[seed]:
             continue
-        found = match(patches[seed], images.searched, images.factor, images.size)
-        members = found.score >= MATCH
-        members[seed] = True
+        found, members, agreed = _matched(patches[seed], seed, images, config.min_cluster_size)
         covered |= members
         if members.sum() < config.min_cluster_size or members.all():
             continue
+        box = found.windows.box(seed)
         plans.append(ClusterPlan(
-            -1 - len(plans), members, None, _placed(found.windows.box(seed), images.size),
-            draw_donors(members, n_recipients, rng), found.windows,
-            np.ones((int(found.windows.height[seed]), int(found.windows.width[seed])), bool),
-            rng.random((n_recipients, 2)),
+            -1 - len(plans), members, None, _placed(box, images.size), draw_donors(members, n_recipients, rng),
+            found.windows, resize_mask(agreed, box[2:]), rng.random((n_recipients, 2)), found.score,
         ))
     return plans
+
+
+def _matched(template: np.ndarray, seed: int, images: SearchImages,
+             min_size: int) -> tuple[Matches, np.ndarray, np.ndarray]:
+    """A seed's matches and carriers, and the (h, w) bool pixels of its window the carriers agree on.
+
+    A seed's window may hold a piece of its own background beside the pattern; the carriers' windows agree
+    on the pattern only, so the pattern is looked for again over the pixels where the carriers' median
+    absolute deviation is at most ``GROW_SPREAD`` of the rest's (``spray.flag.plan``), when that leaves at
+    least a quarter of the window."""
+    found = match(template, images.searched, images.factor, images.size)
+    members = found.score >= MATCH
+    members[seed] = True
+    agreed = np.ones(template.shape, bool)
+    if members.sum() < max(2, min_size) or members.all():
+        return found, members, agreed
+    searched = images.searched.numpy().transpose(0, 2, 3, 1)
+    windows = found.windows.scaled(images.factor, searched.shape[1:3])
+    patches = cut(searched, windows, template.shape)[..., 0]
+    spread = [np.median(np.abs(group - np.median(group, 0)), 0) for group in (patches[members], patches[~members])]
+    consistent = (spread[0] <= GROW_SPREAD * spread[1]) & (spread[1] > MIN_SPREAD)
+    if consistent.all() or consistent.mean() < 0.25:
+        return found, members, agreed
+    found = match(template, images.searched, images.factor, images.size, mask=consistent)
+    members = found.score >= MATCH
+    members[seed] = True
+    return found, members, consistent
+
 
 
 def _placed(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
@@ -226,4 +255,3 @@ def _placed(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray
     top, left, height, width = box
     mask[top : top + height, left : left + width] = True
     return mask
-

@@ -71,6 +71,7 @@ class ClusterPlan:
     windows: Windows  # (N,) each sample's window at image resolution
     template: np.ndarray  # (h0, w0) bool: the pattern's pixels within a window, resized to each window
     places: np.ndarray | None = None  # (M, 2) fractions in [0, 1]: where in each recipient a donor goes
+    match_score: np.ndarray | None = None  # (N,) a pattern found anywhere: each sample's best NCC with it
 
     @property
     def anywhere(self) -> bool:
@@ -160,10 +161,10 @@ def grow_region(plan: ClusterPlan, grey: np.ndarray) -> ClusterPlan:
     spread_rest = np.median(np.abs(rest - np.median(rest, 0)), 0)
     consistent = (spread_members <= GROW_SPREAD * spread_rest) & (spread_rest > MIN_SPREAD)
     size = plan.mask.shape
-    seed = _resized(plan.mask, consistent.shape)
+    seed = resize_mask(plan.mask, consistent.shape)
     pieces, _ = ndimage.label(consistent | seed, structure=np.ones((3, 3), bool))
     touching = np.unique(pieces[seed])
-    grown = plan.mask | _resized(np.isin(pieces, touching[touching > 0]), size)
+    grown = plan.mask | resize_mask(np.isin(pieces, touching[touching > 0]), size)
     rows, cols = np.flatnonzero(grown.any(1)), np.flatnonzero(grown.any(0))
     top, left = int(rows[0]), int(cols[0])
     height, width = int(rows[-1]) + 1 - top, int(cols[-1]) + 1 - left
@@ -171,7 +172,7 @@ def grow_region(plan: ClusterPlan, grey: np.ndarray) -> ClusterPlan:
                    template=grown[top : top + height, left : left + width].copy())
 
 
-def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a bool mask to ``size`` (h, w)."""
     rows = np.minimum(np.arange(size[0]) * mask.shape[0] // size[0], mask.shape[0] - 1)
     cols = np.minimum(np.arange(size[1]) * mask.shape[1] // size[1], mask.shape[1] - 1)

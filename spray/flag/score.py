@@ -57,7 +57,7 @@ def score_clusters(
         results[plan.cluster] = ClusterEvidence(
             plan.cluster, int(plan.members.sum()), weigh(measured, config.threshold), plan.region,
             tally.to_members, tally.to_rest, plan.members if plan.anywhere else None, plan.windows,
-            _prototype(prototype, plan.template, image.channels), plan.anywhere)
+            _prototype(prototype, plan.template, image.channels), plan.anywhere, plan.match_score)
     return [results[cluster] for cluster in sorted(results, key=lambda c: (c < 0, abs(c)))]
 
 
