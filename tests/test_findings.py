@@ -9,6 +9,7 @@ measure it on trained models.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -181,3 +182,56 @@ def test_the_report_and_summary_list_each_finding_with_its_clusters_pattern_and_
     (entry,) = summary["classes"][0]["findings"]
     assert entry["cluster"] == flagged.id and entry["clusters"] == {"0": 6, "2": 4} and entry["anywhere"]
     assert entry["members"] == list(flagged.members) and np.asarray(entry["prototype"]).shape == (7, 7, 3)
+
+
+def _audit_planted(folder, case):
+    """Build a generated case (spray.planted: photo crops, a trained model) and audit every class."""
+    import pandas as pd
+
+    from spray.config import config_from_dict
+    from spray.pipeline import run_audit
+    from spray.planted import build_case
+
+    build_case(folder / "case", case)
+    raw = {
+        "model": {"factory": "spray.planted:build_model",
+                  "kwargs": {"kind": case.model, "channels": case.channels, "n_classes": case.n_classes},
+                  "weights": str(folder / "case" / "model.pt")},
+        "data": {"manifest": str(folder / "case" / "images" / "manifest.csv"),
+                 "image": {"mode": "RGB", "size": [case.size, case.size]}},
+        "attribution": {"batch_size": 128},
+        "embedding": {"methods": []},
+        "evaluation": {"enabled": False},
+        "flagging": {"transplant_images": 100},
+        "cache": {"directory": str(folder / "cache")},
+        "output": str(folder / "report"),
+    }
+    outcome = run_audit(config_from_dict(raw, base_dir=folder), progress=False)
+    return outcome, pd.read_csv(folder / "case" / "images" / "manifest.csv")
+
+
+@pytest.mark.e2e
+def test_a_logo_at_random_corners_and_a_thin_border_in_two_classes_are_one_finding_each(tmp_path):
+    from spray.planted import Artifact, Case
+
+    case = Case(model="cnn", seed=421, artifacts=(Artifact("logo", 1, 0.3, placement="corner"),
+                                                  Artifact("border", 0, 0.29)))
+    outcome, manifest = _audit_planted(tmp_path, case)
+    for number, artifact in enumerate(case.artifacts, start=1):
+        result = next(r for r in outcome.classes if r.class_index == artifact.target_class)
+        (finding,) = result.findings
+        planted = set(manifest.loc[manifest.artifact == number, "path"])
+        flagged = {m for c in result.clusters if c.flagged for m in c.members}
+        assert set(finding.members) == flagged
+        hit = len(planted & flagged)
+        assert hit / len(flagged) >= 0.9 and hit / len(planted) >= 0.9, artifact.kind
+    assert finding.anywhere is False  # the border sits at one place
+    assert not [r.class_index for r in outcome.classes if r.class_index > 1 and r.flagged]
+
+
+@pytest.mark.e2e
+def test_classes_made_of_two_different_photos_are_not_flagged(tmp_path):
+    from spray.planted import Case
+
+    outcome, _ = _audit_planted(tmp_path, Case(model="resnet", subgroups=True, seed=455))
+    assert not [r.class_index for r in outcome.classes if r.flagged]

@@ -72,7 +72,7 @@ class Measured:
     relevance_in_region_rest: float  # the same for the rest of the class
     consistency: float  # the larger of the two below
     consistency_colour: float  # 1 - spread of the members' pattern pixels / spread of the rest's
-    consistency_shape: float  # the same with 1 - NCC of grey levels as the spread: a shape in any colour
+    consistency_shape: float | None  # the same with 1 - NCC of grey levels: a shape in any colour; colour images
     masking_drop: float  # mean fall of the members' logit when the region is filled
     masking_drop_rest: float  # the same for the rest of the class
     transplant: Transplant | None

@@ -25,6 +25,8 @@ SAME_PATTERN = 0.85  # prototypes matching this well (NCC, spray.flag.patterns.M
 # Two flagged patterns found anywhere are one when the median NCC of each with the other's carriers reaches
 # this: a logo at sizes beyond one pattern's scale band matches the other band's copies well, if not at MATCH.
 CROSS_MATCH = 0.7
+CARRIER_SPREAD = 2.0
+MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prototype are not compared
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +94,8 @@ class Joined:
 
 def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
     """(N,) bool: the samples whose pixels in a flagged spectral cluster's region are closer to its members'
-    mean pattern than to the rest's, and no farther from it than 95 % of the members that are.
+    mean pattern than to the rest's, and no farther from it than ``CARRIER_SPREAD`` times the distance within
+    which 95 % of the members that are lie (copies vary a little in brightness or background).
 
     Spectral clustering groups samples by *where the model looks*: a few samples that carry the artifact can
     land in other clusters when the model also reads their object well, and a few that do not can land in
@@ -105,7 +108,7 @@ def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray
     core = own & closer
     if not core.any():
         return own
-    return closer & (to_members <= np.quantile(to_members[core], 0.95))
+    return closer & (to_members <= CARRIER_SPREAD * np.quantile(to_members[core], 0.95))
 
 
 def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
@@ -157,18 +160,28 @@ def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
 
 
 def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Whether two prototypes (h, w, C) show one pattern: grey-level NCC >= ``SAME_PATTERN`` once the larger
-    is resized (nearest) to the smaller's size."""
+    """Whether two prototypes (h, w, C) show one pattern: the best grey-level NCC over every shift of one
+    over the other that overlaps at least ``MIN_OVERLAP`` of the smaller reaches ``SAME_PATTERN`` (the same
+    logo cut with a little more or less of its surroundings at two corners)."""
     if a is None or b is None or not a.size or not b.size:
         return False
-    if a.size > b.size:
-        a, b = b, a
     grey_a, grey_b = a.mean(-1), b.mean(-1)
-    rows = np.minimum(np.arange(grey_a.shape[0]) * grey_b.shape[0] // grey_a.shape[0], grey_b.shape[0] - 1)
-    cols = np.minimum(np.arange(grey_a.shape[1]) * grey_b.shape[1] // grey_a.shape[1], grey_b.shape[1] - 1)
-    x, y = grey_a.ravel() - grey_a.mean(), grey_b[rows][:, cols].ravel() - grey_b[rows][:, cols].mean()
-    norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    return norm > 1e-9 and float((x * y).sum()) / norm >= SAME_PATTERN
+    if grey_a.size > grey_b.size:
+        grey_a, grey_b = grey_b, grey_a
+    (ha, wa), (hb, wb) = grey_a.shape, grey_b.shape
+    need = MIN_OVERLAP * grey_a.size
+    for dy in range(-ha + 1, hb):
+        for dx in range(-wa + 1, wb):
+            top, left, bottom, right = max(0, dy), max(0, dx), min(hb, dy + ha), min(wb, dx + wa)
+            if (bottom - top) * (right - left) < need:
+                continue
+            x = grey_a[top - dy : bottom - dy, left - dx : right - dx].ravel()
+            y = grey_b[top:bottom, left:right].ravel()
+            x, y = x - x.mean(), y - y.mean()
+            norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
+            if norm > 1e-9 and float((x * y).sum()) / norm >= SAME_PATTERN:
+                return True
+    return False
 
 
 def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray,

@@ -53,7 +53,7 @@ def score_clusters(
     results = {skip.cluster: ClusterEvidence(skip.cluster, skip.size, not_scored(skip.reason), None)
                for skip in unscored}
     for plan, pasted, tally, prototype in zip(plans, first.pasted, second, first.member_patterns):
-        measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline)
+        measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline, image.channels >= 3)
         results[plan.cluster] = ClusterEvidence(
             plan.cluster, int(plan.members.sum()), weigh(measured, config.threshold), plan.region,
             tally.to_members, tally.to_rest, plan.members if plan.anywhere else None, plan.windows,
@@ -69,13 +69,15 @@ def _prototype(pattern: np.ndarray, template: np.ndarray, channels: int) -> np.n
 
 
 def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted], second: SecondPass,
-            absolute: np.ndarray, scale: float, baseline: tuple[np.ndarray, np.ndarray] | None) -> Measured:
+            absolute: np.ndarray, scale: float, baseline: tuple[np.ndarray, np.ndarray] | None,
+            colour_images: bool = True) -> Measured:
     """The numbers of one scored cluster from the two passes.
 
     logits: (N,) the class's audited logits (pass one); pasted: the recipients with the members' region and
     with the rest's (pass one); second: this plan's pass two; absolute: (N, h*w) |preprocessed relevance|;
     scale: the class's median |logit|, the unit of logit changes; baseline: the recipients' (M,) logits and
-    whether they are the class as they are, None without recipients.
+    whether they are the class as they are, None without recipients. The shape consistency counts for
+    ``colour_images`` only (None otherwise).
     """
     members = plan.members
     region = plan.region if plan.region is not None else _map_region(plan.windows, absolute.shape[1], plan.mask)
@@ -84,7 +86,10 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
     spread_rest = float(np.median(second.to_members[~members]))
     colour = float(1.0 - np.median(second.to_members[members]) / spread_rest) if spread_rest > 0 else 0.0
     match_rest = float(np.median(second.shape_match[~members]))
-    shape = float((np.median(second.shape_match[members]) - match_rest) / max(1.0 - match_rest, 1e-6))
+    # in grey images the grey levels are the pixels themselves: there the contrast-free NCC would only let
+    # the strokes of one handwriting style pass
+    shape = float((np.median(second.shape_match[members]) - match_rest) / max(1.0 - match_rest, 1e-6)) \
+        if colour_images else None
     drop = (logits - second.masked_logits) / scale
     transplant = None
     if baseline is not None:
@@ -94,7 +99,7 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
         transplant = Transplant(gains[0], gains[1], flips[0], flips[1])
     return Measured(
         region_area=float(plan.mask.mean()), relevance_in_region=float(in_region[members].mean()),
-        relevance_in_region_rest=float(in_region[~members].mean()), consistency=max(colour, shape),
+        relevance_in_region_rest=float(in_region[~members].mean()), consistency=colour if shape is None else max(colour, shape),
         consistency_colour=colour, consistency_shape=shape,
         masking_drop=float(drop[members].mean()), masking_drop_rest=float(drop[~members].mean()),
         transplant=transplant,

@@ -24,7 +24,9 @@ from spray.config import FlaggingConfig, ImageConfig, ModelConfig
 from spray.data import Sample, iter_pixel_batches, load_pixels
 from spray.errors import RunError
 from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
-from spray.flag.findings import CROSS_MATCH, OVERLAP, SAME_PATTERN, ClusterEvidence, Finding, Joined
+from spray.flag.findings import (
+    CARRIER_SPREAD, CROSS_MATCH, MIN_OVERLAP, OVERLAP, SAME_PATTERN, ClusterEvidence, Finding, Joined,
+)
 from spray.flag.passes import PixelBatches
 from spray.flag.patterns import (
     HOTSPOT_SIDE,
@@ -63,6 +65,7 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
     """The cache key of a class's flag entry: the token of everything that determines it. The thresholds
     are constants of the code, so they are part of it, with the release and ``STORE_VERSION``."""
     thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS, OVERLAP, SAME_PATTERN, CROSS_MATCH,
+                  CARRIER_SPREAD, MIN_OVERLAP,
                   HOTSPOT_SIDE, SCALES, MATCH,
                   MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
