@@ -136,6 +136,7 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
         else:
             home[0].append(group)
             home[1][:] |= members
+    merged = [(groups, _carrying(groups, members)) for groups, members in merged]
     labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
     findings, homes = [], {}
@@ -151,6 +152,18 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
     return Joined(labels, _clusters(scored, labels, cluster_labels, homes, next_id), findings)
 
 
+def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
+    """A finding's members: when it holds a pattern found anywhere, the samples its spectral clusters bring
+    must match that pattern too (best NCC >= ``CROSS_MATCH`` with one of its patterns), so that a
+    region's looser pixel rule does not add samples that lack the pattern."""
+    patterns = [g for g in groups if g.match_score is not None and g.members is not None]
+    if not patterns:
+        return members
+    matched = np.max([g.match_score for g in patterns], axis=0) >= CROSS_MATCH
+    found = np.any([g.members for g in patterns], axis=0)
+    return found | (members & matched)
+
+
 def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
     """Whether two patterns found anywhere each match the other's carriers with median NCC >= CROSS_MATCH."""
     if a.match_score is None or b.match_score is None or a.members is None or b.members is None:
@@ -162,14 +175,15 @@ def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
 def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     """Whether two prototypes (h, w, C) show one pattern: the best grey-level NCC over every shift of one
     over the other that overlaps at least ``MIN_OVERLAP`` of the smaller reaches ``SAME_PATTERN`` (the same
-    logo cut with a little more or less of its surroundings at two corners)."""
+    logo cut with a little more or less of its surroundings at two corners). Pixels outside a prototype's
+    template are NaN and not compared."""
     if a is None or b is None or not a.size or not b.size:
         return False
     grey_a, grey_b = a.mean(-1), b.mean(-1)
-    if grey_a.size > grey_b.size:
+    if np.isfinite(grey_a).sum() > np.isfinite(grey_b).sum():
         grey_a, grey_b = grey_b, grey_a
     (ha, wa), (hb, wb) = grey_a.shape, grey_b.shape
-    need = MIN_OVERLAP * grey_a.size
+    need = MIN_OVERLAP * np.isfinite(grey_a).sum()
     for dy in range(-ha + 1, hb):
         for dx in range(-wa + 1, wb):
             top, left, bottom, right = max(0, dy), max(0, dx), min(hb, dy + ha), min(wb, dx + wa)
@@ -177,7 +191,10 @@ def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
                 continue
             x = grey_a[top - dy : bottom - dy, left - dx : right - dx].ravel()
             y = grey_b[top:bottom, left:right].ravel()
-            x, y = x - x.mean(), y - y.mean()
+            both = np.isfinite(x) & np.isfinite(y)
+            if both.sum() < need:
+                continue
+            x, y = x[both] - x[both].mean(), y[both] - y[both].mean()
             norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
             if norm > 1e-9 and float((x * y).sum()) / norm >= SAME_PATTERN:
                 return True

@@ -192,14 +192,15 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
                   config: FlaggingConfig) -> list[ClusterPlan]:
     """Plans of at most ``MAX_PATTERNS`` patterns found anywhere in the class, most recurrent seed first.
 
-    maps: (N, h, w) preprocessed relevance, aligned with ``images``. A seed whose hotspot another pattern
-    already covers is skipped; a pattern carried by fewer than ``config.min_cluster_size`` samples, or by
+    maps: (N, h, w) preprocessed relevance, aligned with ``images``. A seed whose hotspot another pattern was
+    found on (overlapping half of it) is skipped; a pattern carried by fewer than ``config.min_cluster_size`` samples, or by
     the whole class, is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
     pixels wide: 16 KB per image.
     """
     n = len(maps)
     searched_size = (images.searched.shape[2], images.searched.shape[3])
-    hot = hotspots(maps, images.size).scaled(images.factor, searched_size)
+    own = hotspots(maps, images.size)
+    hot = own.scaled(images.factor, searched_size)
     side = (int(hot.height[0]), int(hot.width[0]))
     patches = cut(images.searched.numpy().transpose(0, 2, 3, 1), hot, side)[..., 0]
     covered = np.zeros(n, bool)
@@ -211,7 +212,7 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
         if covered[seed]:
             continue
         found, members, agreed = _matched(patches[seed], seed, images, config.min_cluster_size)
-        covered |= members
+        covered |= members & _overlaps(found.windows, own)
         if members.sum() < config.min_cluster_size or members.all():
             continue
         box = found.windows.box(seed)
@@ -255,3 +256,12 @@ def _placed(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray
     top, left, height, width = box
     mask[top : top + height, left : left + width] = True
     return mask
+
+
+def _overlaps(found: Windows, hot: Windows) -> np.ndarray:
+    """(N,) bool: whether each sample's match window covers at least half of its hotspot window."""
+    top, left = np.maximum(found.top, hot.top), np.maximum(found.left, hot.left)
+    bottom = np.minimum(found.top + found.height, hot.top + hot.height)
+    right = np.minimum(found.left + found.width, hot.left + hot.width)
+    shared = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
+    return shared >= 0.5 * hot.height * hot.width

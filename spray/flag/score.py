@@ -62,8 +62,8 @@ def score_clusters(
 
 
 def _prototype(pattern: np.ndarray, template: np.ndarray, channels: int) -> np.ndarray:
-    """(h0, w0, C) the members' mean pattern laid out in its template (0 outside the template)."""
-    out = np.zeros((*template.shape, channels), np.float32)
+    """(h0, w0, C) the members' mean pattern laid out in its template (NaN outside the template)."""
+    out = np.full((*template.shape, channels), np.nan, np.float32)
     out[template] = pattern.reshape(-1, channels)
     return out
 

@@ -64,7 +64,8 @@ class Finding(_Open):
                                                       "mean position, as a share of the image diagonal")
     score: float | None = Field(description="the strongest merged group's score")
     members: list[str] = Field(description="sample ids of every member")
-    prototype: list[Any] = Field(description="the members' mean pattern, height x width x channels, 0-255")
+    prototype: list[Any] = Field(description="the members' mean pattern, height x width x channels, 0-255; "
+                                              "-1 outside the pattern's pixels")
     evidence: dict[str, Any] = Field(description="the strongest merged group's evidence (docs/method.md)")
 
 

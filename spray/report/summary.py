@@ -140,7 +140,7 @@ def cluster_summary(cluster: ClusterResult) -> dict[str, Any]:
 def finding_summary(finding: FindingResult) -> dict[str, Any]:
     """One finding's entry of summary.json: the flagged cluster it is listed under, the spectral clusters its
     members came from, the groups merged into it, whether it moves, its members, its prototype (h x w x C
-    uint8) and the strongest group's evidence."""
+    in 0-255, -1 outside the pattern's pixels) and the strongest group's evidence."""
     return {
         "cluster": int(finding.cluster),
         "size": int(finding.size),
@@ -150,7 +150,8 @@ def finding_summary(finding: FindingResult) -> dict[str, Any]:
         "position_spread": to_jsonable(finding.position_spread),
         "score": to_jsonable(finding.score),
         "members": [str(member) for member in finding.members],
-        "prototype": np.round(np.clip(finding.prototype, 0, 1) * 255).astype(int).tolist(),
+        "prototype": np.where(np.isfinite(finding.prototype),
+                              np.round(np.clip(np.nan_to_num(finding.prototype), 0, 1) * 255), -1).astype(int).tolist(),
         "evidence": to_jsonable(finding.evidence.to_dict()),
     }
 
