@@ -3,13 +3,17 @@
 The eigengap finds several clusters in every class, clean or not, so a cluster is flagged only on evidence
 that a reviewer can check in the report. For each cluster we locate its *distinctive region*: the smallest
 set of pixels that holds half of the positive difference between the cluster's mean relevance map and the
-rest of the class's (capped at ``flagging.region_fraction`` of the image). Three measurements on that region:
+rest of the class's (capped at ``flagging.region_fraction`` of the image), grown at image resolution over
+the touching pixels at which the members agree (``plan.grow_region``: a thin frame found in part by the
+downsized heatmaps is measured whole). Three measurements on that region:
 
 consistency
-    Do the members show the *same pattern* there? ``1 - spread_members / spread_rest``, where a spread is the
-    mean squared distance of a group's region pixels to the members' mean region pattern. A watermark, tag or
-    frame is drawn the same way in every image (consistency near 1); the strokes of a handwriting style, or
-    any natural part of an object, vary from image to image (measured on clean digit models: at most 0.75).
+    Do the members show the *same pattern* there? ``1 - spread_members / spread_rest`` (medians over the
+    samples), where a spread is the mean squared distance of a sample's region pixels to the members' mean
+    region pattern; on colour images also the same with ``1 - NCC`` of grey levels (a shape drawn in any
+    colour), the larger counting. A watermark, tag or frame is drawn the same way in every image
+    (consistency near 1); the strokes of a handwriting style, or any natural part of an object, vary from
+    image to image (measured on clean digit models: at most 0.81).
 necessity
     Does the model *need* it for the members? The region is filled with the dataset's mean image (or blurred),
     and the drop of the audited logit, in units of the class's median logit, is averaged over the members
