@@ -1,8 +1,10 @@
 """``python -m spray run CONFIG``, ``validate CONFIG``, ``init MODEL IMAGES`` and ``export virelay CONFIG DIR``.
 
-Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given, or a flag that
-the baseline did not have and --fail-on-new-flag was given; 2 invalid config or command line (also a
-baseline folder without a readable summary.json); 3 unusable data; 4 unusable model; 5 the run failed.
+Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given (a series of
+checkpoints: flagged at the last one), or a flag that the baseline did not have and --fail-on-new-flag was
+given; 2 invalid config or command line (also a baseline folder without a readable summary.json, a weights
+list naming a missing file, a weights pattern matching none); 3 unusable data; 4 unusable model; 5 the run
+failed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from spray.config import SprayConfig
     from spray.demo import DemoConfig
     from spray.diff import AuditDiff, Snapshot
+    from spray.timeline import Timeline
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
 # config did not load far enough to name one).
@@ -47,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="folder for the report (overrides the config's output)")
     run.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
     run.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
-    run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged")
+    run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged (a series of checkpoints: at the last one)")
     run.add_argument("--baseline", type=Path, metavar="DIR",
                      help="output folder of an earlier audit to compare with (overrides audit.baseline)")
     run.add_argument("--fail-on-new-flag", action="store_true",
@@ -212,12 +215,16 @@ def _validate(arguments: argparse.Namespace) -> int:
     demo, config = _load(arguments)
     check_output_folders(config)
     baseline = _check_baseline(arguments, config)
-    if demo is not None and not Path(config.model.weights or demo.directory).exists():
+    weights = config.model.weights[0] if isinstance(config.model.weights, list) else config.model.weights
+    if demo is not None and not Path(weights or demo.directory).exists():
         print(f"spray: {arguments.config}: valid config; the demo case is built in {demo.directory} on "
               "first run, so the model and images are checked then")
         return EXIT_OK
     dataset = load_dataset(config.data)
-    checked = preflight(config, dataset, per_class=True)
+    series = _checkpoints(config)
+    checked = preflight(series[0], dataset, per_class=True)
+    for checkpoint in series[1:] if len(series) > 1 else []:  # the first was checked above
+        preflight(checkpoint, dataset)
     classes, skipped = audited_classes(config.audit, config.analysis.neighbors, dataset)
     attribution = config.attribution
     composite = f", composite {attribution.composite}" if isinstance(attribution, LrpAttribution) else ""
@@ -226,6 +233,9 @@ def _validate(arguments: argparse.Namespace) -> int:
           f"({attribution.method}{composite})")
     for line in mapping_lines(checked.mapping):
         print(f"  {line}")
+    if config.model.is_series:
+        print(f"  a series of {len(series)} checkpoints, each loaded and checked, in this order: "
+              + ", ".join(str(checkpoint.model.weights) for checkpoint in series))
     if baseline is not None:
         n_flags = sum(len(snapshot.flagged) for snapshot in baseline.classes.values())
         print(f"  baseline {config.audit.baseline}: {len(baseline.classes)} audited classes, {n_flags} flag(s) "
@@ -278,12 +288,33 @@ def _run(arguments: argparse.Namespace) -> int:
                   f"score {cluster.score:.2f}")
     else:
         print("spray: no cluster flagged")
+    if outcome.timeline is not None:
+        _print_timeline(outcome.timeline)
     new_flags = _print_diff(outcome.diff) if outcome.diff is not None else []
     print(f"spray: report: {outcome.report}")
     if arguments.fail_on_new_flag and new_flags:
         print(f"spray: {len(new_flags)} flag(s) new since the baseline: {'; '.join(new_flags)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_FLAGGED if outcome.flagged and arguments.fail_on_flag else EXIT_OK
+
+
+def _checkpoints(config: SprayConfig) -> list[SprayConfig]:
+    """The config of each checkpoint of a series (``model.weights`` a list), or ``[config]``."""
+    from spray.model import checkpoint_configs
+
+    return [config.model_copy(update={"model": model}) for model in checkpoint_configs(config.model)]
+
+
+def _print_timeline(timeline: Timeline) -> None:
+    """The series in one line, and one line per flagged pattern: where it was first flagged."""
+    print(f"spray: {len(timeline.checkpoints)} checkpoints audited; the flags above are the last one's "
+          f"({timeline.checkpoints[-1]}); the timeline is in the report and timeline.csv")
+    for item in timeline.classes:
+        for pattern in item.patterns:
+            scores = " ".join("-" if point.cluster is None else f"{point.score:.2f}{'*' if point.flagged else ''}"
+                              for point in pattern.points)
+            print(f"  class {item.class_name}: pattern {pattern.id + 1} first flagged at "
+                  f"{timeline.checkpoints[pattern.first_flagged]}; score per checkpoint (* flagged): {scores}")
 
 
 def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> Snapshot | None:
@@ -322,6 +353,7 @@ def _export(arguments: argparse.Namespace) -> int:
     from spray.export_audit import export_virelay
 
     demo, config = _load(arguments)
+    config = _checkpoints(config)[-1]  # a series exports its last checkpoint, the one its report shows
     arguments.output_folder = Path(arguments.output_dir)
     if demo is not None:
         from spray.demo import prepare_demo

@@ -309,3 +309,39 @@ def faithfulness_figure(morf: np.ndarray, random: np.ndarray) -> str:
     axes.set_title("Region perturbation", loc="left")
     figure.tight_layout(pad=0.5)
     return _to_data_uri(figure)
+
+
+@_with_style
+def timeline_figure(labels: Sequence[str], patterns: Sequence[tuple[str, Sequence[float], Sequence[bool]]],
+                    max_scores: Sequence[float], threshold: float) -> str:
+    """A class across a series of checkpoints: each flagged pattern's Clever Hans score per checkpoint
+    (``patterns``: (name, score per checkpoint, NaN where no cluster carries it; flagged per checkpoint),
+    filled markers where it is flagged), the class's highest cluster score (grey), and the flagging
+    ``threshold`` (dashed). ``labels``: one per checkpoint, in order."""
+    figure = _new_figure(4.8, 2.7)
+    axes = figure.add_subplot()
+    _style_axes(axes)
+    steps = np.arange(len(labels))
+    axes.plot(steps, np.asarray(max_scores, dtype=np.float64), color=MUTED, linewidth=1.0, linestyle=":",
+              marker=".", markersize=4, label="highest cluster score")
+    axes.axhline(threshold, color=INK, linestyle="--", linewidth=0.8, label=f"flagging threshold {threshold:g}")
+    for number, (name, scores, flagged) in enumerate(patterns):
+        colour = FLAGGED_COLOURS[number % len(FLAGGED_COLOURS)]
+        values = np.asarray(scores, dtype=np.float64)
+        axes.plot(steps, values, color=colour, linewidth=1.5, label=name)
+        marks = np.asarray(flagged, dtype=bool)
+        axes.scatter(steps[marks], values[marks], s=26, color=colour, zorder=4, linewidths=0)
+        axes.scatter(steps[~marks], values[~marks], s=22, facecolors="white", edgecolors=colour, zorder=4,
+                     linewidths=1.2)
+    axes.set_xticks(steps)
+    rotate = max((len(label) for label in labels), default=0) * len(labels) > 60
+    axes.set_xticklabels(labels, rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=7)
+    shown = [v for _, scores, _ in patterns for v in scores] + list(max_scores) + [0.0, threshold]
+    lowest, highest = min(v for v in shown if math.isfinite(v)), max(v for v in shown if math.isfinite(v))
+    axes.set_ylim(lowest - 0.05 * (highest - lowest), highest + 0.35 * (highest - lowest))  # room for the legend
+    axes.set_xlabel("checkpoint")
+    axes.set_ylabel("Clever Hans score")
+    axes.set_title("Across checkpoints", loc="left")
+    axes.legend(fontsize=6.5, loc="upper left", frameon=True, framealpha=0.9, edgecolor="none")
+    figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)

@@ -31,10 +31,12 @@ from spray.report.summary import (
     max_score,
     to_jsonable,
 )
+from spray.report.timeline_view import timeline_view
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
 
 if TYPE_CHECKING:
     from spray.diff import AuditDiff, FlagChange
+    from spray.timeline import Timeline
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
@@ -533,10 +535,11 @@ class ClassPageRenderer:
 
 def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
                cross_class: CrossClassResult | None = None, context: PageContext | None = None,
-               diff: AuditDiff | None = None) -> str:
+               diff: AuditDiff | None = None, timeline: Timeline | None = None) -> str:
     """index.html: with ``paged`` (default: ``is_paged(classes)``) the verdict, the ranked summary table
     linking to the class pages, the skipped items and the run; otherwise every class's section as well.
-    With ``diff``, a box under the verdict says what changed since the baseline audit.
+    With ``diff``, a box under the verdict says what changed since the baseline audit; with ``timeline``
+    (a series of checkpoints, ``classes`` the last one's), a section follows each class across them.
 
     Raises RunError naming the class whose section cannot be drawn.
     """
@@ -556,7 +559,9 @@ def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = No
         classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=context.run,
         colorbar=context.colorbar, summary_href="#summary", spray_version=context.spray_version,
         cross=_cross_class_view(cross_class, paged) if cross_class is not None else None,
-        diff=_diff_view(diff, list(run.label_names), paged) if diff is not None else None)
+        diff=_diff_view(diff, list(run.label_names), paged) if diff is not None else None,
+        timeline=timeline_view(timeline, class_title, lambda index: _class_href(index, paged))
+        if timeline is not None else None)
 
 
 def iter_pages(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
