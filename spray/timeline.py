@@ -19,7 +19,7 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from spray.diff import MATCH_OVERLAP, overlap, pair_greedily
 
 if TYPE_CHECKING:
+    from spray.flag.evidence import Evidence, Line
     from spray.results import ClassResult, SkippedClass
 
 REGION_OVERLAP = 0.5
@@ -34,15 +35,37 @@ Matched = Literal["members", "region"]
 
 
 @dataclass(frozen=True)
+class LineRatios:
+    """A cluster's lines of evidence (``spray.flag``) as measured / threshold, the weakest being its score
+    (NaN where not measured), and the share of transplanted images of other classes that turned into the
+    class (NaN where not measured): how strongly the model relies on the cluster's pattern."""
+
+    consistency: float = math.nan
+    necessity: float = math.nan
+    sufficiency: float = math.nan
+    transplant_flip_rate: float = math.nan
+
+    @classmethod
+    def of(cls, evidence: Evidence) -> LineRatios:
+        def ratio(line: Line | None) -> float:
+            return math.nan if line is None else float(line.ratio)
+
+        flips = evidence.transplant_flip_rate
+        return cls(ratio(evidence.consistency), ratio(evidence.necessity), ratio(evidence.sufficiency),
+                   math.nan if flips is None else float(flips))
+
+
+@dataclass(frozen=True)
 class ClusterState:
-    """One cluster at one checkpoint: its members, score (NaN when not scored), flag and distinctive region
-    ``(h, w)`` bool at preprocessing resolution (None when not scored)."""
+    """One cluster at one checkpoint: its members, score (NaN when not scored), flag, distinctive region
+    ``(h, w)`` bool at preprocessing resolution (None when not scored) and lines of evidence."""
 
     cluster: int
     members: frozenset[str]
     score: float
     flagged: bool
     region: np.ndarray | None
+    lines: LineRatios = LineRatios()
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,8 @@ class ClassState:
         labels, predictions = np.asarray(result.labels), np.asarray(result.predictions)
         accuracy = float((predictions == labels).mean()) if labels.size else math.nan
         clusters = tuple(ClusterState(int(c.id), frozenset(str(m) for m in c.members), float(c.score),
-                                      bool(c.flagged), None if c.region is None else np.asarray(c.region, bool))
+                                      bool(c.flagged), None if c.region is None else np.asarray(c.region, bool),
+                                      LineRatios.of(c.evidence))
                          for c in result.clusters)
         return cls(int(result.class_index), str(result.class_name), frozenset(str(i) for i in result.ids),
                    accuracy, clusters)
@@ -91,8 +115,9 @@ class CheckpointState:
 @dataclass(frozen=True)
 class PatternPoint:
     """A pattern at one checkpoint: the cluster carrying it (None: no cluster matched, or the class was
-    not analysed), its size, score (NaN without one), flag, and how it was matched to the pattern
-    (``overlap``: member overlap, or region intersection over union when ``matched_by`` is "region")."""
+    not analysed), its size, score (NaN without one), flag, how it was matched to the pattern
+    (``overlap``: member overlap, or region intersection over union when ``matched_by`` is "region") and its
+    lines of evidence."""
 
     cluster: int | None
     size: int | None
@@ -100,6 +125,12 @@ class PatternPoint:
     flagged: bool
     overlap: float
     matched_by: Matched | None
+    lines: LineRatios = LineRatios()
+
+    @classmethod
+    def of(cls, cluster: ClusterState, overlap: float, matched_by: Matched) -> PatternPoint:
+        return cls(cluster.cluster, len(cluster.members), cluster.score, cluster.flagged, overlap, matched_by,
+                   cluster.lines)
 
 
 _NO_POINT = PatternPoint(None, None, math.nan, False, 0.0, None)
@@ -165,17 +196,19 @@ class Timeline:
                 common = [item.class_index, item.class_name, position, self.checkpoints[position],
                           _cell(step.n_clusters), _cell(step.accuracy), _cell(step.max_score), step.n_flagged]
                 if not item.patterns:
-                    writer.writerow(common + [""] * 7)
+                    writer.writerow(common + [""] * (len(CSV_COLUMNS) - len(common)))
                 for pattern in item.patterns:
                     point = pattern.points[position]
                     writer.writerow(common + [pattern.id, pattern.first_flagged, _cell(point.cluster),
                                               _cell(point.size), _cell(point.score), int(point.flagged),
-                                              point.matched_by or ""])
+                                              point.matched_by or ""]
+                                    + [_cell(value) for value in astuple(point.lines)])
         return out.getvalue()
 
 
 CSV_COLUMNS = ("class", "name", "checkpoint", "weights", "n_clusters", "accuracy", "max_score", "n_flagged",
-               "pattern", "first_flagged", "cluster", "size", "score", "flagged", "matched_by")
+               "pattern", "first_flagged", "cluster", "size", "score", "flagged", "matched_by", "consistency",
+               "necessity", "sufficiency", "transplant_flip_rate")
 
 
 def _cell(value: float | int | None) -> str:
@@ -194,7 +227,8 @@ def _class_dict(item: ClassTimeline, checkpoints: tuple[str, ...]) -> dict[str, 
              for i, s in enumerate(item.steps)]
     patterns = [{"id": p.id, "first_flagged": p.first_flagged, "first_flagged_weights": checkpoints[p.first_flagged],
                  "points": [{"checkpoint": i, "cluster": q.cluster, "size": q.size, "score": _number(q.score),
-                             "flagged": q.flagged, "overlap": round(q.overlap, 4), "matched_by": q.matched_by}
+                             "flagged": q.flagged, "overlap": round(q.overlap, 4), "matched_by": q.matched_by,
+                             "lines": {k: _number(v) for k, v in asdict(q.lines).items()}}
                             for i, q in enumerate(p.points)]}
                 for p in item.patterns]
     return {"class": item.class_index, "name": item.class_name, "checkpoints": steps, "patterns": patterns}
@@ -229,6 +263,7 @@ class _Chain:
     first: int
     flagged: dict[int, ClusterState]
     ids: dict[int, frozenset[str]]
+    matched: dict[int, tuple[float, Matched]]  # how the flagged cluster joined the chain (its first: itself)
 
     def reference(self, position: int) -> tuple[ClusterState, frozenset[str]]:
         """The flagged cluster nearest in time to ``position`` (earlier ones on a tie) and its audited ids."""
@@ -246,11 +281,12 @@ def follow_patterns(states: Sequence[ClassState | None]) -> tuple[Pattern, ...]:
         flagged = [c for c in state.clusters if c.flagged]
         latest = [chain.reference(position) for chain in chains]
         pairs = match_clusters(flagged, [cluster for cluster, _ in latest], state.ids, [ids for _, ids in latest])
-        for i, j, _, _ in pairs:
+        for i, j, value, how in pairs:
             chains[j].flagged[position] = flagged[i]
             chains[j].ids[position] = state.ids
+            chains[j].matched[position] = (value, how)
         paired = {i for i, _, _, _ in pairs}
-        chains += [_Chain(position, {position: c}, {position: state.ids})
+        chains += [_Chain(position, {position: c}, {position: state.ids}, {position: (1.0, "members")})
                    for i, c in enumerate(flagged) if i not in paired]
     return tuple(Pattern(number, chain.first, _points(chain, states)) for number, chain in enumerate(chains))
 
@@ -259,8 +295,7 @@ def _points(chain: _Chain, states: Sequence[ClassState | None]) -> tuple[Pattern
     points = []
     for position, state in enumerate(states):
         if position in chain.flagged:
-            cluster = chain.flagged[position]
-            points.append(PatternPoint(cluster.cluster, len(cluster.members), cluster.score, True, 1.0, "members"))
+            points.append(PatternPoint.of(chain.flagged[position], *chain.matched[position]))
             continue
         if state is None or not state.clusters:
             points.append(_NO_POINT)
@@ -271,8 +306,7 @@ def _points(chain: _Chain, states: Sequence[ClassState | None]) -> tuple[Pattern
             points.append(_NO_POINT)
             continue
         i, _, value, how = pairs[0]
-        cluster = state.clusters[i]
-        points.append(PatternPoint(cluster.cluster, len(cluster.members), cluster.score, cluster.flagged, value, how))
+        points.append(PatternPoint.of(state.clusters[i], value, how))
     return tuple(points)
 
 

@@ -1,12 +1,14 @@
 """Stage 4b: the audit's outputs, drawn from ``spray.results`` dataclasses only.
 
-``write_report(output_dir, classes, run)`` writes three files into ``output_dir``:
+``write_report(output_dir, classes, run)`` writes these files into ``output_dir``:
 
 - ``index.html``: the self-contained report for a reviewer (see ``spray.report.html``); with more than
   20 audited classes it holds the verdict, the ranked summary table and the run, and each class has a
   self-contained page ``classes/<index>.html`` of its own;
 - ``summary.json``: the machine-readable outcome, a public contract (see ``spray.report.summary``);
-- ``samples.csv``: one row per audited sample (see ``spray.report.samples``).
+- ``samples.csv``: one row per audited sample (see ``spray.report.samples``);
+- ``timeline.csv`` for a series of checkpoints: one row per class, checkpoint and flagged pattern
+  (see ``spray.timeline``).
 
 The files are written into a hidden staging folder beside ``output_dir`` and published together
 (``spray.report._io.publish_folder``: an atomic swap), so ``output_dir`` holds either the whole new report

@@ -154,6 +154,14 @@ class TimelineStep(_Open):
     skipped: str | None = Field(description="why the class was not analysed at this checkpoint; null when it was")
 
 
+class TimelineLines(_Open):
+    consistency: float | None = Field(description="measured / threshold; the lowest of the three is the score")
+    necessity: float | None = Field(description="measured / threshold")
+    sufficiency: float | None = Field(description="measured / threshold")
+    transplant_flip_rate: float | None = Field(description="share of transplanted images of other classes "
+                                                           "that turned into the class")
+
+
 class TimelinePoint(_Open):
     checkpoint: int
     cluster: int | None = Field(description="the cluster carrying the pattern; null when none matches")
@@ -163,6 +171,7 @@ class TimelinePoint(_Open):
     overlap: float = Field(description="member overlap with the pattern (region intersection over union when "
                                        "matched_by is 'region')")
     matched_by: str | None = Field(description="'members', 'region', or null when no cluster matches")
+    lines: TimelineLines = Field(description="the cluster's evidence (null where not measured)")
 
 
 class TimelinePattern(_Open):

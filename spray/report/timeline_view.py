@@ -35,14 +35,16 @@ def timeline_view(timeline: Timeline, title: Callable[[int, str], str], href: Ca
 
 
 def _class_view(item: ClassTimeline, labels: list[str], timeline: Timeline) -> dict[str, Any]:
-    patterns = [(f"pattern {p.id + 1} (flagged from {labels[p.first_flagged]})", [q.score for q in p.points],
-                 [q.flagged for q in p.points]) for p in item.patterns]
+    patterns = [figures.TimelineSeries(f"pattern {p.id + 1}", [q.score for q in p.points],
+                                       [q.flagged for q in p.points],
+                                       [q.lines.transplant_flip_rate for q in p.points]) for p in item.patterns]
     chart = (figures.timeline_figure(labels, patterns, [s.max_score for s in item.steps], timeline.threshold)
              if item.patterns else None)
     rows = []
     for position, step in enumerate(item.steps):
         scores = [{"pattern": p.id + 1, "cluster": p.points[position].cluster, "score": p.points[position].score,
-                   "flagged": p.points[position].flagged} for p in item.patterns]
+                   "flagged": p.points[position].flagged, "turned": p.points[position].lines.transplant_flip_rate}
+                  for p in item.patterns]
         rows.append({"label": labels[position], "n_clusters": step.n_clusters, "accuracy": step.accuracy,
                      "max_score": step.max_score, "n_flagged": step.n_flagged, "skipped": step.skipped,
                      "patterns": scores})
