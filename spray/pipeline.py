@@ -23,6 +23,8 @@ On a distributed cluster whose workers declare the resource "GPU", attribution t
 
 So an unchanged config recomputes nothing, an analysis-only change recomputes analysis and flagging, and a
 changed weight file or image recomputes what depends on it. The report is always rewritten from the entries.
+A series of checkpoints (``model.weights`` a list or a glob, ``compute_series``) runs the graph once per
+checkpoint, in order, in one cache folder, and follows the flags across them (``spray.timeline``).
 """
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ def timeline_view(timeline: Timeline, title: Callable[[int, str], str], href: Ca
     return {"checkpoints": [{"position": i + 1, "label": label, "weights": weights}
                             for i, (label, weights) in enumerate(zip(labels, timeline.checkpoints))],
             "threshold": timeline.threshold, "n_patterns": sum(len(c.patterns) for c in classes),
-            "classes": [_class_view(c, labels, timeline) | {"title": title(c.class_index, c.class_name),
-                                                            "href": href(c.class_index)} for c in classes]}
+            "classes": [_class_view(c, labels, timeline) | {
+                "title": title(c.class_index, c.class_name),
+                # a class the last checkpoint could not analyse has no section in this report to link to
+                "href": href(c.class_index) if c.steps[-1].n_clusters is not None else ""} for c in classes]}
 
 
 def _class_view(item: ClassTimeline, labels: list[str], timeline: Timeline) -> dict[str, Any]:
