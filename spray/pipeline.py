@@ -370,7 +370,7 @@ def compute_series(config: SprayConfig, dataset: Dataset, *, use_cache: bool = T
         for number, model in enumerate(checkpoints, start=1):
             log.info("checkpoint %d of %d: %s", number, len(checkpoints), shown(model.weights))
             done = compute_audit(config.model_copy(update={"model": model}), dataset, use_cache=use_cache,
-                                 progress=progress, directory=directory)
+                                 progress=progress, directory=directory, log_mapping=number == 1)
             states.append(CheckpointState.of(shown(model.weights), done.classes, done.skipped_classes, done.stages))
     stages = {stage: {kind: sum(state.stages.get(stage, {}).get(kind, 0) for state in states)
                       for kind in ("computed", "cached")} for stage in states[-1].stages}
@@ -381,11 +381,12 @@ def compute_series(config: SprayConfig, dataset: Dataset, *, use_cache: bool = T
 
 
 def compute_audit(config: SprayConfig, dataset: Dataset, *, use_cache: bool = True,
-                  progress: bool = True, directory: Path | None = None) -> AuditComputed:
+                  progress: bool = True, directory: Path | None = None, log_mapping: bool = True) -> AuditComputed:
     """Check the model on real images, run the graph of ``dataset``'s audited classes and read the results
     back; no report is drawn. The model is what ``config.model`` loads (a factory, or an in-memory model of
     ``spray.model.in_memory_model``). ``directory``: a cache folder opened by the caller (a series of
-    checkpoints shares one; default: ``cache_folder``). Raises SprayError subclasses with exit codes."""
+    checkpoints shares one; default: ``cache_folder``); ``log_mapping``: log the label mapping (a series
+    logs its first checkpoint's only). Raises SprayError subclasses with exit codes."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     if use_cache and config.cache.enabled:
@@ -394,7 +395,8 @@ def compute_audit(config: SprayConfig, dataset: Dataset, *, use_cache: bool = Tr
     # Fail fast, before any task runs: the model must load, take the configured images, have one output per
     # class, and every layer must be explainable (the same checks as `spray validate`).
     checked = preflight(config, dataset)
-    log_label_mapping(checked.mapping)
+    if log_mapping:
+        log_label_mapping(checked.mapping)
     classes, skipped_classes = audited_classes(config.audit, config.analysis.neighbors, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
