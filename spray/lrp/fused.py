@@ -14,12 +14,12 @@ rounding (fused multiply-adds).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,13 @@ def epsilon_quotient(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
 
 
 @Fused
-def gamma_quotients(z: Tensor, q: Tensor, relevance: Tensor, gamma: float, epsilon: float) -> tuple[Tensor, Tensor]:
-    """The two backward arguments of the gamma rule for non-negative inputs (see ``Gamma``):
-    ``s = R / (z + gamma * where(z > 0, q, z - q) + eps sign(z))`` (0 where ``z = 0``), returned as
-    ``(where(z > 0, (1+gamma) s, s), where(z > 0, s, (1+gamma) s))``."""
-    up = z > 0
-    down = z < 0
-    shift = torch.where(up, epsilon, torch.where(down, -epsilon, math.inf))
-    s = relevance / (z + gamma * torch.where(up, q, z - q) + shift)
-    scaled = s * (1 + gamma)
-    return torch.where(up, scaled, s), torch.where(up, s, scaled)
+def gamma_quotients(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float, dim: int) -> Tensor:
+    """The backward argument of the gamma rule for non-negative inputs (see ``Gamma``): ``[s sign(z), s]``
+    stacked along ``dim``, ``s = R / (sign(z) (shifted + leaky_relu(z, -(1 + gamma))))`` with
+    ``shifted = gamma q + eps`` (``s = 0`` where ``z = 0``)."""
+    sign = torch.sign(z)
+    s = relevance / ((shifted + F.leaky_relu(z, -(1.0 + gamma))) / sign)
+    return torch.cat([s * sign, s], dim=dim)
 
 
 @Fused

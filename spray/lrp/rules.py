@@ -19,7 +19,6 @@ concatenation: the ordinary gradient, which routes relevance unchanged).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -260,6 +259,8 @@ class Gamma(LinearRule):
     needs_output = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        if gamma < 0 or stabilizer < 0:
+            raise ValueError(f"gamma and stabilizer must be non-negative, got gamma={gamma}, stabilizer={stabilizer}")
         self.gamma, self.stabilizer = float(gamma), float(stabilizer)
 
     def params(self) -> dict[str, Any]:
@@ -270,7 +271,7 @@ class Gamma(LinearRule):
         w_pos, w_neg, _ = layer.split_weight()
         bias = layer.bias
         if not _has_negative(layer, a):
-            return self._nonnegative_input(layer, a, z, relevance, w_pos, w_neg)
+            return self._nonnegative_input(layer, a, z, relevance)
         up = (z > 0).to(relevance.dtype) * relevance
         down = (z < 0).to(relevance.dtype) * relevance
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
@@ -286,30 +287,52 @@ class Gamma(LinearRule):
             + a_neg * (layer.backward(s_up, a, w_down) + layer.backward(s_down, a, w_up))
         )
 
+    def _nonnegative_input(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        """The same numbers for ``a >= 0`` with one extra forward and one (stacked) transposed product.
 
-    def _nonnegative_input(self, layer, a, z, relevance, w_pos, w_neg):
-        """The same numbers for ``a >= 0`` with one extra forward product instead of four.
-
-        With ``q = a w+ + b+ >= 0`` and ``u = z - q = a w- + b- <= 0``:
-        ``z_up = z + g q`` (> 0 where z > 0) and ``z_down = z + g u`` (< 0 where z < 0), so the
-        stabilised denominator is ``z + g * where(z > 0, q, u) + eps * sign(z)``; outputs with z = 0
-        pass nothing. The backward products regroup as
-        ``(w + g w+) s_up + (w + g w-) s_down = w+ ((1+g) s_up + s_down) + w- (s_up + (1+g) s_down)``.
+        With ``q = a w+ + b+ >= 0`` and ``Q = g q + eps`` (one product with the scaled weights and bias):
+        the stabilised denominator is ``z + Q`` where ``z > 0`` and ``(1 + g) z - Q`` where ``z < 0``, i.e.
+        ``sign(z) D`` with ``D = Q + leaky_relu(z, -(1 + g)) >= eps``; dividing ``D`` by ``sign(z)`` gives
+        infinity where ``z = 0``, so those outputs pass nothing. With ``s = R / (sign(z) D)`` the backward
+        products ``(w + g w+) s_up + (w + g w-) s_down`` regroup (``s`` is 0 where ``z = 0``) as
+        ``(1 + g/2) w s + (g/2) |w| (s sign(z))``: one transposed product of ``[s sign(z), s]`` with the
+        stacked ``[(g/2) |w|; (1 + g/2) w]``, and every element-wise step in place.
         """
-        g, eps = self.gamma, self.stabilizer
-        q = layer.forward(a, w_pos, _positive(layer.bias))
+        g = self.gamma
+        # A zero stabiliser is replaced by the smallest normal float: D stays > 0, so z = 0 still gives 0.
+        eps = max(self.stabilizer, torch.finfo(z.dtype).tiny)
+        weight_q, bias_q = layer.derived(("gamma_q", g, eps), lambda: (
+            layer.split_weight()[0] * g, _shifted_bias(_scaled(_positive(layer.bias), g), eps, layer.weight)))
+        shifted = layer.forward(a, weight_q, bias_q)  # g q + eps, a fresh tensor: overwritten below
+        back = layer.derived(("gamma_back", g), lambda: torch.cat(
+            [layer.weight.abs() * (g / 2), layer.weight * (1 + g / 2)]))
+        half = layer.weight.shape[0]
         if compile_enabled():
-            s_pos, s_neg = gamma_quotients(z, q, relevance, g, eps)
-            return layer.backward_pair(s_pos, s_neg, a).mul_(a)
-        up = z > 0
-        down = z < 0
-        # where(z > 0, q + eps/g', u - eps/g') would fold eps in, but g may be 0: add eps explicitly.
-        chosen = torch.where(up, q, z - q)
-        denominator = torch.add(z, chosen, alpha=g, out=chosen)
-        denominator += torch.where(up, eps, torch.where(down, -eps, math.inf))  # z = 0: s = R / inf = 0
-        s = torch.div(relevance, denominator, out=denominator)
-        scaled = s * (1 + g)
-        return layer.backward_pair(torch.where(up, scaled, s), torch.where(up, s, scaled), a).mul_(a)
+            stacked = gamma_quotients(z, shifted, relevance, g, layer.channel_dim)
+        else:
+            stacked, signed, plain = layer.stacked_output(z)
+            _gamma_quotients_into(z, shifted, relevance, g, signed, plain)
+        if layer.can_stack:
+            return layer.backward(stacked, a, back).mul_(a)
+        signed, plain = stacked.chunk(2, dim=layer.channel_dim)
+        return (layer.backward(signed.contiguous(), a, back[:half])
+                .add_(layer.backward(plain.contiguous(), a, back[half:])).mul_(a))
+
+
+def _scaled(t: Tensor | None, factor: float) -> Tensor | None:
+    return None if t is None else t * factor
+
+
+def _gamma_quotients_into(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float,
+                          signed: Tensor, plain: Tensor) -> None:
+    """Eager form of :func:`spray.lrp.fused.gamma_quotients`, each step one pass written in place:
+    ``plain = s``, ``signed = s sign(z)`` for ``s = R / (sign(z) (shifted + leaky_relu(z, -(1+g))))``.
+    ``shifted`` (``g q + eps``) is overwritten."""
+    torch.sign(z, out=signed)
+    torch.ops.aten.leaky_relu.out(z, -(1.0 + gamma), out=plain)
+    shifted.add_(plain).div_(signed)  # sign(z) D: +-inf where z = 0
+    torch.div(relevance, shifted, out=plain)
+    signed.mul_(plain)
 
 
 class Flat(_Stabilized, LinearRule):
