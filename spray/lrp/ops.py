@@ -91,15 +91,6 @@ class LinearLayer:
         """The output-channel dimension of ``z``: 1 for conv ``(B, C, ...)``, -1 for linear ``(..., F)``."""
         return 1 if self.is_conv else -1
 
-    def stacked_output(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """An uninitialised ``(stack, first, second)``: ``stack`` like ``like`` with twice its channels,
-        ``first``/``second`` its two halves (views), for products with weights stacked on the outputs."""
-        shape = list(like.shape)
-        shape[self.channel_dim] *= 2
-        stack = like.new_empty(shape)
-        first, second = stack.chunk(2, dim=self.channel_dim)
-        return stack, first, second
-
     def split_weight(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(w+, w-, [w+; w-])``, cached (:meth:`derived`); ``w+``/``w-`` are views of the stack."""
         split = self.derived("split", lambda: torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)]))

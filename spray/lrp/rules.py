@@ -25,7 +25,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from spray.lrp.fused import alpha_beta_quotients, compile_enabled, epsilon_quotient, gamma_quotients
+from spray.lrp.fused import alpha_beta_quotients, epsilon_quotient, gamma_quotients, memory_format_of
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
 Bound = Union[float, Sequence[float], Tensor]  # noqa: UP007 (a runtime alias: the | form needs Python 3.10 types)
@@ -192,39 +192,45 @@ class AlphaBeta(LinearRule):
         there the denominators are computed in the backward pass, in float32."""
         if not self._splits(layer) or torch.is_autocast_enabled(a.device.type):
             return super().forward(layer, a)
-        bias = None if layer.bias is None else torch.cat([layer.bias, layer.bias.clamp(min=0)])
-        both = layer.forward(a, layer.weight_and_positive(), bias)
-        return both.narrow(1 if layer.is_conv else -1, 0, layer.weight.shape[0]).contiguous(), both
+        both = layer.forward(a, layer.weight_and_positive(), self._stacked_bias(layer))
+        z = both.narrow(layer.channel_dim, 0, layer.weight.shape[0])
+        return z.contiguous(memory_format=memory_format_of(both)), both
+
+    def _stacked_bias(self, layer: LinearLayer) -> Tensor:
+        """``[b; b+ + eps]`` (zeros for a missing bias): the second half of the stacked product is then
+        the positive denominator ``z+ + eps`` itself."""
+        def build() -> Tensor:
+            bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.weight.shape[0])
+            return torch.cat([bias, bias.clamp(min=0) + self.stabilizer])
+        return layer.derived(("alpha_beta_bias", self.stabilizer), build)
 
     def _stacked_quotients(self, layer: LinearLayer, both: Tensor, relevance: Tensor) -> Tensor:
-        """``[alpha R / (z+ + eps), -beta R / (z- - eps)]`` stacked on the channels, from ``[z, z+]``.
+        """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``[z, z+ + eps]`` (alpha and
+        -beta are folded into the stacked weights of the transposed product).
 
-        ``z- = min(z - z+, 0)``: the clamp keeps rounding noise where ``z- = 0`` exactly from giving the
-        denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero, so they pass
-        nothing either way. ``z - z+`` carries an absolute error of float32 rounding times ``|z+|``, which
-        matters only for outputs whose ``|z-|`` is within a few roundings of zero against ``z+``; on
-        ResNets with measured BatchNorm statistics the relevance is as close to the float64 reference as
-        the separate-product path's (tests/lrp/test_precision.py)."""
-        dim = 1 if layer.is_conv else -1
-        z, z_pos = both.chunk(2, dim=dim)
-        if compile_enabled():
-            return alpha_beta_quotients(z, z_pos, relevance, self.alpha, self.beta, self.stabilizer, dim)
-        quotients = torch.empty_like(both)
-        s_pos, s_neg = quotients.chunk(2, dim=dim)  # views: the results are written in place
-        # alpha / beta folded into the denominators: (z+ + eps) / alpha, (z- - eps) / -beta.
-        torch.add(z_pos, self.stabilizer, out=s_pos).div_(self.alpha)
-        torch.sub(z, z_pos, out=s_neg).clamp_(max=0).sub_(self.stabilizer).div_(-self.beta)
-        torch.div(relevance, s_pos, out=s_pos)
-        torch.div(relevance, s_neg, out=s_neg)
-        return quotients
+        ``z- - eps = min(z - (z+ + eps), -eps)``: the clamp keeps rounding noise where ``z- = 0`` exactly
+        from giving the denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero,
+        so they pass nothing either way. ``z - z+`` carries an absolute error of float32 rounding times
+        ``|z+|``, which matters only for outputs whose ``|z-|`` is within a few roundings of zero against
+        ``z+``; on ResNets with measured BatchNorm statistics the relevance is as close to the float64
+        reference as the separate-product path's (tests/lrp/test_precision.py)."""
+        dim = layer.channel_dim
+        z, shifted_pos = both.chunk(2, dim=dim)
+        return alpha_beta_quotients(z, shifted_pos, relevance, self.stabilizer, dim)
+
+    def _stacked_weights(self, layer: LinearLayer) -> Tensor:
+        """``[alpha w+; -beta w-]`` for the transposed product of the stacked quotients."""
+        alpha, beta = self.alpha, self.beta
+        return layer.derived(("alpha_beta_back", alpha, beta), lambda: torch.cat(
+            [layer.split_weight()[0] * alpha, layer.split_weight()[1] * -beta]))
 
     def relevance(self, layer, a, z, relevance):
         w_pos, w_neg, _ = layer.split_weight()
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         if z is not None and self._splits(layer):
-            # z holds [z, z+] stacked on the channels (see forward).
+            # z holds [z, z+ + eps] stacked on the channels (see forward).
             s = self._stacked_quotients(layer, z, relevance)
-            return layer.backward(s, a, layer.split_weight()[2]).mul_(a)
+            return layer.backward(s, a, self._stacked_weights(layer)).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
             # z+ + eps and z- - eps, the eps folded into the bias. z- is computed from its own product,
@@ -306,33 +312,18 @@ class Gamma(LinearRule):
         shifted = layer.forward(a, weight_q, bias_q)  # g q + eps, a fresh tensor: overwritten below
         back = layer.derived(("gamma_back", g), lambda: torch.cat(
             [layer.weight.abs() * (g / 2), layer.weight * (1 + g / 2)]))
-        half = layer.weight.shape[0]
-        if compile_enabled():
-            stacked = gamma_quotients(z, shifted, relevance, g, layer.channel_dim)
-        else:
-            stacked, signed, plain = layer.stacked_output(z)
-            _gamma_quotients_into(z, shifted, relevance, g, signed, plain)
+        stacked = gamma_quotients(z, shifted, relevance, g, layer.channel_dim)
         if layer.can_stack:
             return layer.backward(stacked, a, back).mul_(a)
+        half = layer.weight.shape[0]
         signed, plain = stacked.chunk(2, dim=layer.channel_dim)
-        return (layer.backward(signed.contiguous(), a, back[:half])
-                .add_(layer.backward(plain.contiguous(), a, back[half:])).mul_(a))
+        dense = memory_format_of(stacked)
+        return (layer.backward(signed.contiguous(memory_format=dense), a, back[:half])
+                .add_(layer.backward(plain.contiguous(memory_format=dense), a, back[half:])).mul_(a))
 
 
 def _scaled(t: Tensor | None, factor: float) -> Tensor | None:
     return None if t is None else t * factor
-
-
-def _gamma_quotients_into(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float,
-                          signed: Tensor, plain: Tensor) -> None:
-    """Eager form of :func:`spray.lrp.fused.gamma_quotients`, each step one pass written in place:
-    ``plain = s``, ``signed = s sign(z)`` for ``s = R / (sign(z) (shifted + leaky_relu(z, -(1+g))))``.
-    ``shifted`` (``g q + eps``) is overwritten."""
-    torch.sign(z, out=signed)
-    torch.ops.aten.leaky_relu.out(z, -(1.0 + gamma), out=plain)
-    shifted.add_(plain).div_(signed)  # sign(z) D: +-inf where z = 0
-    torch.div(relevance, shifted, out=plain)
-    signed.mul_(plain)
 
 
 class Flat(_Stabilized, LinearRule):
