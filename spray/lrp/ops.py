@@ -97,10 +97,6 @@ class LinearLayer:
         out = self.weight.shape[0]
         return split[:out], split[out:], split
 
-    def weight_and_positive(self) -> Tensor:
-        """``[w; w+]`` stacked on the output channels, cached (:meth:`derived`)."""
-        return self.derived("with_positive", lambda: torch.cat([self.weight, self.split_weight()[0]]))
-
     def backward_pair(self, s_pos: Tensor, s_neg: Tensor, input_like: Tensor | Sequence[int]) -> Tensor:
         """``s_pos * (w+)^T + s_neg * (w-)^T``. Two calls: stacking ``[s_pos, s_neg]`` into one call with
         ``[w+; w-]`` costs a copy of both and measured no faster on CPU."""

@@ -182,31 +182,22 @@ class AlphaBeta(LinearRule):
         return layer.input_nonnegative and self.beta != 0 and (not layer.is_conv or layer.groups == 1)
 
     def forward(self, layer, a):
-        """For inputs known to be >= 0: one product with the stacked weights ``[w; w+]`` gives the output
-        ``z`` and ``z+`` together, in place of two separate products. ``z`` is the ordinary product (not
-        ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign partial
-        sums of ``z``, and which then drifts from the plain forward pass through every later layer);
-        ``z- = z - z+`` is formed in the backward pass.
+        """The ordinary product ``z``, kept for the backward pass when the input is known to be >= 0.
+        There ``z+ + eps`` comes from one product with cached weights ``w+`` and bias ``b+ + eps``, and
+        ``z- = z - z+`` from the two: one extra forward product as with two separate denominators, but
+        only ``z`` held from the forward to the backward pass. ``z`` is the ordinary product (not
+        ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign
+        partial sums of ``z``).
 
         Not under autocast: in bf16/fp16 ``z - z+`` cancels to noise where ``|z-|`` is small against ``z+``;
-        there the denominators are computed in the backward pass, in float32."""
-        if not self._splits(layer) or torch.is_autocast_enabled(a.device.type):
-            return super().forward(layer, a)
-        both = layer.forward(a, layer.weight_and_positive(), self._stacked_bias(layer))
-        z = both.narrow(layer.channel_dim, 0, layer.weight.shape[0])
-        return z.contiguous(memory_format=memory_format_of(both)), both
+        there both denominators are computed in the backward pass from their own products, in float32."""
+        z = layer.forward(a, layer.weight, layer.bias)
+        shared = self._splits(layer) and not torch.is_autocast_enabled(a.device.type)
+        return z, (z if shared else None)
 
-    def _stacked_bias(self, layer: LinearLayer) -> Tensor:
-        """``[b; b+ + eps]`` (zeros for a missing bias): the second half of the stacked product is then
-        the positive denominator ``z+ + eps`` itself."""
-        def build() -> Tensor:
-            bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.weight.shape[0])
-            return torch.cat([bias, bias.clamp(min=0) + self.stabilizer])
-        return layer.derived(("alpha_beta_bias", self.stabilizer), build)
-
-    def _stacked_quotients(self, layer: LinearLayer, both: Tensor, relevance: Tensor) -> Tensor:
-        """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``[z, z+ + eps]`` (alpha and
-        -beta are folded into the stacked weights of the transposed product).
+    def _shared_quotients(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``z`` and one product giving
+        ``z+ + eps`` (alpha and -beta are folded into the stacked weights of the transposed product).
 
         ``z- - eps = min(z - (z+ + eps), -eps)``: the clamp keeps rounding noise where ``z- = 0`` exactly
         from giving the denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero,
@@ -214,9 +205,11 @@ class AlphaBeta(LinearRule):
         ``|z+|``, which matters only for outputs whose ``|z-|`` is within a few roundings of zero against
         ``z+``; on ResNets with measured BatchNorm statistics the relevance is as close to the float64
         reference as the separate-product path's (tests/lrp/test_precision.py)."""
-        dim = layer.channel_dim
-        z, shifted_pos = both.chunk(2, dim=dim)
-        return alpha_beta_quotients(z, shifted_pos, relevance, self.stabilizer, dim)
+        def build() -> tuple[Tensor, Tensor]:
+            return layer.split_weight()[0], _shifted_bias(_positive(layer.bias), self.stabilizer, layer.weight)
+        weight_pos, bias_pos = layer.derived(("alpha_beta_pos", self.stabilizer), build)
+        shifted_pos = layer.forward(a, weight_pos, bias_pos)
+        return alpha_beta_quotients(z, shifted_pos, relevance, self.stabilizer, layer.channel_dim)
 
     def _stacked_weights(self, layer: LinearLayer) -> Tensor:
         """``[alpha w+; -beta w-]`` for the transposed product of the stacked quotients."""
@@ -228,8 +221,7 @@ class AlphaBeta(LinearRule):
         w_pos, w_neg, _ = layer.split_weight()
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         if z is not None and self._splits(layer):
-            # z holds [z, z+ + eps] stacked on the channels (see forward).
-            s = self._stacked_quotients(layer, z, relevance)
+            s = self._shared_quotients(layer, a, z, relevance)
             return layer.backward(s, a, self._stacked_weights(layer)).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
