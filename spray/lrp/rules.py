@@ -236,6 +236,8 @@ class AlphaBeta(LinearRule):
             s_neg = torch.div(relevance * -self.beta, neg_denominator, out=neg_denominator)
             return layer.backward_pair(s_pos, s_neg, a).mul_(a)
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        if layer.can_stack:
+            return self._mixed_signs_stacked(layer, a_pos, a_neg, relevance)
         z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
         z_neg = layer.forward(a_pos, w_neg, b_neg) + layer.forward(a_neg, w_pos, None)
         s_pos = relevance / stabilize(z_pos, self.stabilizer)
@@ -243,6 +245,32 @@ class AlphaBeta(LinearRule):
         positive = a_pos * layer.backward(s_pos, a, w_pos) + a_neg * layer.backward(s_pos, a, w_neg)
         negative = a_pos * layer.backward(s_neg, a, w_neg) + a_neg * layer.backward(s_neg, a, w_pos)
         return self.alpha * positive - self.beta * negative
+
+    def _mixed_signs_stacked(self, layer: LinearLayer, a_pos: Tensor, a_neg: Tensor, relevance: Tensor) -> Tensor:
+        """Inputs of both signs (e.g. a first layer on normalised images) with one forward and one
+        transposed product instead of four each: ``[z+; z-]`` is the product of ``[a+, a-]`` (stacked on
+        the input channels) with ``[[w+, w-]; [w-, w+]]`` and bias ``[b+; b-]``, and the transposed
+        product of ``[s+; s-]`` with ``[[alpha w+, alpha w-]; [-beta w-, -beta w+]]`` gives the factors
+        of ``a+`` and ``a-``."""
+        dim = 1 if layer.is_conv else -1
+        alpha, beta = self.alpha, self.beta
+
+        def build() -> tuple[Tensor, Tensor, Tensor | None]:
+            w_pos, w_neg, _ = layer.split_weight()
+            forward = torch.cat([torch.cat([w_pos, w_neg], dim=1), torch.cat([w_neg, w_pos], dim=1)])
+            back = torch.cat([torch.cat([w_pos, w_neg], dim=1) * alpha, torch.cat([w_neg, w_pos], dim=1) * -beta])
+            bias = None if layer.bias is None else torch.cat([layer.bias.clamp(min=0), layer.bias.clamp(max=0)])
+            return forward, back, bias
+
+        forward, back, bias = layer.derived(("alpha_beta_mixed", alpha, beta), build)
+        inputs = torch.cat([a_pos, a_neg], dim=dim)
+        quotients = layer.forward(inputs, forward, bias)  # [z+; z-], overwritten with [s+; s-]
+        shift = quotients.new_tensor(self.stabilizer)
+        quotients.add_(torch.where(quotients >= 0, shift, -shift))  # stabilize(), in place
+        for half in quotients.chunk(2, dim=dim):
+            torch.div(relevance, half, out=half)
+        for_pos, for_neg = layer.backward(quotients, inputs, back).chunk(2, dim=dim)
+        return (for_pos * a_pos).add_(for_neg * a_neg)
 
 
 class Gamma(LinearRule):
@@ -381,18 +409,34 @@ class ZBox(LinearRule):
         low = _expand_bound(self.low, a)
         high = _expand_bound(self.high, a)
         w_pos, w_neg, _ = layer.split_weight()
-        # Biases included as zennit does: b - b^+ - b^- = 0, so they cancel in the denominator.
-        z_box = (
-            z
-            - layer.forward(low, w_pos, _positive(layer.bias))
-            - layer.forward(high, w_neg, _negative(layer.bias))
-        )
-        s = relevance / stabilize(z_box, self.stabilizer)
-        return (
-            a * layer.backward(s, a, layer.weight)
-            - low * layer.backward(s, a, w_pos)
-            - high * layer.backward(s, a, w_neg)
-        )
+        s = epsilon_quotient(relevance, z - self._bound_products(layer, a), self.stabilizer)
+        if not layer.can_stack:
+            return (
+                a * layer.backward(s, a, layer.weight)
+                - low * layer.backward(s, a, w_pos)
+                - high * layer.backward(s, a, w_neg)
+            )
+        # One transposed product with [w, w+, w-] stacked on the input channels.
+        dim = 1 if layer.is_conv else -1
+        stacked = layer.derived("zbox_back", lambda: torch.cat([layer.weight, w_pos, w_neg], dim=1))
+        shape = list(a.shape)
+        shape[dim] *= 3
+        for_a, for_low, for_high = layer.backward(s, shape, stacked).chunk(3, dim=dim)
+        return (for_a * a).sub_(for_low * low).sub_(for_high * high)
+
+    def _bound_products(self, layer: LinearLayer, a: Tensor) -> Tensor:
+        """``low w+ + b+ + high w- + b-`` for one sample shaped like ``a[:1]``: the same for every input of
+        that shape, so it is computed once per shape and broadcast over the batch. (Biases included as
+        zennit does: ``b - b+ - b- = 0``, so they cancel in the denominator ``z - this``.)"""
+        shape = tuple(a.shape[1:])
+        cached = layer.derived("zbox_bounds", dict)
+        if shape not in cached:
+            one = a[:1]
+            w_pos, w_neg, _ = layer.split_weight()
+            cached.clear()  # one input shape at a time (an audit resizes every image alike)
+            cached[shape] = (layer.forward(_expand_bound(self.low, one), w_pos, _positive(layer.bias))
+                             + layer.forward(_expand_bound(self.high, one), w_neg, _negative(layer.bias)))
+        return cached[shape]
 
 
 def _bound(value: Bound, name: str) -> Tensor:
