@@ -1,11 +1,12 @@
 """Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
 
     .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
-        [--compile] [--no-rss]
+        [--compile] [--channels-last] [--no-rss]
 
 ``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
 ``SPRAY_LRP_COMPILE=1``) to every round, reported as ``compiled x grad``; its compile time falls in the
-warm-up call, not in the timed rounds.
+warm-up call, not in the timed rounds. ``--channels-last`` adds spray in the channels-last memory format
+(``LRP(channels_last=True)``, as with ``SPRAY_LRP_CHANNELS_LAST=1``), reported as ``NHWC x grad``.
 
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
@@ -169,15 +170,17 @@ def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple
 
 
 def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True,
-                  compiled: bool = False) -> dict[str, Callable]:
+                  compiled: bool = False, channels_last: bool = False) -> dict[str, Callable]:
     """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed;
-    ``"spray+compile:<composite>"`` with ``compiled``)."""
+    ``"spray+compile:<composite>"`` with ``compiled``, ``"spray+nhwc:<composite>"`` with ``channels_last``)."""
     methods: dict[str, Callable] = {"gradient": gradient_method(model)}
     for composite in composites:
         low_high = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
-        methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
+        methods[f"spray:{composite}"] = LRP(model, composite, channels_last=False, **low_high)
         if compiled:
             methods[f"spray+compile:{composite}"] = compiled_method(LRP(model, composite, **low_high))
+        if channels_last:
+            methods[f"spray+nhwc:{composite}"] = LRP(model, composite, channels_last=True, **low_high)
         z = zennit_method(model, composite) if zennit else None
         if z is not None:
             methods[f"zennit:{composite}"] = z
@@ -212,13 +215,13 @@ def rss_extra_mb(case: str, method: str, quick: bool, threads: int | None) -> fl
 
 def run_case(
     name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
-    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True,
+    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True, channels_last: bool = False,
 ) -> list[dict]:
     model, x = build_case(name, quick)
     x = x.to(device)
     model = model.to(device)
     targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    methods = build_methods(model, composites, compiled=compiled)
+    methods = build_methods(model, composites, compiled=compiled, channels_last=channels_last)
     for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
         fn(x, targets)
     # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
@@ -253,6 +256,7 @@ def run_case(
     for composite in composites:
         key = f"spray:{composite}"
         zennit_key = f"zennit:{composite}"
+        key_rss, gradient_rss = rss.get(key), rss.get("gradient")
         rows.append({
             "model": name,
             "composite": composite,
@@ -264,13 +268,12 @@ def run_case(
             "time_vs_gradient": ratio(key, "gradient"),
             "time_vs_zennit": ratio(key, zennit_key),
             "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", "gradient"),
+            "channels_last_time_vs_gradient": ratio(f"spray+nhwc:{composite}", "gradient"),
             "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
             "saved_vs_gradient": memory[key] / max(memory["gradient"], 1),
             "rss_extra_mb": rss.get(key),
             "gradient_rss_extra_mb": rss.get("gradient"),
-            "rss_vs_gradient": (
-                rss[key] / rss["gradient"] if rss.get(key) is not None and rss.get("gradient") else None
-            ),
+            "rss_vs_gradient": key_rss / gradient_rss if key_rss is not None and gradient_rss else None,
             "repeats": repeats,
         })
     return rows
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--compile", action="store_true",
                         help="also time spray with compiled element-wise kernels (spray.lrp.fused)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time spray in the channels-last memory format (LRP(channels_last=True))")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-resident-memory subprocesses")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # "case|method": internal
     args = parser.parse_args(argv)
@@ -302,13 +307,13 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} "
         f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s} "
-        f"{'compiled x grad':>15s}"
+        f"{'compiled x grad':>15s} {'NHWC x grad':>11s}"
     )
     print(header)
     rows: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
         for row in run_case(case, composites, args.repeats, device, args.quick, args.threads, args.compile,
-                            not args.no_rss):
+                            not args.no_rss, args.channels_last):
             rows.append(row)
             vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
             zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
                 f"{zennit_grad:>13s} {row['saved_vs_gradient']:12.2f} {_fmt(row['rss_extra_mb'], 8, 0)} "
                 f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)} "
-                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)}",
+                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)} {_fmt(row['channels_last_time_vs_gradient'], 11, 2)}",
                 flush=True,
             )
     if args.json is not None:

@@ -166,3 +166,16 @@ def test_engine_pickles_for_dask_workers() -> None:
     targets = torch.tensor([3, 2, 1, 0])
     assert copy_.rules == lrp.rules
     assert torch.equal(copy_(x, targets)[1], lrp(x, targets)[1])
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_channels_last_gives_the_same_relevance_in_nchw(composite: str, monkeypatch) -> None:
+    model, x = golden_models.make("batchnorm")
+    bounds = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    targets = torch.tensor([1, 2, 3, 4])
+    _, plain = LRP(model, composite, channels_last=False, **bounds)(x, targets)
+    monkeypatch.setenv("SPRAY_LRP_CHANNELS_LAST", "1")
+    lrp = LRP(model, composite, **bounds)
+    _, relevance = lrp(x, targets)
+    assert lrp.channels_last and relevance.is_contiguous()
+    torch.testing.assert_close(relevance, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
