@@ -1,6 +1,7 @@
 """The LRP entry point as the pipeline uses it: shapes, metadata, errors, and the caller's model."""
 
 import copy
+from typing import Any
 
 import golden_models
 import pytest
@@ -22,7 +23,7 @@ def test_call_returns_logits_and_float32_relevance_of_the_input_shape() -> None:
     logits, relevance = lrp(x, torch.tensor([1, 2, 3, 4]))
     assert logits.shape == (4, 10) and not logits.requires_grad
     assert relevance.shape == x.shape and relevance.dtype == torch.float32 and not relevance.requires_grad
-    assert lrp.conservation.shape == (4,)
+    assert lrp.conservation is not None and lrp.conservation.shape == (4,)
 
 
 def test_folded_batchnorm_keeps_the_models_outputs() -> None:
@@ -171,7 +172,7 @@ def test_engine_pickles_for_dask_workers() -> None:
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
 def test_channels_last_gives_the_same_relevance_in_nchw(composite: str, monkeypatch) -> None:
     model, x = golden_models.make("batchnorm")
-    bounds = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    bounds: dict[str, Any] = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
     targets = torch.tensor([1, 2, 3, 4])
     _, plain = LRP(model, composite, channels_last=False, **bounds)(x, targets)
     monkeypatch.setenv("SPRAY_LRP_CHANNELS_LAST", "1")
