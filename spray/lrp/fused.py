@@ -1,13 +1,14 @@
-"""Element-wise steps of the rules as single fused kernels, through ``torch.compile`` when enabled.
+"""Element-wise steps of the rules: in place by default, or as single fused kernels through ``torch.compile``.
 
 The rules' backward passes are a few convolution products plus a chain of element-wise steps (a division
-by a stabilised denominator, a choice by the sign of ``z``, a scaling). In eager mode each step is one pass
-over a tensor the size of the layer's output; on CPU those passes cost about as much as the products.
-``torch.compile`` (inductor) fuses each chain into one loop. Compiling costs tens of seconds once per process
-(less with inductor's on-disk cache), so it is off by default and meant for large audits:
-``SPRAY_LRP_COMPILE=1`` in the environment, or :func:`enable_compile`. Shapes are compiled dynamically, so
+by a stabilised denominator, a choice by the sign of ``z``, a scaling). Each step here has two forms: the
+eager one (the default) writes every step in place into one output buffer, one pass over a layer-sized
+tensor per step and no fresh allocation per step; the functional one is what ``torch.compile`` (inductor)
+fuses into one loop when ``SPRAY_LRP_COMPILE=1`` is set or :func:`enable_compile` is called. Compiling costs
+tens of seconds once per process (less with inductor's on-disk cache) and measures no faster than the
+in-place steps on CPU (docs/benchmarks.md), so it is off by default. Shapes are compiled dynamically, so
 layers of every size share one kernel. Where compiling fails (no C++ compiler, an unsupported platform) the
-eager function is used from then on, with one warning; the numbers are the same either way up to float
+eager form is used from then on, with one warning; the numbers are the same either way up to float
 rounding (fused multiply-adds).
 """
 
