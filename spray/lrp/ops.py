@@ -86,6 +86,12 @@ class LinearLayer:
         self._derived[key] = (stamp, value)
         return value
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for Dask workers: the cached weight-derived tensors are rebuilt there on first use.
+        state = dict(self.__dict__)
+        state["_derived"] = {}
+        return state
+
     @property
     def channel_dim(self) -> int:
         """The output-channel dimension of ``z``: 1 for conv ``(B, C, ...)``, -1 for linear ``(..., F)``."""

@@ -431,13 +431,15 @@ class ZBox(LinearRule):
         zennit does: ``b - b+ - b- = 0``, so they cancel in the denominator ``z - this``.)"""
         shape = tuple(a.shape[1:])
         cached = layer.derived("zbox_bounds", dict)
-        if shape not in cached:
+        products = cached.get(shape)
+        if products is None:
             one = a[:1]
             w_pos, w_neg, _ = layer.split_weight()
+            products = (layer.forward(_expand_bound(self.low, one), w_pos, _positive(layer.bias))
+                        + layer.forward(_expand_bound(self.high, one), w_neg, _negative(layer.bias)))
             cached.clear()  # one input shape at a time (an audit resizes every image alike)
-            cached[shape] = (layer.forward(_expand_bound(self.low, one), w_pos, _positive(layer.bias))
-                             + layer.forward(_expand_bound(self.high, one), w_neg, _negative(layer.bias)))
-        return cached[shape]
+            cached[shape] = products
+        return products
 
 
 def _bound(value: Bound, name: str) -> Tensor:

@@ -180,3 +180,15 @@ def test_channels_last_gives_the_same_relevance_in_nchw(composite: str, monkeypa
     _, relevance = lrp(x, targets)
     assert lrp.channels_last and relevance.is_contiguous()
     torch.testing.assert_close(relevance, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_a_pickled_engine_leaves_its_weight_caches_behind_and_explains_alike() -> None:
+    import pickle
+
+    model, x = golden_models.make("batchnorm")
+    lrp = LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)
+    targets = torch.tensor([1, 2, 3, 4])
+    _, relevance = lrp(x, targets)  # fills the per-layer caches (stacked weights, z^B bound products)
+    fresh = pickle.loads(pickle.dumps(LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)))
+    assert len(pickle.dumps(lrp)) < 1.2 * len(pickle.dumps(fresh))
+    torch.testing.assert_close(pickle.loads(pickle.dumps(lrp))(x, targets)[1], relevance)
