@@ -10,6 +10,7 @@ shard.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,9 @@ def attribute_shard(
     ``(n, C, H, W)`` float32 before the next batch is explained, so memory holds a few batches whatever the
     shard size. Returns the small arrays ``index`` (n,) positions in ``samples`` that were explained (rows
     of the stored relevance, in order), ``logits`` (n, K) float32, ``conservation`` (n,) sum of relevance /
-    explained logit; and meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule).
+    explained logit; and meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule),
+    ``attribution_s``: seconds spent in the attributor's calls (not decoding or storing; ``spray evaluate``
+    reports it per image).
     """
     engine = prepare_attributor(model_config, attribution, image, model_token)
     device = resolve_device(attribution.device)
@@ -128,6 +131,7 @@ def attribute_shard(
     skipped: list[list[str]] = []
     index, logits, ratios = [], [], []
     written = 0
+    seconds = 0.0
     batches = iter_pixel_batches(samples, image, attribution.batch_size, attribution.loader_workers)
     for batch in batches:
         skipped += [list(item) for item in batch.failed]
@@ -135,7 +139,11 @@ def attribute_shard(
             continue
         x = to_device(to_model_input(batch.pixels, image), device)
         targets = torch.full((len(x),), class_index, dtype=torch.long, device=device)
+        started = time.perf_counter()
         batch_logits, batch_relevance = engine(x, targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels run asynchronously: wait for them before reading the clock
+        seconds += time.perf_counter() - started
         batch_ratios = conservation(batch_relevance, batch_logits, targets).cpu().numpy()
         batch_logits = batch_logits.detach().float().cpu().numpy()
         batch_relevance = batch_relevance.detach().float().cpu().numpy()
@@ -159,7 +167,7 @@ def attribute_shard(
             "conservation": (np.concatenate(ratios) if ratios else np.zeros(0)).astype(np.float32),
         },
         {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name,
-         "method": attribution.method},
+         "method": attribution.method, "attribution_s": seconds},
     )
 
 
