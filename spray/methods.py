@@ -48,7 +48,7 @@ from spray.config import (
     attribution_config,
 )
 from spray.data import Dataset, DigestIndex, Sample, dataset_token, load_dataset
-from spray.errors import ConfigError
+from spray.errors import ConfigError, ModelError
 from spray.evaluate import patch_grid
 from spray.faithfulness import EvaluateTask, evaluate_task, read_evaluated, sampled_rows
 from spray.faithfulness import store_key as evaluate_key
@@ -183,8 +183,12 @@ def check_methods(config: SprayConfig, dataset: Dataset, methods: Sequence[Metho
     chosen, pixels, _ = decode_probes(dataset, image, per_class=False)
     token = model_token(config.model)
     for spec in methods:
-        check_attribution(prepare_attributor(config.model, spec.attribution, image, token), pixels, image,
-                          chosen[0].label)
+        try:
+            check_attribution(prepare_attributor(config.model, spec.attribution, image, token), pixels, image,
+                              chosen[0].label)
+        except ModelError as error:
+            raise ModelError(f"method {spec.name} cannot explain this model (leave it out of --methods): "
+                             f"{error}") from None
 
 
 def compare_methods(config: SprayConfig, names: Sequence[str] | None = None, *,
@@ -212,7 +216,7 @@ def compare_methods(config: SprayConfig, names: Sequence[str] | None = None, *,
     evaluation = config.evaluation
     setting = EvaluationSetting(evaluation.samples, evaluation.seed, evaluation.patch_size, steps,
                                 evaluation.perturbation)
-    overall = tuple(_overall(spec.name, [s for s in scores if s.method == spec.name]) for spec in methods)
+    overall = tuple(overall_score(spec.name, [s for s in scores if s.method == spec.name]) for spec in methods)
     return MethodComparison(tuple(methods), tuple(scores), overall, setting, stages, tuple(skipped))
 
 
@@ -307,8 +311,10 @@ def _score(method: str, index: int, dataset: Dataset, shards: list[Entry], evalu
                        1000 * seconds / explained if timed and explained else None, int(not gain > 0))
 
 
-def _overall(method: str, scores: list[MethodScore]) -> MethodScore:
-    """The mean of the class means over the classes with a measured image; time over all explained images."""
+def overall_score(method: str, scores: Sequence[MethodScore]) -> MethodScore:
+    """A method over all classes: the mean of the class means over the classes with a measured image, the
+    time per image weighted by the images measured (None unless every measured class has one), the
+    classes not better than random summed."""
     measured = [s for s in scores if s.n]
     timed = [s for s in scores if s.ms_per_image is not None and s.n]
 
