@@ -84,7 +84,7 @@ class MethodScore:
 
     ``aopc_morf``, ``aopc_random``, ``aopc_gain`` in logits (NaN when ``n`` is 0); ``n`` images measured;
     ``ms_per_image``: the attributor's milliseconds per explained image (None where an entry did not record
-    it); ``not_better``: classes whose gain is not above 0 (0 or 1 for a single class).
+    it); ``not_better``: measured classes whose gain is not above 0 (0 or 1 for a single class).
     """
 
     method: str
@@ -308,13 +308,13 @@ def _score(method: str, index: int, dataset: Dataset, shards: list[Entry], evalu
     gain = mean(result.aopc_gain)
     return MethodScore(method, index, dataset.class_names[index], n, mean(result.aopc_morf),
                        mean(result.aopc_random), gain,
-                       1000 * seconds / explained if timed and explained else None, int(not gain > 0))
+                       1000 * seconds / explained if timed and explained else None, int(n > 0 and not gain > 0))
 
 
 def overall_score(method: str, scores: Sequence[MethodScore]) -> MethodScore:
     """A method over all classes: the mean of the class means over the classes with a measured image, the
     time per image weighted by the images measured (None unless every measured class has one), the
-    classes not better than random summed."""
+    measured classes not better than random summed."""
     measured = [s for s in scores if s.n]
     timed = [s for s in scores if s.ms_per_image is not None and s.n]
 

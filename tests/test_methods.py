@@ -86,7 +86,7 @@ def test_every_method_explains_the_same_sample_of_a_class_the_evaluate_stage_dra
 
 
 def _score(method: str, index: int, gain: float, ms: float | None = 1.0, n: int = 4) -> MethodScore:
-    return MethodScore(method, index, f"c{index}", n, gain + 1.0, 1.0, gain, ms, int(not gain > 0))
+    return MethodScore(method, index, f"c{index}", n, gain + 1.0, 1.0, gain, ms, int(n > 0 and not gain > 0))
 
 
 def test_over_all_classes_each_class_counts_alike_and_unmeasured_classes_are_left_out():
@@ -94,7 +94,7 @@ def test_over_all_classes_each_class_counts_alike_and_unmeasured_classes_are_lef
     overall = overall_score("m", scores)
     assert overall.aopc_gain == pytest.approx(0.5) and overall.aopc_morf == pytest.approx(1.5)
     assert overall.n == 16 and overall.ms_per_image == pytest.approx((4 * 1.0 + 12 * 3.0) / 16)
-    assert overall.not_better == 2  # the class with a negative gain and the unmeasured one
+    assert overall.not_better == 1  # the class with a negative gain; the unmeasured one is not counted
     assert overall_score("m", [_score("m", 0, 1.0, ms=None)]).ms_per_image is None
 
 
