@@ -101,8 +101,8 @@ class AttributorClock:
         self.device = device
         self.seconds = 0.0
 
-    def run(self, engine: Any, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``engine(x, targets)``, timed."""
+    def run(self, engine: Any, x: torch.Tensor, targets: torch.Tensor) -> tuple[Any, Any]:
+        """``engine(x, targets)`` (logits and relevance tensors, as the engine returns them), timed."""
         started = time.perf_counter()
         logits, relevance = engine(x, targets)
         if self.device.type == "cuda":
