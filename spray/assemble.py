@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.analysis.features import lens_neon
 from spray.cache import Entry
 from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
@@ -46,7 +47,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
     relevance_by_id = relevance_lookup(tasks["shards"], samples, config.attribution.shard_size)
     clusters = []
     notes = list(analysis_meta.get("notes", []))
-    neon, membership_maps = _neon(maps, flagged.labels)
+    # the deep-feature lens explains membership at its layer, through the network (spray.analysis.features)
+    neon, membership_maps = lens_neon(tasks["lens"], flagged.labels) if "lens" in tasks else _neon(maps, flagged.labels)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     for cluster in flagged.clusters:
         # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
