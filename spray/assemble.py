@@ -58,7 +58,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
             continue
         result = _cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
                                  config.data.image, config.flagging.prototypes)
-        result.neon = _cluster_neon(neon.get(cluster.id), cluster.region)
+        result.neon = _cluster_neon(neon.get(cluster.id), cluster.region,
+                                    config.analysis.layer if "lens" in tasks else None)
         if result.neon is not None:
             result.prototype_neon_maps = [membership_maps[position[i]] for i in result.prototypes]
         clusters.append(result)
@@ -86,12 +87,13 @@ def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMember
     return {m.cluster: m for m in memberships}, per_sample.astype(np.float32)
 
 
-def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None) -> ClusterNeon | None:
+def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None,
+                  layer: str | None) -> ClusterNeon | None:
     if membership is None or membership.competitor < 0:
         return None
     return ClusterNeon(competitor=membership.competitor, mean_logit=membership.mean_logit,
                        mean_map=membership.mean_map.astype(np.float32),
-                       positive_share_in_region=positive_share_in_region(membership.mean_map, region))
+                       positive_share_in_region=positive_share_in_region(membership.mean_map, region), layer=layer)
 
 
 def _class_faithfulness(entry: Entry, ids: list[str]) -> ClassFaithfulness | None:

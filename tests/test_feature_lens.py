@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -121,3 +122,6 @@ def test_a_planted_artifact_separates_in_feature_space_and_its_explanation_lands
     validate_summary(summary)
     assert summary["classes"][0]["notes"][0].startswith("lens: clusters of the activations of layer '8'")
     assert summary["run"]["config"]["analysis"]["space"] == "features"
+    (stored,) = [c for c in summary["classes"][0]["clusters"] if c["id"] == best.id]
+    assert stored["neon"]["layer"] == "8" and best.neon.layer == "8"
+    assert "at layer '8'" in html.unescape((Path(outcome.report).parent / "index.html").read_text())
