@@ -226,7 +226,7 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     if features is not None and feature_key is not None:
         key = lens_key(feature_key, flag_key, config.preprocessing)
         tasks["features"], tasks["lens"] = features, dask.delayed(lens_task, pure=True)(
-            directory, key, pre, features, flagged, _feature_job(context, index, samples), config.preprocessing,
+            directory, key, pre, features, flagged, _feature_job(context, samples), config.preprocessing,
             dask_key_name=f"lens-{index}-{key[:8]}")
     if config.evaluation.enabled:
         key = evaluate_key(config.evaluation, image, shard_keys, context.token)
@@ -237,7 +237,8 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     return tasks
 
 
-def _feature_job(context: _GraphContext, index: int, samples: list[Sample]) -> FeatureJob:
+def _feature_job(context: _GraphContext, samples: list[Sample]) -> FeatureJob:
+    """What the lens tasks of a class need (``samples``: the class's samples)."""
     config = context.config
     if not isinstance(config.attribution, LrpAttribution) or config.analysis.layer is None:
         raise AssertionError("the config validates analysis.space features with an LRP attribution and a layer")
@@ -250,7 +251,7 @@ def _features_task(context: _GraphContext, index: int, samples: list[Sample], pr
     """With ``analysis.space: features``, the class's features task and its key (spray.analysis.features)."""
     if context.config.analysis.space != "features":
         return None, None
-    job = _feature_job(context, index, samples)
+    job = _feature_job(context, samples)
     key = features_key(job, pre_key)
     return dask.delayed(features_task, pure=True)(context.directory, key, pre, job,
                                                    dask_key_name=f"features-{index}-{key[:8]}"), key

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,20 @@ def test_relevance_seeded_at_a_layer_reaches_the_input_conserved():
     assert torch.allclose(relevance.sum((1, 2, 3)), seed.sum(1), rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="no layer named 'nope'"):
         lrp.at_layer(x, "nope")
+
+
+def test_threads_sharing_one_engine_each_get_their_own_layer_output():
+    lrp = LRP(_net(), "epsilon")
+    inputs = [torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(n)) for n in (2, 3, 5, 7)]
+    expected = [lrp.at_layer(x, "hidden")[0] for x in inputs]
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [lrp.at_layer(x, "hidden", lambda out: torch.ones_like(out))[0] for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(run, inputs))
+    for got, want in zip(outputs, expected):
+        assert all(torch.equal(output, want) for output in got)
 
 
 def test_validate_names_a_layer_the_model_does_not_have(tiny_case, capsys):

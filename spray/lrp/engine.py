@@ -118,7 +118,14 @@ class LRP:
         if module is None or not layer:
             raise ValueError(f"the model has no layer named {layer!r}")
         captured: list[Tensor] = []
-        handle = module.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+        caller = threading.get_ident()
+
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # the engine is shared by a process's task threads: keep this call's output, not another thread's
+            if threading.get_ident() == caller:
+                captured.append(output)
+
+        handle = module.register_forward_hook(keep)
         inputs = x.detach().to(self.dtype).requires_grad_(relevance is not None)
         try:
             with torch.set_grad_enabled(relevance is not None):
