@@ -1,4 +1,5 @@
-"""``python -m spray run CONFIG``, ``validate CONFIG``, ``init MODEL IMAGES`` and ``export virelay CONFIG DIR``.
+"""``python -m spray run CONFIG``, ``validate CONFIG``, ``evaluate CONFIG``, ``init MODEL IMAGES`` and ``export
+virelay CONFIG DIR``.
 
 Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given (a series of
 checkpoints: flagged at the last one), or a flag that the baseline did not have and --fail-on-new-flag was
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
     init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
     export = _export_parser(commands)
-    for command in (run, validate, init, export):
+    evaluate = _evaluate_parser(commands)
+    for command in (run, validate, init, export, evaluate):
         command.add_argument("--debug", action="store_true",
                              help="print the traceback of an unexpected error here too (it is always logged)")
     return parser
@@ -85,6 +87,20 @@ def _export_parser(commands: Any) -> argparse.ArgumentParser:
     export.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
     export.add_argument("--quiet", action="store_true", help="no progress bars")
     return export
+
+
+def _evaluate_parser(commands: Any) -> argparse.ArgumentParser:
+    """``evaluate CONFIG [--methods a,b]``: the faithfulness of each attribution method (spray.methods)."""
+    evaluate = commands.add_parser(
+        "evaluate", help="compare how faithful the heatmaps of attribution methods are for this model")
+    evaluate.add_argument("config", type=Path, help="the audit's YAML config")
+    evaluate.add_argument("--methods", metavar="A,B,...",
+                          help="comma-separated LRP composites or methods (default: the configured attribution, "
+                          "every named composite, gradient, gradient_x_input, integrated_gradients)")
+    evaluate.add_argument("--output", type=Path, help="folder for methods.csv and methods.json (overrides output)")
+    evaluate.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to compare on (indices or names)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    return evaluate
 
 
 class Terminated(KeyboardInterrupt):
@@ -107,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _init(arguments)
             if arguments.command == "export":
                 return _export(arguments)
+            if arguments.command == "evaluate":
+                return _evaluate(arguments)
             return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
@@ -363,4 +381,31 @@ def _export(arguments: argparse.Namespace) -> int:
                           progress=not arguments.quiet)
     print(f"spray: wrote the ViRelAy project {path}; open it with `python -m virelay {path}` where ViRelAy is "
           "installed")
+    return EXIT_OK
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    """``evaluate``: the faithfulness table of each method, printed and written to the output folder."""
+    from spray.methods import compare_methods, format_table, resolve_methods, write_comparison
+
+    demo, config = _load(arguments)
+    arguments.output_folder = Path(config.output)
+    names = [name.strip() for name in arguments.methods.split(",") if name.strip()] if arguments.methods else None
+    resolve_methods(config.attribution, names)  # a wrong name fails before any work
+    from spray.checks import check_output_folders
+
+    check_output_folders(config)
+    if demo is not None:
+        from spray.demo import prepare_demo
+
+        prepare_demo(demo)
+    comparison = compare_methods(config, names, progress=not arguments.quiet)
+    computed = ", ".join(f"{stage} {c['computed']}/{c['computed'] + c['cached']}"
+                         for stage, c in comparison.stages.items())
+    print(f"spray: tasks computed (the rest came from the cache): {computed}")
+    for skipped in comparison.skipped_classes:
+        print(f"spray: skipped class {skipped.class_name}: {skipped.reason}")
+    print(format_table(comparison))
+    paths = write_comparison(comparison, Path(config.output))
+    print(f"spray: wrote {' and '.join(str(path) for path in paths)}")
     return EXIT_OK

@@ -383,6 +383,25 @@ class AnalysisConfig(_Section):
     min_clusters: int = Field(default=2, ge=1, description="smallest number of clusters the eigengap may pick")
     max_clusters: int = Field(default=10, ge=1, description="largest number of clusters the eigengap may pick")
     seed: int = Field(default=0, description="seed of the eigensolver start vector and of k-means")
+    space: Literal["heatmaps", "features"] = Field(
+        default="heatmaps",
+        description="what is clustered: the preprocessed heatmaps (SpRAY), or the activations of analysis.layer "
+        "(a deep-feature lens; membership maps: NEON at the layer, propagated to the input by LRP; needs "
+        "attribution.method lrp)",
+    )
+    layer: str | None = Field(
+        default=None, description="with space features: the layer whose activations are clustered, a name of "
+        "model.named_modules() such as '10' or 'classifier.1' (checked against the model before any work)",
+    )
+
+    @model_validator(mode="after")
+    def _lens(self) -> AnalysisConfig:
+        if self.space == "features" and not self.layer:
+            raise ValueError("analysis.space 'features' clusters one layer's activations: give analysis.layer, "
+                             "a name from the model's named_modules() (e.g. the penultimate layer)")
+        if self.space == "heatmaps" and self.layer is not None:
+            raise ValueError("analysis.layer applies to analysis.space: features (the heatmaps lens has no layer)")
+        return self
 
     @model_validator(mode="after")
     def _cluster_range(self) -> AnalysisConfig:
@@ -512,6 +531,13 @@ class SprayConfig(_Section):
     @classmethod
     def _attribution_method(cls, value: Any) -> Any:
         return _with_method(value)
+
+    @model_validator(mode="after")
+    def _lens_needs_lrp(self) -> SprayConfig:
+        if self.analysis.space == "features" and not isinstance(self.attribution, LrpAttribution):
+            raise ValueError(f"analysis.space 'features' propagates each cluster's membership from analysis.layer to "
+                             f"the input with LRP: it needs attribution.method lrp, not {self.attribution.method!r}")
+        return self
 
     @model_validator(mode="after")
     def _enough_patches(self) -> SprayConfig:

@@ -14,6 +14,8 @@ sections tokenize by their values:
   transplant images;
 - evaluate (with ``evaluation.enabled``, ``spray.faithfulness``): the evaluation and image sections, the
   model token and the shard keys;
+- features and lens (with ``analysis.space: features``, ``spray.analysis.features``): the model token, the
+  attribution, image and preprocessing sections, the layer, the preprocess key (and for lens the flag key);
 - cross_class (with ``audit.cross_class``): the analysis and embedding sections and every class's
   preprocess key.
 
@@ -51,6 +53,7 @@ import dask
 import numpy as np
 
 from spray.analysis import import_umap
+from spray.analysis.features import FeatureJob, features_key, features_task, lens_key, lens_task
 from spray.analysis.task import (
     AnalyseJob,
     CrossClassJob,
@@ -72,6 +75,7 @@ from spray.config import (
     CacheConfig,
     DaskConfig,
     EmbeddingConfig,
+    LrpAttribution,
     SprayConfig,
 )
 from spray.data import (
@@ -93,6 +97,8 @@ from spray.timeline import CheckpointState, Timeline, build_timeline
 
 log = logging.getLogger(__name__)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag", "evaluate")
+# the deep-feature lens's stages (analysis.space: features), counted only when they run
+LENS_STAGES = ("features", "lens")
 
 
 @dataclass
@@ -203,9 +209,10 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     pre = dask.delayed(preprocess_task, pure=True)(
         PreprocessTask(directory, pre_key, shard_samples, config.preprocessing), shards,
         dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-    analysis_key = analyse_key(config.analysis, pre_key)
+    features, feature_key = _features_task(context, index, samples, pre, pre_key)
+    analysis_key = analyse_key(config.analysis, pre_key, feature_key)
     analysis = dask.delayed(analyse_task, pure=True)(
-        directory, analysis_key, AnalyseJob(pre, config.analysis, context.dataset.class_names[index]),
+        directory, analysis_key, AnalyseJob(pre, config.analysis, context.dataset.class_names[index], features),
         dask_key_name=f"analyse-{index}-{analysis_key[:8]}")
     embedding_key = embed_key(config.embedding, pre_key)
     embedding = dask.delayed(embed_task, pure=True)(
@@ -221,6 +228,11 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
         directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
     tasks = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
              "_pre_key": pre_key}
+    if features is not None and feature_key is not None:
+        key = lens_key(feature_key, flag_key, config.preprocessing)
+        tasks["features"], tasks["lens"] = features, dask.delayed(lens_task, pure=True)(
+            directory, key, pre, features, flagged, _feature_job(context, samples), config.preprocessing,
+            dask_key_name=f"lens-{index}-{key[:8]}")
     if config.evaluation.enabled:
         key = evaluate_key(config.evaluation, image, shard_keys, context.token)
         job = EvaluateTask(index, config.model, image, config.evaluation, attribution.device, attribution.batch_size,
@@ -228,6 +240,26 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
         tasks["evaluate"] = dask.delayed(evaluate_task, pure=True)(
             directory, key, shards, job, dask_key_name=f"evaluate-{index}-{key[:8]}")
     return tasks
+
+
+def _feature_job(context: _GraphContext, samples: list[Sample]) -> FeatureJob:
+    """What the lens tasks of a class need (``samples``: the class's samples)."""
+    config = context.config
+    if not isinstance(config.attribution, LrpAttribution) or config.analysis.layer is None:
+        raise AssertionError("the config validates analysis.space features with an LRP attribution and a layer")
+    return FeatureJob(config.model, context.token, config.attribution, config.data.image, config.analysis.layer,
+                      tuple(samples))
+
+
+def _features_task(context: _GraphContext, index: int, samples: list[Sample], pre: Any,
+                   pre_key: str) -> tuple[Any, str | None]:
+    """With ``analysis.space: features``, the class's features task and its key (spray.analysis.features)."""
+    if context.config.analysis.space != "features":
+        return None, None
+    job = _feature_job(context, samples)
+    key = features_key(job, pre_key)
+    return dask.delayed(features_task, pure=True)(context.directory, key, pre, job,
+                                                   dask_key_name=f"features-{index}-{key[:8]}"), key
 
 
 def _shard_tasks(context: _GraphContext, index: int, samples: list[Sample]) -> tuple[list[Any], list[str],
@@ -617,8 +649,9 @@ def _stage_counts(computed: dict[int, dict[str, Any]], cross_entry: Entry | None
     """Entries computed and found cached, per stage (and cross_class when it ran)."""
     counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
     for tasks in computed.values():
-        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:] if s in tasks]
+        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:] + LENS_STAGES if s in tasks]
         for entry in entries:
+            counts.setdefault(entry.stage, {"computed": 0, "cached": 0})
             counts[entry.stage]["computed" if entry.computed else "cached"] += 1
     if cross_entry is not None:
         counts["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -124,6 +124,41 @@ class LRP:
         relevance = relevance.detach().to(self.dtype).contiguous()
         self.conservation = conservation(relevance, logits, targets)
         return logits, relevance
+
+    def at_layer(self, x: Tensor, layer: str, relevance: Callable[[Tensor], Tensor] | None = None
+                 ) -> tuple[Tensor, Tensor | None]:
+        """The output of the layer named ``layer`` (a leaf module's name in ``model.named_modules()``) for
+        ``x``, detached, ``(B, ...)``; and with ``relevance``, a function of that output returning the
+        relevance to start from (same shape), the input relevance (like ``x``) that this engine's rules give
+        from that layer down: the layer's output relevance seeds the backward pass there instead of at the
+        logit. Raises ValueError when the layer is not called by the model's forward pass."""
+        self._to(x.device)
+        module = dict(self._module.named_modules()).get(layer)
+        if module is None or not layer:
+            raise ValueError(f"the model has no layer named {layer!r}")
+        captured: list[Tensor] = []
+        caller = threading.get_ident()
+
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # the engine is shared by a process's task threads: keep this call's output, not another thread's
+            if threading.get_ident() == caller:
+                captured.append(output)
+
+        handle = module.register_forward_hook(keep)
+        inputs = x.detach().to(self.dtype).requires_grad_(relevance is not None)
+        try:
+            with torch.set_grad_enabled(relevance is not None):
+                self._module(inputs)
+        finally:
+            handle.remove()
+        if not captured or not isinstance(captured[0], Tensor):
+            raise ValueError(f"layer {layer!r} is not called with a tensor output by the model's forward pass")
+        output = captured[0]
+        if relevance is None:
+            return output.detach(), None
+        seed = relevance(output.detach()).to(output.dtype)
+        (explained,) = torch.autograd.grad(output, inputs, seed)
+        return output.detach(), explained.detach().to(self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process
         state = dict(self.__dict__)

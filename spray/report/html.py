@@ -210,9 +210,9 @@ def _neon_view(cluster: ClusterResult, has_region: bool) -> dict[str, Any]:
         return {"neon_map": None, "neon_text": explain.NEON_SINGLE, "neon_competitor": None, "neon_share": None,
                 "neon_prototype_text": ""}
     return {"neon_map": images.map_tile(neon.mean_map, cluster.region if has_region else None),
-            "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit)),
+            "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit), neon.layer),
             "neon_competitor": neon.competitor, "neon_share": neon.positive_share_in_region,
-            "neon_prototype_text": explain.NEON_PROTOTYPE}
+            "neon_prototype_text": explain.NEON_PROTOTYPE if neon.layer is None else explain.NEON_LENS_PROTOTYPE}
 
 
 def _faithfulness_view(result: ClassResult) -> dict[str, Any] | None:

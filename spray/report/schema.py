@@ -28,6 +28,10 @@ class Neon(_Open):
     positive_share_in_region: float | None = Field(
         description="share of the mean membership map's positive relevance inside the cluster's distinctive "
                     "region; null without a region")
+    layer: str | None = Field(
+        default=None, description="null: NEON over the preprocessed heatmaps; a layer name: the deep-feature lens "
+        "(analysis.space features), membership at that layer's activations (mean_logit in their squared-distance "
+        "units) propagated to the input by LRP")
 
 
 class Faithfulness(_Open):
