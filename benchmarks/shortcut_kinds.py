@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,12 @@ def cases(seed: int) -> list[tuple[str, Case]]:
 
 
 def audit_case(folder: Path, case: Case) -> tuple[object, pd.DataFrame, dict]:
-    record = build_case(folder / "case", case)
+    """Build the case in ``folder`` (kept when ``folder/case`` already holds this very case) and audit it."""
+    built = folder / "case" / "training.json"
+    if built.exists() and json.loads(built.read_text())["case"] == json.loads(json.dumps(asdict(case))):
+        record = json.loads(built.read_text())
+    else:
+        record = build_case(folder / "case", case)
     raw = {
         "model": {"factory": "spray.planted:build_model",
                   "kwargs": {"kind": case.model, "channels": case.channels, "n_classes": case.n_classes},
@@ -141,15 +146,21 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", default="", help="comma-separated words: run the cases whose name has one")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the built cases and their caches in this folder, so that "
+                        "a second run re-audits them (flagging only, when nothing else changed)")
     arguments = parser.parse_args()
     wanted = [w for w in arguments.only.split(",") if w]
     rows = []
-    for name, case in cases(arguments.seed):
+    for number, (name, case) in enumerate(cases(arguments.seed)):
         if wanted and not any(w in name for w in wanted):
             continue
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
-            outcome, manifest, record = audit_case(Path(folder), case)
+        if arguments.keep:
+            folder = arguments.keep / f"{number:02d}-{name.replace(' ', '-')}"
+            outcome, manifest, record = audit_case(folder, case)
+        else:
+            with tempfile.TemporaryDirectory() as temporary:
+                outcome, manifest, record = audit_case(Path(temporary), case)
         for row in score(name, case, outcome, manifest, record):
             row["seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)

@@ -14,7 +14,8 @@ from spray.cache import Entry
 from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
 from spray.faithfulness import read_evaluated
-from spray.flag import ClusterEvidence, read_flagged
+from spray.flag import ClusterEvidence, Finding, read_flagged
+from spray.flag.findings import same_pattern
 from spray.neon import ClusterMembership, cluster_memberships, positive_share_in_region
 from spray.results import (
     ClassFaithfulness,
@@ -22,6 +23,7 @@ from spray.results import (
     ClusterNeon,
     ClusterResult,
     FaithfulnessSummary,
+    FindingResult,
     Thumbnail,
 )
 
@@ -75,7 +77,26 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
         eigenvalues=analysis_arrays["eigenvalues"], n_clusters=int(analysis_meta["n_clusters"]),
         cluster_labels=flagged.labels, embeddings=dict(embeddings), clusters=clusters,
         class_mean_map=maps.mean(0), notes=notes,
-        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]], faithfulness=faithfulness)
+        skipped_samples=[(str(i), str(r)) for i, r in pre_meta["skipped"]], faithfulness=faithfulness,
+        findings=[finding_result(f, ids, flagged.labels, config.data.image) for f in flagged.findings])
+
+
+def finding_result(finding: Finding, ids: list[str], labels: np.ndarray, image: ImageConfig) -> FindingResult:
+    """A stored finding with its members' ids, where its windows lie (coverage) and how far they spread."""
+    height, width = int(image.size[0]), int(image.size[1])
+    coverage = np.zeros((height, width), np.float32)
+    for top, left, h, w in finding.windows:
+        coverage[top : top + h, left : left + w] += 1
+    windows = finding.windows.astype(np.float64)
+    spread = 0.0
+    if len(windows):
+        centres = np.stack([windows[:, 0] + windows[:, 2] / 2, windows[:, 1] + windows[:, 3] / 2], 1)
+        spread = float(np.linalg.norm(centres - centres.mean(0), axis=1).mean() / np.hypot(height, width))
+    return FindingResult(
+        cluster=finding.cluster, members=[ids[i] for i in np.flatnonzero(labels == finding.cluster)],
+        clusters=dict(finding.clusters), groups=list(finding.groups), anywhere=finding.anywhere,
+        evidence=finding.evidence, prototype=np.asarray(finding.prototype, np.float32),
+        coverage=coverage / max(len(finding.windows), 1), position_spread=spread)
 
 
 def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMembership], np.ndarray]:
@@ -188,3 +209,17 @@ def display(pixels: np.ndarray) -> np.ndarray:
     """(H, W, C) in [0, 1] -> (H, W, 3) uint8 for the report."""
     rgb = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def note_shared_patterns(results: list[ClassResult]) -> None:
+    """Note in each class whose finding shows the same pattern as another class's finding (prototypes
+    matched as ``spray.flag.findings.same_pattern`` merges a class's groups): one pattern that drives
+    several classes is one shortcut of the model, not several."""
+    for result in results:
+        for finding in result.findings:
+            others = [f"class {other.class_name} (cluster {theirs.cluster})" for other in results
+                      if other is not result for theirs in other.findings
+                      if same_pattern(finding.prototype, theirs.prototype)]
+            if others:
+                result.notes.append(f"the pattern of flagged cluster {finding.cluster} is also a finding in "
+                                    f"{', '.join(others)}: one pattern drives several classes")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from spray.config import SprayConfig
     from spray.demo import DemoConfig
     from spray.diff import AuditDiff, Snapshot
+    from spray.results import ClassResult
     from spray.timeline import Timeline
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
@@ -303,7 +304,7 @@ def _run(arguments: argparse.Namespace) -> int:
         print(f"spray: {len(outcome.flagged)} cluster(s) flagged for Clever Hans evidence:")
         for result, cluster in outcome.flagged:
             print(f"  class {result.class_name}: cluster {cluster.id} ({cluster.size} of {result.n_samples} samples), "
-                  f"score {cluster.score:.2f}")
+                  f"score {cluster.score:.2f}{_finding_text(result, cluster.id)}")
     else:
         print("spray: no cluster flagged")
     if outcome.timeline is not None:
@@ -348,6 +349,16 @@ def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> Snaps
 
         return load_baseline(config.audit.baseline)
     return None
+
+
+def _finding_text(result: ClassResult, cluster: int) -> str:
+    """How a flagged cluster's finding came together, when it is more than the spectral cluster."""
+    finding = next((f for f in result.findings if f.cluster == cluster), None)
+    if finding is None:
+        return ""
+    place = "a pattern that moves" if finding.anywhere else "one place"
+    origins = ", ".join(str(c) for c in sorted(finding.clusters))
+    return f"; {place}, members from cluster(s) {origins}"
 
 
 def _print_diff(diff: AuditDiff) -> list[str]:

@@ -65,7 +65,7 @@ from spray.analysis.task import (
     embed_key,
     embed_task,
 )
-from spray.assemble import assemble_class
+from spray.assemble import assemble_class, note_shared_patterns
 from spray.attribute import ShardTask, attribute_task, resolve_device, shard_key
 from spray.cache import CorruptEntry, Entry, sweep_stale
 from spray.checks import LABEL_SOURCES, LabelMapping, check_output_folders, check_writable_folder, preflight
@@ -627,6 +627,7 @@ def _compute(config: SprayConfig, dataset: Dataset, classes: list[int], director
             skipped_samples += PreprocessedClass.read(computed[index]["preprocess"]).skipped
         else:
             results.append(assemble_class(config, dataset, index, by_class[index], computed[index]))
+    note_shared_patterns(results)
     if skipped and not results:
         raise DataError("no class could be audited: " + "; ".join(f"{s.class_name}: {s.reason}" for s in skipped))
     cross_result = assemble_cross_class(dataset, cross_entry) if cross_entry is not None else None

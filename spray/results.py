@@ -72,6 +72,30 @@ class ClassFaithfulness:
 
 
 @dataclass
+class FindingResult:
+    """One shortcut found in a class: the samples that carry one pattern, wherever it sits
+    (``spray.flag.findings``), listed under one flagged cluster."""
+
+    cluster: int  # the flagged cluster its members are listed under
+    members: list[str]  # sample ids
+    clusters: dict[int, int]  # spectral cluster -> members it gave
+    groups: list[int]  # flagged groups merged into it: spectral cluster ids, -1, -2, ... for patterns found anywhere
+    anywhere: bool  # found at each member's own place (a pattern that moves), not at one place
+    evidence: Evidence  # of the strongest group
+    prototype: np.ndarray  # (h, w, C) float32 in [0, 1]: the members' mean pattern
+    coverage: np.ndarray  # (H, W) float32 in [0, 1]: share of the members whose pattern window covers each pixel
+    position_spread: float  # mean distance of the members' window centres from their mean / image diagonal
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def score(self) -> float:
+        return self.evidence.score
+
+
+@dataclass
 class ClusterResult:
     """One spectral cluster of one audited class.
 
@@ -127,6 +151,7 @@ class ClassResult:
     notes: list[str] = field(default_factory=list)  # what a reviewer should know (e.g. components)
     skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): not explained
     faithfulness: ClassFaithfulness | None = None  # None when evaluation is off or no sample was measured
+    findings: list[FindingResult] = field(default_factory=list)  # one per shortcut, strongest first
 
     @property
     def n_samples(self) -> int:

@@ -16,7 +16,8 @@ PASTED = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.4, flip_rate_control
 def measured(consistency: float = 0.95, drop: float = 0.6, drop_rest: float = 0.2,
              transplant: Transplant | None = PASTED) -> Measured:
     return Measured(region_area=0.04, relevance_in_region=0.6, relevance_in_region_rest=0.1,
-                    consistency=consistency, masking_drop=drop, masking_drop_rest=drop_rest, transplant=transplant)
+                    consistency=consistency, consistency_colour=consistency, consistency_shape=consistency - 0.1,
+                    masking_drop=drop, masking_drop_rest=drop_rest, transplant=transplant)
 
 
 def test_a_cluster_is_flagged_when_every_line_passes_and_its_score_is_the_weakest_ratio():
@@ -50,7 +51,8 @@ def test_a_line_that_is_not_a_number_is_the_weakest_and_named():
 def test_the_stored_evidence_lists_measurements_lines_weakest_and_thresholds_in_order():
     data = weigh(measured(), flag_threshold=1.0).joined(carriers=3, spectral_size=40).to_dict()
     assert list(data) == [
-        "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "masking_drop",
+        "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "consistency_colour",
+        "consistency_shape", "masking_drop",
         "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
         "transplant_flip_rate_control", "sufficiency", "weakest_evidence", "thresholds", "joined_by_pattern",
         "spectral_size",

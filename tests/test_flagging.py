@@ -15,7 +15,7 @@ import torch
 
 from spray.config import FlaggingConfig, ImageConfig
 from spray.demo import load_demo, prepare_demo
-from spray.flag import array_batches, distinctive_region, join_pattern_carriers, score_clusters
+from spray.flag import array_batches, distinctive_region, form_findings, score_clusters
 from spray.pipeline import run_audit
 
 
@@ -89,7 +89,7 @@ def test_the_class_streams_past_in_batches_and_the_batch_size_does_not_change_th
     whole = score_clusters(_CornerReader(), 0, batches(len(pixels)), maps, labels, recipients, IMAGE, config)
     largest.clear()
     streamed = score_clusters(_CornerReader(), 0, batches(7), maps, labels, recipients, IMAGE, config)
-    assert max(largest) == 7 and passes.count(7) == 2  # two passes, one batch at a time
+    assert max(largest) == 7 and passes.count(7) == 3  # the search and two passes, one batch at a time
     for a, b in zip(whole, streamed):
         assert a.flagged == b.flagged
         for (key, value, _), (_, other, _) in zip(a.evidence.entries(), b.evidence.entries(), strict=True):
@@ -109,7 +109,8 @@ def test_samples_carrying_the_flagged_pattern_join_the_flagged_cluster():
     labels[:3] = 1  # three carriers that spectral clustering put elsewhere
     scored = score_clusters(_CornerReader(), 0, array_batches(pixels), maps, labels, recipients, IMAGE,
                             FlaggingConfig(min_cluster_size=5))
-    joined, clusters = join_pattern_carriers(labels, scored)
+    joined = form_findings(labels, scored)
+    joined, clusters = joined.labels, joined.clusters
     assert (joined[:20] == 0).all() and (joined[20:] != 0).all()
     flagged = {s.id: s for s in clusters}[0]
     assert flagged.evidence.joined_by_pattern == 3 and flagged.evidence.spectral_size == 17

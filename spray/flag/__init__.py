@@ -3,13 +3,17 @@
 The eigengap finds several clusters in every class, clean or not, so a cluster is flagged only on evidence
 that a reviewer can check in the report. For each cluster we locate its *distinctive region*: the smallest
 set of pixels that holds half of the positive difference between the cluster's mean relevance map and the
-rest of the class's (capped at ``flagging.region_fraction`` of the image). Three measurements on that region:
+rest of the class's (capped at ``flagging.region_fraction`` of the image), grown at image resolution over
+the touching pixels at which the members agree (``plan.grow_region``: a thin frame found in part by the
+downsized heatmaps is measured whole). Three measurements on that region:
 
 consistency
-    Do the members show the *same pattern* there? ``1 - spread_members / spread_rest``, where a spread is the
-    mean squared distance of a group's region pixels to the members' mean region pattern. A watermark, tag or
-    frame is drawn the same way in every image (consistency near 1); the strokes of a handwriting style, or
-    any natural part of an object, vary from image to image (measured on clean digit models: at most 0.75).
+    Do the members show the *same pattern* there? ``1 - spread_members / spread_rest`` (medians over the
+    samples), where a spread is the mean squared distance of a sample's region pixels to the members' mean
+    region pattern; on colour images also the same with ``1 - NCC`` of grey levels (a shape drawn in any
+    colour), the larger counting. A watermark, tag or frame is drawn the same way in every image
+    (consistency near 1); the strokes of a handwriting style, or any natural part of an object, vary from
+    image to image (measured on clean digit models: at most 0.81).
 necessity
     Does the model *need* it for the members? The region is filled with the dataset's mean image (or blurred),
     and the drop of the audited logit, in units of the class's median logit, is averaged over the members
@@ -22,8 +26,20 @@ sufficiency
 
 A cluster is flagged when all three pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
 ``SUFFICIENCY``). Its score is the weakest of the three ratios measured / threshold, so ``score >= 1``
-exactly when the cluster is flagged, and the report shows which line of evidence is the weakest. Samples of
-other clusters that carry a flagged cluster's pattern then join it (``join_pattern_carriers``).
+exactly when the cluster is flagged, and the report shows which line of evidence is the weakest.
+
+Patterns that move. A shortcut that sits at a different place in each image spreads over several clusters
+or none, so the class is also searched for patterns found *anywhere* (``spray.flag.patterns``): each
+sample's most relevant window, the windows whose content recurs in the class first, matched in every image
+by normalised cross-correlation over positions and scales. A pattern's carriers are measured like a
+cluster, each at its own window: consistency of their windows' pixels (in colour, or in grey-level shape, so
+that a logo drawn in other colours stays one pattern), necessity by masking each carrier's own window,
+sufficiency by pasting carriers' windows at random places into other classes' images against windows of the
+rest of the class pasted at the same places.
+
+One shortcut, one finding. Flagged groups (clusters and patterns) that share their carriers are merged into
+one finding, listed under one flagged cluster with the spectral clusters its members came from
+(``spray.flag.findings``); samples of other clusters that carry a flagged cluster's region pattern join it.
 
 The thresholds were set from measurements on planted-artifact digit models (``benchmarks/planted_artifacts.py``:
 watermark, tag, stripe, frame; 15-35 % of one class; any corner; with and without BatchNorm): planted clusters
@@ -32,9 +48,9 @@ Necessity and sufficiency separate less (clean clusters reach 0.75 and 0.5: the 
 and pasting strokes adds some evidence), so they guard against a shared pattern the model does not use.
 
 The stage in modules: ``plan`` (regions, masks, donors), ``passes`` (the two passes over the class's
-images), ``evidence`` (the typed ``Evidence`` and ``weigh``, the pure function that gives the verdict),
-``score`` (``score_clusters``, ``join_pattern_carriers``) and ``task`` (the cached task and its entry).
-``evidence`` and ``plan`` import no torch; the names of the other modules load on first use, so that the
+images), ``patterns`` (the search for patterns found anywhere), ``evidence`` (the typed ``Evidence`` and ``weigh``,
+the pure function that gives the verdict), ``score`` (``score_clusters``), ``findings`` (``form_findings``)
+and ``task`` (the cached task and its entry). ``evidence``, ``plan`` and ``findings`` import no torch; the names of the other modules load on first use, so that the
 report and ``spray.results`` read ``Evidence`` without loading torch.
 """
 
@@ -54,25 +70,60 @@ from spray.flag.evidence import (
     weakest_evidence,
     weigh,
 )
-from spray.flag.plan import REGION_MASS, ClusterPlan, distinctive_region, plan_clusters, to_image_mask
+from spray.flag.findings import OVERLAP, ClusterEvidence, Finding, Joined, form_findings
+from spray.flag.plan import (
+    REGION_MASS,
+    ClusterPlan,
+    Windows,
+    distinctive_region,
+    plan_clusters,
+    to_image_mask,
+)
 
 if TYPE_CHECKING:
     from spray.flag.passes import LogitScorer, PixelBatches, array_batches
-    from spray.flag.score import ClusterEvidence, join_pattern_carriers, measure, score_clusters
+    from spray.flag.score import measure, score_clusters
     from spray.flag.task import STORE_VERSION, Flagged, FlagTask, flag_task, read_flagged, store_key
 
 _LAZY = {
     "LogitScorer": "passes", "PixelBatches": "passes", "array_batches": "passes",
-    "ClusterEvidence": "score", "join_pattern_carriers": "score", "measure": "score", "score_clusters": "score",
+    "measure": "score", "score_clusters": "score",
     "STORE_VERSION": "task", "FlagTask": "task", "Flagged": "task", "flag_task": "task", "read_flagged": "task",
     "store_key": "task",
 }
 
 __all__ = [
-    "CONSISTENCY", "NECESSITY", "REGION_MASS", "STORE_VERSION", "SUFFICIENCY", "ClusterEvidence", "ClusterPlan",
-    "Evidence", "FlagTask", "Flagged", "Line", "LogitScorer", "Measured", "PixelBatches", "Transplant",
-    "array_batches", "distinctive_region", "flag_task", "join_pattern_carriers", "measure", "plan_clusters",
-    "read_flagged", "score_clusters", "store_key", "to_image_mask", "weakest_evidence", "weigh",
+    "CONSISTENCY",
+    "NECESSITY",
+    "OVERLAP",
+    "REGION_MASS",
+    "STORE_VERSION",
+    "SUFFICIENCY",
+    "ClusterEvidence",
+    "ClusterPlan",
+    "Evidence",
+    "Finding",
+    "FlagTask",
+    "Flagged",
+    "Joined",
+    "Line",
+    "LogitScorer",
+    "Measured",
+    "PixelBatches",
+    "Transplant",
+    "Windows",
+    "array_batches",
+    "distinctive_region",
+    "flag_task",
+    "form_findings",
+    "measure",
+    "plan_clusters",
+    "read_flagged",
+    "score_clusters",
+    "store_key",
+    "to_image_mask",
+    "weakest_evidence",
+    "weigh",
 ]
 
 

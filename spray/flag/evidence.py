@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 CONSISTENCY = 0.9  # members' region pixels at most a tenth as spread as the rest of the class's
-NECESSITY = 0.15  # masking costs members 0.15 median logits more than the rest of the class
+NECESSITY = 0.3  # masking costs members 0.3 median logits more than the rest of the class
 SUFFICIENCY = 0.15  # pasting the members' region raises the class 0.15 median logits more than the control
 LINE_NAMES = ("consistency", "necessity", "sufficiency")
 NO_RECIPIENTS = "no images of other classes to transplant the region into"
@@ -22,7 +22,8 @@ NO_RECIPIENTS = "no images of other classes to transplant the region into"
 # The keys of ``Evidence.to_dict`` in the order summary.json and the report list them (``thresholds`` follows
 # ``weakest_evidence``); a key whose value was not recorded is left out.
 _ORDER = (
-    "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "masking_drop",
+    "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "consistency_colour",
+    "consistency_shape", "masking_drop",
     "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
     "transplant_flip_rate_control", "sufficiency", "not_scored", "weakest_evidence", "joined_by_pattern",
     "spectral_size",
@@ -69,7 +70,9 @@ class Measured:
     region_area: float  # share of the image the region covers
     relevance_in_region: float  # mean share of the members' |relevance| inside the region
     relevance_in_region_rest: float  # the same for the rest of the class
-    consistency: float  # 1 - spread of the members' region pixels / spread of the rest's
+    consistency: float  # the larger of the two below
+    consistency_colour: float  # 1 - spread of the members' pattern pixels / spread of the rest's
+    consistency_shape: float | None  # the same with 1 - NCC of grey levels: a shape in any colour; colour images
     masking_drop: float  # mean fall of the members' logit when the region is filled
     masking_drop_rest: float  # the same for the rest of the class
     transplant: Transplant | None
@@ -83,7 +86,7 @@ class Evidence:
     score 0 and no flag. A scored cluster has its three ``Line``s, the measurements behind them, the name of
     the weakest line and ``score`` = that line's ratio; ``not_scored`` then says which line could not be
     measured, if any. ``joined_by_pattern`` and ``spectral_size`` are set on flagged clusters once pattern
-    carriers have joined them (``spray.flag.join_pattern_carriers``).
+    carriers have joined them (``spray.flag.form_findings``).
     """
 
     score: float = 0.0
@@ -96,6 +99,8 @@ class Evidence:
     region_area: float | None = None
     relevance_in_region: float | None = None
     relevance_in_region_rest: float | None = None
+    consistency_colour: float | None = None
+    consistency_shape: float | None = None
     masking_drop: float | None = None
     masking_drop_rest: float | None = None
     transplant_gain: float | None = None
@@ -209,7 +214,9 @@ def weigh(measured: Measured, flag_threshold: float) -> Evidence:
         score=score, flagged=score >= flag_threshold, consistency=lines[0], necessity=lines[1],
         sufficiency=lines[2], weakest=weakest, not_scored=reason, region_area=measured.region_area,
         relevance_in_region=measured.relevance_in_region,
-        relevance_in_region_rest=measured.relevance_in_region_rest, masking_drop=measured.masking_drop,
+        relevance_in_region_rest=measured.relevance_in_region_rest,
+        consistency_colour=measured.consistency_colour, consistency_shape=measured.consistency_shape,
+        masking_drop=measured.masking_drop,
         masking_drop_rest=measured.masking_drop_rest,
         transplant_gain=transplant.gain if transplant else None,
         transplant_gain_control=transplant.gain_control if transplant else None,

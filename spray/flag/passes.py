@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from spray.config import ImageConfig
 from spray.data import to_model_input
-from spray.flag.plan import ClusterPlan
+from spray.flag.plan import ClusterPlan, resize_mask
+
+if TYPE_CHECKING:
+    from spray.flag.patterns import SearchImages
 
 PixelBatches = Callable[[], Iterable[np.ndarray]]
 """Called once per pass over a class: yields its images in order as (n, H, W, C) float32 batches in [0, 1]."""
@@ -72,9 +76,26 @@ class FirstPass:
 class SecondPass:
     """What pass two measured for one plan: (N,) arrays aligned with the class's samples."""
 
-    to_members: np.ndarray  # mean squared distance of each sample's region pixels to the members' mean
+    to_members: np.ndarray  # mean squared distance of each sample's pattern pixels to the members' mean
     to_rest: np.ndarray  # ... to the rest's mean
-    masked_logits: np.ndarray  # the audited logit with the region filled
+    masked_logits: np.ndarray  # the audited logit with the pattern's window filled
+    shape_match: np.ndarray  # NCC of the grey levels of each sample's pattern pixels and the members' mean
+
+
+def scan(batches: PixelBatches, n: int, size: tuple[int, int]) -> SearchImages:
+    """Pass zero over the class: the grey images the pattern search looks in and cluster regions grow on
+    (``spray.flag.patterns.SearchImages``). Raises ValueError when ``batches`` yields other than ``n``."""
+    from spray.flag.patterns import SearchImages, grey, search_scale, shrink
+
+    factor = search_scale(size)
+    searched, seen = [], 0
+    for pixels in batches():
+        seen += len(pixels)
+        if seen > n:
+            break
+        searched.append(shrink(grey(pixels), factor))
+    check_count(seen, n)
+    return SearchImages(torch.cat(searched) if searched else torch.zeros(0, 1, 1, 1), factor, size)
 
 
 def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitScorer, recipients: np.ndarray,
@@ -85,7 +106,8 @@ def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSco
     """
     logits = np.zeros(n, np.float32)
     image_sum = np.zeros(shape)
-    sums = [(np.zeros(int(plan.mask.sum()) * shape[2]), np.zeros(int(plan.mask.sum()) * shape[2])) for plan in plans]
+    sums = [(np.zeros(int(plan.template.sum()) * shape[2]), np.zeros(int(plan.template.sum()) * shape[2]))
+            for plan in plans]
     pasted = [(Pasted.empty(len(recipients)), Pasted.empty(len(recipients))) for _ in plans]
     seen = 0
     for pixels in batches():
@@ -96,15 +118,13 @@ def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSco
         logits[positions] = scorer(pixels)[0]
         image_sum += pixels.sum(0, dtype=np.float64)
         for plan, (member_sum, rest_sum), groups in zip(plans, sums, pasted):
-            patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
+            patterns = window_patterns(pixels, plan, positions)
             inside = plan.members[positions]
             member_sum += patterns[inside].sum(0, dtype=np.float64)
             rest_sum += patterns[~inside].sum(0, dtype=np.float64)
             for donors, group in zip(plan.donors, groups):
-                _transplant(donors, group, plan.mask, pixels, positions, recipients, scorer)
-    if seen != n:
-        raise ValueError(f"{'more' if seen > n else 'fewer'} images ({seen}{'+' if seen > n else ''}) than "
-                         f"relevance maps ({n}): they must be the same samples, in the same order")
+                _transplant(donors, group, plan, pixels, positions, recipients, scorer)
+    check_count(seen, n)
     background = ((image_sum + recipients.sum(0, dtype=np.float64)) / (n + len(recipients))).astype(np.float32)
     return FirstPass(
         logits, background,
@@ -114,21 +134,53 @@ def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSco
     )
 
 
-def _transplant(donors: np.ndarray, group: Pasted, mask: np.ndarray, pixels: np.ndarray, positions: np.ndarray,
+def window_patterns(pixels: np.ndarray, plan: ClusterPlan, positions: np.ndarray) -> np.ndarray:
+    """(n, P * C) the pattern pixels of each image (n, H, W, C): its window resized to the plan's template,
+    the template's pixels only."""
+    from spray.flag.patterns import cut
+
+    patches = cut(pixels, plan.windows.take(positions), plan.template.shape)
+    return patches[:, plan.template, :].reshape(len(pixels), -1)
+
+
+def window_mask(plan: ClusterPlan, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The plan's template resized (nearest) to a window of (height, width) = box[2:]: (height, width) bool."""
+    return resize_mask(plan.template, (box[2], box[3]))
+
+
+def check_count(seen: int, n: int) -> None:
+    """Raise ValueError unless a pass saw as many images as there are relevance maps."""
+    if seen != n:
+        raise ValueError(f"{'more' if seen > n else 'fewer'} images ({seen}{'+' if seen > n else ''}) than "
+                         f"relevance maps ({n}): they must be the same samples, in the same order")
+
+
+def _transplant(donors: np.ndarray, group: Pasted, plan: ClusterPlan, pixels: np.ndarray, positions: np.ndarray,
                 recipients: np.ndarray, scorer: LogitScorer) -> None:
-    """Paste the region of the donors in this batch into their recipients and score them, into ``group``."""
+    """Paste the pattern of the donors in this batch into their recipients and score them, into ``group``:
+    at the donor's own place, or for a pattern found anywhere at the plan's ``places``."""
     slots = np.flatnonzero((donors >= positions[0]) & (donors <= positions[-1]))
-    if len(slots):
-        pasted = recipients[slots]
-        pasted[:, mask, :] = pixels[donors[slots] - positions[0]][:, mask, :]
-        group.logits[slots], group.is_class[slots] = scorer(pasted)
+    if not len(slots):
+        return
+    pasted = recipients[slots].copy()
+    for row, slot in enumerate(slots):
+        donor = int(donors[slot])
+        top, left, height, width = plan.windows.box(donor)
+        inside = window_mask(plan, (top, left, height, width))
+        patch = pixels[donor - positions[0], top : top + height, left : left + width]
+        if plan.places is not None:
+            top = round(float(plan.places[slot, 0]) * (pasted.shape[1] - height))
+            left = round(float(plan.places[slot, 1]) * (pasted.shape[2] - width))
+        target = pasted[row, top : top + height, left : left + width]
+        target[inside] = patch[inside]
+    group.logits[slots], group.is_class[slots] = scorer(pasted)
 
 
 def second_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitScorer, first: FirstPass,
                 n: int, fill: str) -> list[SecondPass]:
     """Pass two over the class: one SecondPass per plan. ``fill``: "mean" fills a region with
     ``first.background``, "blur" with each image blurred."""
-    results = [SecondPass(np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)) for _ in plans]
+    results = [SecondPass(*(np.zeros(n, np.float32) for _ in range(4))) for _ in plans]
     seen = 0
     for pixels in batches():
         positions = slice(seen, seen + len(pixels))
@@ -136,13 +188,36 @@ def second_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSc
         replacement = np.broadcast_to(first.background, pixels.shape) if fill == "mean" else _blurred(pixels)
         for plan, result, member_pattern, rest_pattern in zip(plans, results, first.member_patterns,
                                                               first.rest_patterns):
-            patterns = pixels[:, plan.mask, :].reshape(len(pixels), -1)
+            index = np.arange(positions.start, positions.stop)
+            patterns = window_patterns(pixels, plan, index)
             result.to_members[positions] = ((patterns - member_pattern) ** 2).mean(1)
             result.to_rest[positions] = ((patterns - rest_pattern) ** 2).mean(1)
-            masked = pixels.copy()
-            masked[:, plan.mask, :] = replacement[:, plan.mask, :]
-            result.masked_logits[positions] = scorer(masked)[0]
+            result.shape_match[positions] = _shape_match(patterns, member_pattern, pixels.shape[-1])
+            result.masked_logits[positions] = scorer(_filled(pixels, replacement, plan, index))[0]
     return results
+
+
+def _shape_match(patterns: np.ndarray, mean_pattern: np.ndarray, channels: int) -> np.ndarray:
+    """(n,) NCC of each row's grey levels (the mean over its ``channels``) with the mean pattern's."""
+    from spray.flag.patterns import ncc_rows
+
+    grey_rows = patterns.reshape(len(patterns), -1, channels).mean(2)
+    grey_mean = mean_pattern.reshape(1, -1, channels).mean(2)
+    return ncc_rows(grey_rows, np.broadcast_to(grey_mean, grey_rows.shape))
+
+
+def _filled(pixels: np.ndarray, replacement: np.ndarray, plan: ClusterPlan, index: np.ndarray) -> np.ndarray:
+    """The images with each one's own pattern window (its template pixels) replaced."""
+    masked = pixels.copy()
+    if not plan.anywhere:
+        masked[:, plan.mask, :] = replacement[:, plan.mask, :]
+        return masked
+    for row, sample in enumerate(index):
+        top, left, height, width = plan.windows.box(int(sample))
+        inside = window_mask(plan, (top, left, height, width))
+        window = masked[row, top : top + height, left : left + width]
+        window[inside] = replacement[row, top : top + height, left : left + width][inside]
+    return masked
 
 
 def _blurred(pixels: np.ndarray) -> np.ndarray:

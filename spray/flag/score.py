@@ -1,39 +1,17 @@
-"""Score every cluster of one class (plan, pass one, pass two, weigh) and let pattern carriers join the
-flagged ones."""
+"""Score every cluster of one class and every pattern found anywhere in it (search, plan, pass one, pass two,
+weigh)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from spray.config import FlaggingConfig, ImageConfig
-from spray.flag.evidence import Evidence, Measured, Transplant, not_scored, weigh
-from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, second_pass
-from spray.flag.plan import ClusterPlan, plan_clusters
-
-
-@dataclass(frozen=True, eq=False)
-class ClusterEvidence:
-    """The evidence of one cluster; ``region`` is (h, w) bool at preprocessing resolution or None."""
-
-    id: int
-    size: int
-    evidence: Evidence
-    region: np.ndarray | None
-    # (N,) mean squared distance of each sample's region pattern to the members' and to the rest's mean
-    # pattern; what join_pattern_carriers decides from. None when the cluster was not scored.
-    distance_to_members: np.ndarray | None = field(default=None, repr=False)
-    distance_to_rest: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def score(self) -> float:
-        return self.evidence.score
-
-    @property
-    def flagged(self) -> bool:
-        return self.evidence.flagged
+from spray.flag.evidence import Measured, Transplant, not_scored, weigh
+from spray.flag.findings import ClusterEvidence
+from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, scan, second_pass
+from spray.flag.patterns import plan_patterns
+from spray.flag.plan import ClusterPlan, Windows, grow_region, plan_clusters
 
 
 def score_clusters(
@@ -47,7 +25,8 @@ def score_clusters(
     config: FlaggingConfig,
     device: torch.device | str = "cpu",
 ) -> list[ClusterEvidence]:
-    """Evidence, score and flag for every cluster of one class, by cluster id.
+    """Evidence, score and flag for every cluster of one class, by cluster id, then for every pattern found
+    anywhere in it (ids -1, -2, ...: ``spray.flag.patterns``).
 
     batches: the class's images, streamed twice (see ``PixelBatches``), so memory holds a batch and a few
     (N,) arrays per cluster, never the class; maps: (N, h, w) preprocessed relevance; cluster_labels: (N,)
@@ -62,6 +41,10 @@ def score_clusters(
     n = len(maps)
     size = (int(image.size[0]), int(image.size[1]))
     plans, unscored = plan_clusters(maps, cluster_labels, len(recipients), size, config)
+    searched = scan(batches, n, size)
+    grey = searched.searched[:, 0].numpy()
+    plans = [grow_region(plan, grey) for plan in plans]
+    plans += plan_patterns(searched, maps, len(recipients), config)
     first = first_pass(plans, batches, scorer, recipients, n, (*size, image.channels))
     scale = float(np.median(np.abs(first.logits))) or 1.0
     baseline = scorer(recipients) if len(recipients) else None
@@ -69,27 +52,44 @@ def score_clusters(
     absolute = np.abs(maps).reshape(n, -1)
     results = {skip.cluster: ClusterEvidence(skip.cluster, skip.size, not_scored(skip.reason), None)
                for skip in unscored}
-    for plan, pasted, tally in zip(plans, first.pasted, second):
-        measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline)
-        results[plan.cluster] = ClusterEvidence(plan.cluster, int(plan.members.sum()),
-                                                weigh(measured, config.threshold), plan.region,
-                                                tally.to_members, tally.to_rest)
-    return [results[cluster] for cluster in sorted(results)]
+    for plan, pasted, tally, prototype in zip(plans, first.pasted, second, first.member_patterns):
+        measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline, image.channels >= 3)
+        results[plan.cluster] = ClusterEvidence(
+            plan.cluster, int(plan.members.sum()), weigh(measured, config.threshold), plan.region,
+            tally.to_members, tally.to_rest, plan.members if plan.anywhere else None, plan.windows,
+            _prototype(prototype, plan.template, image.channels), plan.anywhere, plan.match_score)
+    return [results[cluster] for cluster in sorted(results, key=lambda c: (c < 0, abs(c)))]
+
+
+def _prototype(pattern: np.ndarray, template: np.ndarray, channels: int) -> np.ndarray:
+    """(h0, w0, C) the members' mean pattern laid out in its template (NaN outside the template)."""
+    out = np.full((*template.shape, channels), np.nan, np.float32)
+    out[template] = pattern.reshape(-1, channels)
+    return out
 
 
 def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted], second: SecondPass,
-            absolute: np.ndarray, scale: float, baseline: tuple[np.ndarray, np.ndarray] | None) -> Measured:
+            absolute: np.ndarray, scale: float, baseline: tuple[np.ndarray, np.ndarray] | None,
+            colour_images: bool = True) -> Measured:
     """The numbers of one scored cluster from the two passes.
 
     logits: (N,) the class's audited logits (pass one); pasted: the recipients with the members' region and
     with the rest's (pass one); second: this plan's pass two; absolute: (N, h*w) |preprocessed relevance|;
     scale: the class's median |logit|, the unit of logit changes; baseline: the recipients' (M,) logits and
-    whether they are the class as they are, None without recipients.
+    whether they are the class as they are, None without recipients. The shape consistency counts for
+    ``colour_images`` only (None otherwise).
     """
     members = plan.members
-    in_region = absolute[:, plan.region.ravel()].sum(1) / np.maximum(absolute.sum(1), 1e-12)
-    spread_rest = float(second.to_members[~members].mean())
-    consistency = float(1.0 - second.to_members[members].mean() / spread_rest) if spread_rest > 0 else 0.0
+    region = plan.region if plan.region is not None else _map_region(plan.windows, absolute.shape[1], plan.mask)
+    in_region = _in_region(absolute, region)
+    # medians: a cluster with a few members that lack the pattern is still judged by the pattern
+    spread_rest = float(np.median(second.to_members[~members]))
+    colour = float(1.0 - np.median(second.to_members[members]) / spread_rest) if spread_rest > 0 else 0.0
+    match_rest = float(np.median(second.shape_match[~members]))
+    # in grey images the grey levels are the pixels themselves: there the contrast-free NCC would only let
+    # the strokes of one handwriting style pass
+    shape = float((np.median(second.shape_match[members]) - match_rest) / max(1.0 - match_rest, 1e-6)) \
+        if colour_images else None
     drop = (logits - second.masked_logits) / scale
     transplant = None
     if baseline is not None:
@@ -99,39 +99,30 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
         transplant = Transplant(gains[0], gains[1], flips[0], flips[1])
     return Measured(
         region_area=float(plan.mask.mean()), relevance_in_region=float(in_region[members].mean()),
-        relevance_in_region_rest=float(in_region[~members].mean()), consistency=consistency,
+        relevance_in_region_rest=float(in_region[~members].mean()), consistency=colour if shape is None else max(colour, shape),
+        consistency_colour=colour, consistency_shape=shape,
         masking_drop=float(drop[members].mean()), masking_drop_rest=float(drop[~members].mean()),
         transplant=transplant,
     )
 
 
-def join_pattern_carriers(cluster_labels: np.ndarray,
-                          scored: list[ClusterEvidence]) -> tuple[np.ndarray, list[ClusterEvidence]]:
-    """Move samples that carry a flagged cluster's pattern into that cluster.
+def _map_region(windows: Windows, pixels: int, mask: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """A pattern found anywhere has a region per sample: its window scaled to the (h, w) map of ``pixels``
+    pixels, one (h * w,) bool row per sample."""
+    height, width = mask.shape
+    side = round(np.sqrt(pixels * height / width))
+    map_size = (side, pixels // side)
+    scaled = windows.scaled(map_size[0] / height, map_size)
+    rows = np.zeros((len(windows), map_size[0], map_size[1]), bool)
+    for i in range(len(windows)):
+        top, left, h, w = scaled.box(i)
+        rows[i, top : top + max(h, 1), left : left + max(w, 1)] = True
+    return list(rows.reshape(len(windows), -1))
 
-    Returns new (N,) labels and the clusters of ``scored`` (same order) with their new sizes; a flagged
-    cluster's evidence records how many joined (``joined_by_pattern``) and its size before
-    (``spectral_size``). The inputs are not changed.
 
-    Spectral clustering groups samples by *where the model looks*; a few samples that carry the artifact can
-    still land in other clusters when the model also reads their object well. A sample of an unflagged
-    cluster joins a flagged one when, inside the flagged region, its pixels are closer to the flagged
-    members' mean pattern than to the rest of the class's mean pattern, and no farther from it than 95 % of
-    the members are (distances measured by ``score_clusters``). Stronger flags take their carriers first.
-    """
-    labels = cluster_labels.copy()
-    flagged = [s for s in sorted(scored, key=lambda s: -s.score) if s.flagged and s.region is not None]
-    taken = np.isin(cluster_labels, [s.id for s in flagged])
-    joined: dict[int, ClusterEvidence] = {}
-    for cluster in flagged:
-        to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
-        assert to_members is not None and to_rest is not None  # a scored cluster has both
-        members = cluster_labels == cluster.id
-        carriers = ~taken & (to_members < to_rest) & (to_members <= np.quantile(to_members[members], 0.95))
-        labels[carriers] = cluster.id
-        taken |= carriers
-        count = int(carriers.sum())
-        joined[cluster.id] = replace(cluster, size=cluster.size + count,
-                                     evidence=cluster.evidence.joined(count, cluster.size))
-    return labels, [joined.get(s.id) or (s if s.flagged else replace(s, size=int((labels == s.id).sum())))
-                    for s in scored]
+def _in_region(absolute: np.ndarray, region: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """(N,) share of each sample's |relevance| (N, h * w) inside the region (one, or one per sample)."""
+    total = np.maximum(absolute.sum(1), 1e-12)
+    if isinstance(region, np.ndarray):
+        return absolute[:, region.ravel()].sum(1) / total
+    return np.array([row[inside].sum() for row, inside in zip(absolute, region)]) / total

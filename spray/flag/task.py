@@ -1,9 +1,12 @@
 """The flag stage's cached task: score one class's clusters from its preprocess and analyse entries, join the
 pattern carriers, and store the result; ``read_flagged`` reads such an entry back.
 
-An entry holds ``labels`` (N,) (the spectral clusters with pattern carriers moved into flagged ones),
-``regions`` (K, h, w) bool (all False where a cluster has no region) and, in its meta, per cluster by id:
-``id``, ``size``, ``score``, ``flagged``, ``evidence`` (``Evidence.to_dict``) and ``has_region``.
+An entry holds ``labels`` (N,) (the spectral clusters with the findings' members moved into their flagged
+clusters), ``regions`` (K, h, w) bool (all False where a cluster has no region), per finding its
+``prototype_<k>`` (h, w, C) and ``windows_<k>`` (n, 4), and in its meta, per cluster by id: ``id``,
+``size``, ``score``, ``flagged``, ``evidence`` (``Evidence.to_dict``) and ``has_region``; per finding:
+``cluster``, ``size``, ``clusters`` (spectral cluster id -> members), ``groups``, ``anywhere``, ``score``,
+``evidence``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,24 @@ from spray.config import FlaggingConfig, ImageConfig, ModelConfig
 from spray.data import Sample, iter_pixel_batches, load_pixels
 from spray.errors import RunError
 from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
+from spray.flag.findings import (
+    CARRIER_SPREAD, CROSS_MATCH, MIN_OVERLAP, OVERLAP, SAME_PATTERN, ClusterEvidence, Finding, Joined,
+)
 from spray.flag.passes import PixelBatches
-from spray.flag.plan import REGION_MASS
-from spray.flag.score import ClusterEvidence
+from spray.flag.patterns import (
+    HOTSPOT_SIDE,
+    MATCH,
+    MAX_PATTERNS,
+    MIN_CONTRAST,
+    MIN_RECUR,
+    MIN_SIDE,
+    SCALES,
+    SEARCH_SIDE,
+)
+from spray.flag.plan import GROW_SPREAD, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
 
-STORE_VERSION = 4
+STORE_VERSION = 5
 """Revision of what a flag entry stores; bump it when that changes within a release."""
 
 
@@ -49,7 +64,10 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
               recipients_token: str) -> str:
     """The cache key of a class's flag entry: the token of everything that determines it. The thresholds
     are constants of the code, so they are part of it, with the release and ``STORE_VERSION``."""
-    thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS)
+    thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS, OVERLAP, SAME_PATTERN, CROSS_MATCH,
+                  CARRIER_SPREAD, MIN_OVERLAP,
+                  HOTSPOT_SIDE, SCALES, MATCH,
+                  MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
                      recipients_token)
 
@@ -61,10 +79,11 @@ def flag_task(directory: str, key: str, pre: Entry, analysis: Entry, task: FlagT
 
 @dataclass(frozen=True)
 class Flagged:
-    """A flag entry read back: the labels after joining and every cluster's evidence and region."""
+    """A flag entry read back: the labels after joining, every cluster's evidence and region, the findings."""
 
     labels: np.ndarray  # (N,) int, aligned with the preprocess entry's ids
     clusters: list[ClusterEvidence]  # by cluster id; no distances (they are not stored)
+    findings: list[Finding]  # strongest first
 
 
 def read_flagged(entry: Entry) -> Flagged:
@@ -76,7 +95,14 @@ def read_flagged(entry: Entry) -> Flagged:
                         arrays["regions"][position] if stored["has_region"] else None)
         for position, stored in enumerate(meta["clusters"])
     ]
-    return Flagged(arrays["labels"] if "labels" in arrays else np.zeros(0, np.int64), clusters)
+    findings = [
+        Finding(int(stored["cluster"]), int(stored["size"]), {int(c): int(k) for c, k in stored["clusters"]},
+                tuple(int(g) for g in stored["groups"]), bool(stored["anywhere"]),
+                Evidence.from_dict(stored["evidence"], score=stored["score"], flagged=True),
+                arrays[f"prototype_{position}"], arrays[f"windows_{position}"])
+        for position, stored in enumerate(meta.get("findings", []))
+    ]
+    return Flagged(arrays["labels"] if "labels" in arrays else np.zeros(0, np.int64), clusters, findings)
 
 
 def _flag(pre: Entry, analysis: Entry, task: FlagTask) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -92,8 +118,7 @@ def _flag(pre: Entry, analysis: Entry, task: FlagTask) -> tuple[dict[str, np.nda
     scored = spray.flag.score_clusters(load_model(task.model), task.class_index, _batches(members, task), maps,
                                        analysis_arrays["labels"], recipients, task.image, task.flagging,
                                        resolve_device(task.device))
-    labels, scored = spray.flag.join_pattern_carriers(analysis_arrays["labels"], scored)
-    return _stored(labels, scored, maps.shape[1:])
+    return _stored(spray.flag.form_findings(analysis_arrays["labels"], scored), maps.shape[1:])
 
 
 def _batches(members: list[Sample], task: FlagTask) -> PixelBatches:
@@ -110,10 +135,17 @@ def _batches(members: list[Sample], task: FlagTask) -> PixelBatches:
     return batches
 
 
-def _stored(labels: np.ndarray, scored: list[ClusterEvidence],
-            map_shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _stored(joined: Joined, map_shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    scored = joined.clusters
     regions = np.stack([s.region if s.region is not None else np.zeros(map_shape, bool) for s in scored]) \
         if scored else np.zeros((0, *map_shape), bool)
     meta = {"clusters": [{"id": s.id, "size": s.size, "score": s.score, "flagged": s.flagged,
-                          "evidence": s.evidence.to_dict(), "has_region": s.region is not None} for s in scored]}
-    return {"regions": regions, "labels": labels}, meta
+                          "evidence": s.evidence.to_dict(), "has_region": s.region is not None} for s in scored],
+            "findings": [{"cluster": f.cluster, "size": f.size, "clusters": sorted(f.clusters.items()),
+                          "groups": list(f.groups), "anywhere": f.anywhere, "score": f.score,
+                          "evidence": f.evidence.to_dict()} for f in joined.findings]}
+    arrays = {"regions": regions, "labels": joined.labels}
+    for position, finding in enumerate(joined.findings):
+        arrays[f"prototype_{position}"] = finding.prototype
+        arrays[f"windows_{position}"] = finding.windows
+    return arrays, meta

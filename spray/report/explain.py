@@ -31,6 +31,16 @@ EVIDENCE: dict[str, Term] = {
         "1 - spread of the members / spread of the rest; a drawn watermark or tag is near 1, natural object "
         "parts vary.",
     ),
+    "consistency_colour": Term(
+        "Consistency in colour",
+        "1 - spread of the members' pattern pixels / spread of the rest's, in colour: a frame or a logo drawn in "
+        "one colour is near 1.",
+    ),
+    "consistency_shape": Term(
+        "Consistency in shape",
+        "The same with 1 - normalised cross-correlation of grey levels as the spread: a shape drawn in any colour "
+        "or brightness is near 1; consistency is the larger of the two.",
+    ),
     "necessity": Term(
         "Necessity (model needs it)",
         "How much more masking the region lowers the members' logit than the rest's: masking drop of the "

@@ -32,7 +32,7 @@ from spray.report.summary import (
     to_jsonable,
 )
 from spray.report.timeline_view import timeline_view
-from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo
+from spray.results import ClassResult, ClusterResult, CrossClassResult, FindingResult, RunInfo
 
 if TYPE_CHECKING:
     from spray.diff import AuditDiff, FlagChange
@@ -203,6 +203,27 @@ def _cluster_view(cluster: ClusterResult, result: ClassResult, colour: str) -> d
     }
 
 
+def _finding_view(finding: FindingResult, result: ClassResult) -> dict[str, Any]:
+    """One finding: its prototype, where its members carry it, the clusters it gathers and its evidence."""
+    prototype = images.to_rgb_uint8(finding.prototype) if finding.prototype.size else np.zeros((1, 1, 3), np.uint8)
+    factor = max(1, 96 // max(prototype.shape[:2]))
+    origins = ", ".join(f"{count} from cluster {cluster}" for cluster, count in sorted(finding.clusters.items()))
+    return {
+        "cluster": int(finding.cluster),
+        "anchor": f"class-{int(result.class_index)}-cluster-{int(finding.cluster)}",
+        "size": int(finding.size),
+        "share": finding.size / result.n_samples if result.n_samples else math.nan,
+        "score": finite_or_nan(finding.score),
+        "anywhere": bool(finding.anywhere),
+        "position_spread": finding.position_spread,
+        "n_groups": len(finding.groups),
+        "origins": origins,
+        "prototype": images.png_data_uri(np.repeat(np.repeat(prototype, factor, 0), factor, 1)),
+        "coverage": images.map_tile(finding.coverage, target=128),
+        "evidence": evidence_rows(finding.evidence),
+    }
+
+
 def _neon_view(cluster: ClusterResult, has_region: bool) -> dict[str, Any]:
     """The cluster's NEON map (what sets it apart from its nearest cluster) and its one-line explanation."""
     neon = cluster.neon
@@ -302,6 +323,7 @@ def _class_view(result: ClassResult, rank: int) -> dict[str, Any]:
             else None
         ),
         "clusters": [_cluster_view(cluster, result, colours[int(cluster.id)]) for cluster in clusters],
+        "findings": [_finding_view(finding, result) for finding in result.findings],
     }
 
 

@@ -57,6 +57,22 @@ class Cluster(_Open):
                                   "sampled or evaluation is off")
 
 
+class Finding(_Open):
+    cluster: int = Field(description="the flagged cluster the finding's members are listed under")
+    size: int = Field(description="number of members")
+    clusters: dict[str, int] = Field(description="spectral cluster id -> members it gave the finding")
+    groups: list[int] = Field(description="flagged groups merged into the finding: spectral cluster ids, and -1, "
+                                          "-2, ... for patterns found anywhere")
+    anywhere: bool = Field(description="found at each member's own place (a pattern that moves), not at one place")
+    position_spread: float | None = Field(description="mean distance of the members' pattern windows from their "
+                                                      "mean position, as a share of the image diagonal")
+    score: float | None = Field(description="the strongest merged group's score")
+    members: list[str] = Field(description="sample ids of every member")
+    prototype: list[Any] = Field(description="the members' mean pattern, height x width x channels, 0-255; "
+                                              "-1 outside the pattern's pixels")
+    evidence: dict[str, Any] = Field(description="the strongest merged group's evidence (docs/method.md)")
+
+
 class Conservation(_Open):
     median: float | None
     min: float | None
@@ -77,6 +93,8 @@ class AuditedClass(_Open):
     embeddings: list[str]
     notes: list[str]
     clusters: list[Cluster]
+    findings: list[Finding] = Field(default_factory=list, description="one per shortcut: flagged groups that share "
+                                                                        "their carriers or pattern, strongest first")
     faithfulness: Faithfulness | None = Field(
         default=None, description="region perturbation over the class's sampled samples; null when evaluation is off")
 

@@ -9,6 +9,9 @@ from ``spray.report.schema``)::
                                 "flagged": true|false, "evidence": {...},
                                 "neon": {"competitor", "mean_logit", "positive_share_in_region", "layer"} | null,
                                 "faithfulness": {"aopc_morf", "aopc_random", "aopc_gain", "n"} | null}],
+                  "findings": [{"cluster": ..., "size": ..., "clusters": {spectral id: members}, "groups": [...],
+                                "anywhere": bool, "position_spread": ..., "score": ..., "members": [sample ids],
+                                "prototype": [[[0-255 per channel]]], "evidence": {...}}],
                   "faithfulness": {...} | null}],
      "skipped_classes": [...], "skipped_samples": [{"id": ..., "reason": ...}],
      "label_mapping": {"source": ..., "outputs": [{"output": <index>, "name": ...}]}, "run": {...}}
@@ -34,6 +37,7 @@ from spray.results import (
     ClusterResult,
     CrossClassResult,
     FaithfulnessSummary,
+    FindingResult,
     RunInfo,
 )
 
@@ -133,6 +137,25 @@ def cluster_summary(cluster: ClusterResult) -> dict[str, Any]:
     }
 
 
+def finding_summary(finding: FindingResult) -> dict[str, Any]:
+    """One finding's entry of summary.json: the flagged cluster it is listed under, the spectral clusters its
+    members came from, the groups merged into it, whether it moves, its members, its prototype (h x w x C
+    in 0-255, -1 outside the pattern's pixels) and the strongest group's evidence."""
+    return {
+        "cluster": int(finding.cluster),
+        "size": int(finding.size),
+        "clusters": {str(cluster): int(count) for cluster, count in sorted(finding.clusters.items())},
+        "groups": [int(group) for group in finding.groups],
+        "anywhere": bool(finding.anywhere),
+        "position_spread": to_jsonable(finding.position_spread),
+        "score": to_jsonable(finding.score),
+        "members": [str(member) for member in finding.members],
+        "prototype": np.where(np.isfinite(finding.prototype),
+                              np.round(np.clip(np.nan_to_num(finding.prototype), 0, 1) * 255), -1).astype(int).tolist(),
+        "evidence": to_jsonable(finding.evidence.to_dict()),
+    }
+
+
 def neon_summary(neon: ClusterNeon | None) -> dict[str, Any] | None:
     """A cluster's ``neon`` entry: its nearest competitor cluster, the members' mean membership logit and
     the share of the mean membership map's positive relevance inside the cluster's region (null without
@@ -167,6 +190,7 @@ def class_summary(result: ClassResult) -> dict[str, Any]:
         "embeddings": sorted(str(name) for name in result.embeddings),
         "notes": [str(note) for note in result.notes],
         "clusters": [cluster_summary(cluster) for cluster in clusters],
+        "findings": [finding_summary(finding) for finding in result.findings],
         "faithfulness": faithfulness_summary(result.faithfulness.summary if result.faithfulness else None),
     }
 

@@ -1,0 +1,253 @@
+"""One shortcut, one finding: flagged groups that share their carriers become one finding.
+
+A shortcut that moves (a logo in a random corner) can come out of the two kinds of flagged group at once:
+several spectral clusters, one per place, each flagged on its own region; and a pattern found anywhere
+(``spray.flag.patterns``), flagged on its carriers wherever they have it. ``form_findings`` merges flagged
+groups whose members overlap by at least ``OVERLAP`` of the smaller group into one finding, strongest score
+first, and so are flagged groups whose prototypes (their members' mean pattern) match with normalised
+cross-correlation of grey levels >= ``spray.flag.patterns.MATCH`` once resized to the same size (one logo in
+several size bands). A finding lists its members under one flagged cluster: the strongest spectral cluster in it, or a new
+cluster id when it holds no spectral cluster. Samples of unflagged clusters that carry a flagged spectral
+cluster's region pattern join it as before (``carriers``). This module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from spray.flag.evidence import Evidence, not_scored
+from spray.flag.plan import Windows
+
+OVERLAP = 0.5  # flagged groups sharing this share of the smaller one's members are one finding
+SAME_PATTERN = 0.85  # prototypes matching this well (NCC, spray.flag.patterns.MATCH) are one pattern
+# Two flagged patterns found anywhere are one when the median NCC of each with the other's carriers reaches
+# this: a logo at sizes beyond one pattern's scale band matches the other band's copies well, if not at MATCH.
+CROSS_MATCH = 0.7
+CARRIER_SPREAD = 2.0
+MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prototype are not compared
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterEvidence:
+    """The evidence of one scored group: a spectral cluster (``id`` >= 0) or a pattern found anywhere
+    (``id`` < 0); ``region`` is (h, w) bool at preprocessing resolution or None."""
+
+    id: int
+    size: int
+    evidence: Evidence
+    region: np.ndarray | None
+    # (N,) mean squared distance of each sample's pattern to the members' and to the rest's mean pattern;
+    # what ``carriers`` decides from. None when the group was not scored.
+    distance_to_members: np.ndarray | None = field(default=None, repr=False)
+    distance_to_rest: np.ndarray | None = field(default=None, repr=False)
+    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool, patterns found anywhere
+    windows: Windows | None = field(default=None, repr=False)  # (N,) each sample's pattern window
+    prototype: np.ndarray | None = field(default=None, repr=False)  # (h0, w0, C) the members' mean pattern
+    anywhere: bool = False  # a pattern found at each sample's own place, not at one place
+    match_score: np.ndarray | None = field(default=None, repr=False)  # (N,) patterns: each sample's best NCC
+
+    @property
+    def score(self) -> float:
+        return self.evidence.score
+
+    @property
+    def flagged(self) -> bool:
+        return self.evidence.flagged
+
+
+@dataclass(frozen=True, eq=False)
+class Finding:
+    """One shortcut: the samples that carry one pattern, wherever it sits, listed under flagged ``cluster``.
+
+    ``clusters`` maps each spectral cluster its members came from to how many; ``groups`` are the flagged
+    groups merged into it (spectral cluster ids, and -1, -2, ... for patterns found anywhere); ``evidence``
+    is the strongest group's. ``prototype`` (h, w, C) float32 in [0, 1] is that group's members' mean
+    pattern; ``windows`` (size, 4) int: each member's top, left, height, width in image pixels, where known
+    (a spectral cluster's region is the same window in every member).
+    """
+
+    cluster: int
+    size: int
+    clusters: dict[int, int]
+    groups: tuple[int, ...]
+    anywhere: bool
+    evidence: Evidence
+    prototype: np.ndarray
+    windows: np.ndarray
+
+    @property
+    def score(self) -> float:
+        return self.evidence.score
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What ``form_findings`` returns: (N,) labels with each finding's members under its cluster, the
+    spectral clusters (and new finding clusters) with their evidence and sizes, and the findings."""
+
+    labels: np.ndarray
+    clusters: list[ClusterEvidence]
+    findings: list[Finding]
+
+
+def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: the samples whose pixels in a flagged spectral cluster's region are closer to its members'
+    mean pattern than to the rest's, and no farther from it than ``CARRIER_SPREAD`` times the distance within
+    which 95 % of the members that are lie (copies vary a little in brightness or background).
+
+    Spectral clustering groups samples by *where the model looks*: a few samples that carry the artifact can
+    land in other clusters when the model also reads their object well, and a few that do not can land in
+    the flagged one. The finding takes the carriers, wherever the spectral clustering put them."""
+    own = cluster_labels == cluster.id
+    to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
+    if to_members is None or to_rest is None:
+        return own
+    closer = to_members < to_rest
+    core = own & closer
+    if not core.any():
+        return own
+    return closer & (to_members <= CARRIER_SPREAD * np.quantile(to_members[core], 0.95))
+
+
+def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
+    return group.members.copy() if group.members is not None else carriers(group, cluster_labels)
+
+
+def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> Joined:
+    """Merge flagged groups into findings and move the samples that carry their pattern into the findings'
+    clusters.
+
+    cluster_labels: (N,) int spectral clusters; scored: every scored group (spectral clusters with id >= 0,
+    patterns found anywhere with id < 0). The inputs are not changed. A finding's cluster records in its
+    evidence how many samples joined it (``joined_by_pattern``) and its spectral size (``spectral_size``);
+    the members of a flagged spectral cluster that do not carry its pattern become a cluster of their own,
+    not scored, and so do the non-carriers of a flagged cluster merged into another finding.
+    """
+    merged: list[tuple[list[ClusterEvidence], np.ndarray]] = []
+    for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
+        members = _group_members(group, cluster_labels)
+        home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
+                     or same_pattern(m[0][0].prototype, group.prototype)
+                     or any(_cross_match(other, group) for other in m[0])), None)
+        if home is None:
+            merged.append(([group], members))
+        else:
+            home[0].append(group)
+            home[1][:] |= members
+    merged = [(groups, _carrying(groups, members)) for groups, members in merged]
+    labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
+    next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
+    findings, homes = [], {}
+    for groups, members in merged:
+        members &= ~taken
+        taken |= members
+        spectral = [g for g in groups if g.id >= 0]
+        cluster_id = spectral[0].id if spectral else next_id
+        next_id += 0 if spectral else 1
+        labels[members] = cluster_id
+        findings.append(_finding(cluster_id, groups, members, cluster_labels))
+        homes[cluster_id] = (groups, members)
+    return Joined(labels, _clusters(scored, labels, cluster_labels, homes, next_id), findings)
+
+
+def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
+    """A finding's members: when it holds a pattern found anywhere, the samples its spectral clusters bring
+    must match that pattern too (best NCC >= ``CROSS_MATCH`` with one of its patterns), so that a
+    region's looser pixel rule does not add samples that lack the pattern."""
+    patterns = [g for g in groups if g.match_score is not None and g.members is not None]
+    if not patterns:
+        return members
+    matched = np.max([g.match_score for g in patterns], axis=0) >= CROSS_MATCH
+    found = np.any([g.members for g in patterns], axis=0)
+    return found | (members & matched)
+
+
+def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
+    """Whether two patterns found anywhere each match the other's carriers with median NCC >= CROSS_MATCH."""
+    if a.match_score is None or b.match_score is None or a.members is None or b.members is None:
+        return False
+    return bool(np.median(a.match_score[b.members]) >= CROSS_MATCH
+                and np.median(b.match_score[a.members]) >= CROSS_MATCH)
+
+
+def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two prototypes (h, w, C) show one pattern: the best grey-level NCC over every shift of one
+    over the other that overlaps at least ``MIN_OVERLAP`` of the smaller reaches ``SAME_PATTERN`` (the same
+    logo cut with a little more or less of its surroundings at two corners). Pixels outside a prototype's
+    template are NaN and not compared."""
+    if a is None or b is None or not a.size or not b.size:
+        return False
+    grey_a, grey_b = a.mean(-1), b.mean(-1)
+    if np.isfinite(grey_a).sum() > np.isfinite(grey_b).sum():
+        grey_a, grey_b = grey_b, grey_a
+    (ha, wa), (hb, wb) = grey_a.shape, grey_b.shape
+    need = MIN_OVERLAP * np.isfinite(grey_a).sum()
+    for dy in range(-ha + 1, hb):
+        for dx in range(-wa + 1, wb):
+            top, left, bottom, right = max(0, dy), max(0, dx), min(hb, dy + ha), min(wb, dx + wa)
+            if (bottom - top) * (right - left) < need:
+                continue
+            x = grey_a[top - dy : bottom - dy, left - dx : right - dx].ravel()
+            y = grey_b[top:bottom, left:right].ravel()
+            both = np.isfinite(x) & np.isfinite(y)
+            if both.sum() < need:
+                continue
+            x, y = x[both] - x[both].mean(), y[both] - y[both].mean()
+            norm = float(np.sqrt((x * x).sum() * (y * y).sum()))
+            if norm > 1e-9 and float((x * y).sum()) / norm >= SAME_PATTERN:
+                return True
+    return False
+
+
+def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray,
+             cluster_labels: np.ndarray) -> Finding:
+    strongest = groups[0]
+    origin, counts = np.unique(cluster_labels[members], return_counts=True)
+    windows = strongest.windows
+    boxes = (np.stack([windows.top, windows.left, windows.height, windows.width], 1)[members]
+             if windows is not None else np.zeros((0, 4), np.int64))
+    prototype = strongest.prototype if strongest.prototype is not None else np.zeros((0, 0, 1), np.float32)
+    return Finding(cluster_id, int(members.sum()), {int(c): int(k) for c, k in zip(origin, counts)},
+                   tuple(g.id for g in groups), any(g.anywhere for g in groups), strongest.evidence,
+                   prototype, boxes)
+
+
+def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,
+              homes: dict[int, tuple[list[ClusterEvidence], np.ndarray]], next_id: int) -> list[ClusterEvidence]:
+    """The clusters after the move (``labels`` is updated in place): each finding's cluster with its
+    strongest group's evidence; the samples a flagged spectral cluster keeps without carrying its pattern,
+    not scored (in a new cluster when the finding took the spectral cluster's id); the unflagged clusters
+    with what is left of them; then a new cluster per finding without a spectral cluster."""
+    merged_into = {g.id: cluster_id for cluster_id, (groups, _) in homes.items() for g in groups}
+    out = []
+    for group in (s for s in scored if s.id >= 0):
+        if group.id in homes:
+            (strongest, *_), members = homes[group.id]
+            spectral_size = int((cluster_labels == group.id).sum())
+            joined = int((members & (cluster_labels != group.id)).sum())
+            out.append(replace(group, size=int(members.sum()), region=strongest.region,
+                               evidence=strongest.evidence.joined(joined, spectral_size)))
+            left = (labels == group.id) & ~members
+            if left.any():
+                labels[left] = next_id
+                out.append(_not_carrying(next_id, int(left.sum()), group.id, group.id))
+                next_id += 1
+        elif group.flagged:
+            out.append(_not_carrying(group.id, int((labels == group.id).sum()), group.id, merged_into[group.id]))
+        else:
+            out.append(replace(group, size=int((labels == group.id).sum())))
+    known = {s.id for s in scored if s.id >= 0}
+    for cluster_id, (groups, members) in homes.items():
+        if cluster_id not in known:
+            out.append(replace(groups[0], id=cluster_id, size=int(members.sum()), members=None))
+    return out
+
+
+def _not_carrying(cluster_id: int, size: int, flagged: int, finding: int) -> ClusterEvidence:
+    """The members a flagged spectral cluster keeps without carrying its pattern (their carriers are in the
+    finding listed under cluster ``finding``): not scored, never flagged."""
+    return ClusterEvidence(cluster_id, size, not_scored(
+        f"members of flagged cluster {flagged} that do not carry its pattern (the carriers are in cluster "
+        f"{finding})"), None)

@@ -1,0 +1,237 @@
+"""One shortcut, one finding: a pattern that moves is found wherever it sits, a thin frame is found whole, and
+flagged groups that share their carriers are reported as one finding.
+
+The models here are stand-ins that read a planted shortcut exactly (a ring anywhere, a frame), so that the
+flagging mechanism is specified without training; tests/test_flagging.py and benchmarks/shortcut_kinds.py
+measure it on trained models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spray.config import FlaggingConfig, ImageConfig
+from spray.flag import ClusterEvidence, Evidence, array_batches, form_findings, score_clusters
+from spray.flag.evidence import Line
+
+IMAGE = ImageConfig(mode="L", size=(32, 32), mean=[0.0], std=[1.0])
+RING = np.array([[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 0, 1, 0, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], np.float32)
+
+
+class _RingReader(torch.nn.Module):
+    """Class 0's logit: how strongly a 5 x 5 ring appears anywhere in the image (a shortcut that moves), and
+    more weakly the centre."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        kernel = torch.from_numpy(RING - RING.mean())
+        self.register_buffer("kernel", kernel[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ring = F.conv2d(x[:, :1], self.kernel).amax((1, 2, 3)) / 4
+        centre = x[:, 0, 12:20, 12:20].mean((1, 2))
+        return torch.stack([3 * ring + centre, 1 - ring], 1)
+
+
+class _FrameReader(torch.nn.Module):
+    """Class 0's logit: the brightness of the 2 px frame around the image (a thin border), and the centre."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frame = torch.ones(x.shape[2:], dtype=torch.bool)
+        frame[2:-2, 2:-2] = False
+        border = x[:, 0][:, frame].mean(1)
+        centre = x[:, 0, 12:20, 12:20].mean((1, 2))
+        return torch.stack([4 * border + centre, 1 - border], 1)
+
+
+def _class_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32, 32, 1) images of a class (noise and a bright centre) and (n, 16, 16) maps on the centre."""
+    pixels = rng.uniform(0, 0.3, size=(n, 32, 32, 1)).astype(np.float32)
+    pixels[:, 12:20, 12:20] += 0.4
+    maps = rng.uniform(0, 0.05, size=(n, 16, 16)).astype(np.float32)
+    maps[:, 6:10, 6:10] += 0.3
+    return pixels, maps
+
+
+def _moving_ring_class(n: int = 80, carriers: int = 24, seed: int = 0):
+    """The first ``carriers`` images carry a ring on a dark plate at a random place, and their maps put
+    relevance there; spectral labels follow the ring's quadrant, mixed with as many samples without it."""
+    rng = np.random.default_rng(seed)
+    pixels, maps = _class_images(n, rng)
+    labels = rng.integers(0, 4, n)
+    for i in range(carriers):
+        top, left = (int(v) for v in rng.integers(1, 32 - 8, 2))
+        pixels[i, top : top + 7, left : left + 7] = 0.05
+        pixels[i, top + 1 : top + 6, left + 1 : left + 6, 0] = np.where(RING > 0, 0.95, 0.05)
+        maps[i, (top + 3) // 2, (left + 3) // 2] += 2.0
+        maps[i, (top + 3) // 2 - 1 : (top + 3) // 2 + 2, (left + 3) // 2 - 1 : (left + 3) // 2 + 2] += 0.5
+        labels[i] = 2 * (top >= 12) + (left >= 12)
+    recipients, _ = _class_images(40, rng)
+    return pixels, maps, labels, recipients
+
+
+def _framed_class(n: int = 60, carriers: int = 18, seed: int = 0):
+    """The first ``carriers`` images have a bright 2 px frame; their maps see only its top edge (as a heatmap
+    downsized below the frame's width does); spectral cluster 0 holds them and two samples without it."""
+    rng = np.random.default_rng(seed)
+    pixels, maps = _class_images(n, rng)
+    frame = np.ones((32, 32), bool)
+    frame[2:-2, 2:-2] = False
+    pixels[:carriers, frame] = 0.95
+    maps[:carriers, 0, :] += 1.0
+    labels = np.where(np.arange(n) < carriers + 2, 0, 1 + np.arange(n) % 2)
+    recipients, _ = _class_images(40, rng)
+    return pixels, maps, labels, recipients
+
+
+def _findings(model: torch.nn.Module, pixels, maps, labels, recipients):
+    scored = score_clusters(model, 0, array_batches(pixels), maps, labels, recipients, IMAGE,
+                            FlaggingConfig(min_cluster_size=5))
+    return scored, form_findings(labels, scored)
+
+
+def _precision_recall(members: np.ndarray, planted: np.ndarray) -> tuple[float, float]:
+    hit = (members & planted).sum()
+    return hit / max(members.sum(), 1), hit / planted.sum()
+
+
+def test_a_pattern_that_moves_is_one_finding_with_its_carriers_wherever_it_sits():
+    pixels, maps, labels, recipients = _moving_ring_class()
+    planted = np.arange(len(pixels)) < 24
+    scored, joined = _findings(_RingReader(), pixels, maps, labels, recipients)
+    assert not any(s.flagged for s in scored if s.id >= 0)  # no spectral cluster holds the ring alone
+    (finding,) = joined.findings
+    assert finding.anywhere and finding.evidence.flagged
+    precision, recall = _precision_recall(joined.labels == finding.cluster, planted)
+    assert precision >= 0.9 and recall >= 0.9
+    spread = finding.windows[:, :2].std(0)
+    assert (spread > 3).all()  # found at many places, each member at its own
+    assert finding.prototype.shape[:2] == tuple(finding.windows[0, 2:])  # the mean pattern, at a window's size
+
+
+def test_a_thin_frame_seen_on_one_edge_is_found_whole():
+    pixels, maps, labels, recipients = _framed_class()
+    planted = np.arange(len(pixels)) < 18
+    _scored, joined = _findings(_FrameReader(), pixels, maps, labels, recipients)
+    (finding,) = joined.findings
+    assert not finding.anywhere and finding.cluster == 0
+    assert finding.evidence.necessity is not None and finding.evidence.necessity.passed
+    assert tuple(finding.windows[0]) == (0, 0, 32, 32)  # the region grew along the whole frame
+    frame = np.ones((32, 32), bool)
+    frame[2:-2, 2:-2] = False
+    assert (finding.prototype[..., 0][frame] > 0.8).all()
+    precision, recall = _precision_recall(joined.labels == 0, planted)
+    assert precision == 1.0 and recall == 1.0
+    # the two members of the flagged spectral cluster without the frame are a cluster of their own, unflagged
+    (rest,) = [c for c in joined.clusters if c.id not in (0, 1, 2)]
+    assert rest.size == 2 and not rest.flagged and "do not carry its pattern" in rest.evidence.not_scored
+
+
+def _flagged(cluster_id: int, score: float, members: np.ndarray | None = None) -> ClusterEvidence:
+    line = Line("consistency", 0.95 * score, 0.9)
+    evidence = Evidence(score=score, flagged=True, consistency=line, weakest="consistency")
+    return ClusterEvidence(cluster_id, int(members.sum()) if members is not None else 0, evidence, None,
+                           members=members, anywhere=members is not None)
+
+
+def test_flagged_groups_that_share_their_carriers_are_one_finding_under_the_strongest_cluster():
+    labels = np.repeat([0, 1, 2], 10)  # clusters 0 and 1: the shortcut at two places; cluster 2: clean
+    pattern = labels < 2  # a pattern found anywhere holds both
+    scored = [_flagged(0, 1.3), _flagged(1, 1.1), ClusterEvidence(2, 10, Evidence(score=0.2), None),
+              _flagged(-1, 1.2, pattern)]
+    joined = form_findings(labels, scored)
+    (finding,) = joined.findings
+    assert finding.cluster == 0 and finding.groups == (0, -1, 1) and finding.clusters == {0: 10, 1: 10}
+    assert (joined.labels[:20] == 0).all() and (joined.labels[20:] == 2).all()
+    by_id = {c.id: c for c in joined.clusters}
+    assert by_id[0].size == 20 and by_id[0].flagged and by_id[0].evidence.joined_by_pattern == 10
+    assert by_id[1].size == 0 and not by_id[1].flagged  # its members moved to the finding's cluster
+    assert (labels == np.repeat([0, 1, 2], 10)).all()  # the input is kept
+
+
+def test_flagged_groups_without_shared_carriers_are_separate_findings():
+    labels = np.repeat([0, 1, 2], 10)
+    scored = [_flagged(0, 1.3), _flagged(1, 1.1), ClusterEvidence(2, 10, Evidence(score=0.2), None)]
+    joined = form_findings(labels, scored)
+    assert [f.cluster for f in joined.findings] == [0, 1]
+
+
+def test_the_report_and_summary_list_each_finding_with_its_clusters_pattern_and_evidence(tmp_path):
+    import json
+
+    from spray.report import write_report
+    from spray.report.schema import validate_summary
+    from spray.report.synthetic import synthetic_class, synthetic_run
+    from spray.results import FindingResult
+
+    result = synthetic_class(0, "zero", n_clusters=3, per_cluster=10, flagged_cluster=0, seed=0)
+    flagged = next(c for c in result.clusters if c.flagged)
+    result.findings = [FindingResult(
+        cluster=flagged.id, members=flagged.members, clusters={0: 6, 2: 4}, groups=[0, -1], anywhere=True,
+        evidence=flagged.evidence, prototype=np.full((7, 7, 3), 0.5, np.float32),
+        coverage=np.zeros((32, 32), np.float32), position_spread=0.3)]
+    page = write_report(tmp_path, [result], synthetic_run()).read_text()
+    block = page[page.index('<div class="findings">'):page.index('<div class="clusters-head">')]
+    assert "Finding 1" in block and "Moves" in block and "6 from cluster 0, 4 from cluster 2" in block
+    assert "Consistency" in block  # its evidence, with the thresholds
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    validate_summary(summary)
+    (entry,) = summary["classes"][0]["findings"]
+    assert entry["cluster"] == flagged.id and entry["clusters"] == {"0": 6, "2": 4} and entry["anywhere"]
+    assert entry["members"] == list(flagged.members) and np.asarray(entry["prototype"]).shape == (7, 7, 3)
+
+
+def _audit_planted(folder, case):
+    """Build a generated case (spray.planted: photo crops, a trained model) and audit every class."""
+    import pandas as pd
+
+    from spray.config import config_from_dict
+    from spray.pipeline import run_audit
+    from spray.planted import build_case
+
+    build_case(folder / "case", case)
+    raw = {
+        "model": {"factory": "spray.planted:build_model",
+                  "kwargs": {"kind": case.model, "channels": case.channels, "n_classes": case.n_classes},
+                  "weights": str(folder / "case" / "model.pt")},
+        "data": {"manifest": str(folder / "case" / "images" / "manifest.csv"),
+                 "image": {"mode": "RGB", "size": [case.size, case.size]}},
+        "attribution": {"batch_size": 128},
+        "embedding": {"methods": []},
+        "evaluation": {"enabled": False},
+        "flagging": {"transplant_images": 100},
+        "cache": {"directory": str(folder / "cache")},
+        "output": str(folder / "report"),
+    }
+    outcome = run_audit(config_from_dict(raw, base_dir=folder), progress=False)
+    return outcome, pd.read_csv(folder / "case" / "images" / "manifest.csv")
+
+
+@pytest.mark.e2e
+def test_a_logo_at_random_corners_and_a_thin_border_in_two_classes_are_one_finding_each(tmp_path):
+    from spray.planted import Artifact, Case
+
+    case = Case(model="cnn", seed=421, artifacts=(Artifact("logo", 1, 0.3, placement="corner"),
+                                                  Artifact("border", 0, 0.29)))
+    outcome, manifest = _audit_planted(tmp_path, case)
+    for number, artifact in enumerate(case.artifacts, start=1):
+        result = next(r for r in outcome.classes if r.class_index == artifact.target_class)
+        (finding,) = result.findings
+        planted = set(manifest.loc[manifest.artifact == number, "path"])
+        flagged = {m for c in result.clusters if c.flagged for m in c.members}
+        assert set(finding.members) == flagged
+        hit = len(planted & flagged)
+        assert hit / len(flagged) >= 0.9 and hit / len(planted) >= 0.9, artifact.kind
+    assert finding.anywhere is False  # the border sits at one place
+    assert not [r.class_index for r in outcome.classes if r.class_index > 1 and r.flagged]
+
+
+@pytest.mark.e2e
+def test_classes_made_of_two_different_photos_are_not_flagged(tmp_path):
+    from spray.planted import Case
+
+    outcome, _ = _audit_planted(tmp_path, Case(model="resnet", subgroups=True, seed=455))
+    assert not [r.class_index for r in outcome.classes if r.flagged]
