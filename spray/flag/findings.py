@@ -156,12 +156,11 @@ def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
     """A finding's members: when it holds a pattern found anywhere, the samples its spectral clusters bring
     must match that pattern too (best NCC >= ``CROSS_MATCH`` with one of its patterns), so that a
     region's looser pixel rule does not add samples that lack the pattern."""
-    patterns = [g for g in groups if g.match_score is not None and g.members is not None]
-    if not patterns:
+    scores = [g.match_score for g in groups if g.match_score is not None]
+    carried = [g.members for g in groups if g.members is not None]
+    if not scores or not carried:
         return members
-    matched = np.max([g.match_score for g in patterns], axis=0) >= CROSS_MATCH
-    found = np.any([g.members for g in patterns], axis=0)
-    return found | (members & matched)
+    return np.any(carried, axis=0) | (members & (np.max(scores, axis=0) >= CROSS_MATCH))
 
 
 def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:

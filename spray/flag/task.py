@@ -25,7 +25,14 @@ from spray.data import Sample, iter_pixel_batches, load_pixels
 from spray.errors import RunError
 from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
 from spray.flag.findings import (
-    CARRIER_SPREAD, CROSS_MATCH, MIN_OVERLAP, OVERLAP, SAME_PATTERN, ClusterEvidence, Finding, Joined,
+    CARRIER_SPREAD,
+    CROSS_MATCH,
+    MIN_OVERLAP,
+    OVERLAP,
+    SAME_PATTERN,
+    ClusterEvidence,
+    Finding,
+    Joined,
 )
 from spray.flag.passes import PixelBatches
 from spray.flag.patterns import (
