@@ -202,15 +202,28 @@ def same_pattern(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 
 def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray,
              cluster_labels: np.ndarray) -> Finding:
+    """The finding of merged ``groups`` (strongest first) with ``members``: each member's window is that of
+    the first group that holds it (a pattern's match, or a cluster's region); it moves when two members'
+    windows do not overlap (their centres lie farther apart than a window's mean side)."""
     strongest = groups[0]
     origin, counts = np.unique(cluster_labels[members], return_counts=True)
-    windows = strongest.windows
-    boxes = (np.stack([windows.top, windows.left, windows.height, windows.width], 1)[members]
-             if windows is not None else np.zeros((0, 4), np.int64))
+    boxes = np.zeros((len(members), 4), np.int64)
+    placed = np.zeros(len(members), bool)
+    for group in groups:
+        if group.windows is None:
+            continue
+        here = members & ~placed & _group_members(group, cluster_labels)
+        windows = group.windows
+        boxes[here] = np.stack([windows.top, windows.left, windows.height, windows.width], 1)[here]
+        placed |= here
+    boxes = boxes[members & placed]
     prototype = strongest.prototype if strongest.prototype is not None else np.zeros((0, 0, 1), np.float32)
+    moves = False
+    if len(boxes):
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        moves = bool((np.ptp(centres, axis=0) > boxes[:, 2:].mean(0)).any())
     return Finding(cluster_id, int(members.sum()), {int(c): int(k) for c, k in zip(origin, counts)},
-                   tuple(g.id for g in groups), any(g.anywhere for g in groups), strongest.evidence,
-                   prototype, boxes)
+                   tuple(g.id for g in groups), bool(moves), strongest.evidence, prototype, boxes)
 
 
 def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,
