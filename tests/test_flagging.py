@@ -144,7 +144,11 @@ def audit(folder: Path, classes: list[int] | None, **demo) -> tuple[dict[str, bo
 
 PLANTED = [
     dict(artifact="tag", position="top-left", target_class=7, fraction=0.15, batchnorm=False, seed=11),
-    dict(artifact="frame", position="top-left", target_class=0, fraction=0.35, batchnorm=True, seed=12),
+    # A frame the model hardly needs: masking it costs the framed 0s 0.25 median logits more than the rest
+    # (necessity threshold 0.3, set so that natural sub-groups of photos, measured up to 0.22, stay unflagged:
+    # docs/shortcut-kinds.md) and pasting it turns 3 % of other digits into 0s. Strict: a fix shows up.
+    pytest.param(dict(artifact="frame", position="top-left", target_class=0, fraction=0.35, batchnorm=True,
+                      seed=12), marks=pytest.mark.xfail(strict=True, reason="necessity 0.25 < 0.3")),
     dict(artifact="stripe", position="bottom-left", target_class=5, fraction=0.2, batchnorm=False, seed=13),
     dict(artifact="watermark", position="top-right", target_class=8, fraction=0.3, batchnorm=True, seed=14),
 ]
