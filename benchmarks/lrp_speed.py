@@ -1,11 +1,12 @@
 """Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
 
     .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
-        [--compile] [--no-rss]
+        [--compile] [--channels-last] [--no-rss] [--clock wall|cpu]
 
 ``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
 ``SPRAY_LRP_COMPILE=1``) to every round, reported as ``compiled x grad``; its compile time falls in the
-warm-up call, not in the timed rounds.
+warm-up call, not in the timed rounds. ``--channels-last`` adds spray in the channels-last memory format
+(``LRP(channels_last=True)``, as with ``SPRAY_LRP_CHANNELS_LAST=1``), reported as ``NHWC x grad``.
 
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
@@ -26,6 +27,11 @@ Memory, two figures:
   pass), which is what grows with batch size and depth, as a ratio to the gradient's. zennit keeps its
   tensors outside autograd's saved tensors, so its figure is not reported.
 
+``--clock cpu`` times each call by the CPU time of this process (all its threads) instead of the wall
+clock: on a machine shared with other jobs the wall clock also counts the time a thread waited for a
+core, which the within-round ratios cancel only in part; CPU time counts the work done (with
+``OMP_WAIT_POLICY=PASSIVE`` idle threads sleep and add nothing). CPU only.
+
 Set ``OMP_WAIT_POLICY=PASSIVE`` (done below if unset): on two shared cores OpenMP busy-waiting can
 slow torch several-fold when another process holds a core.
 """
@@ -44,6 +50,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,6 +70,7 @@ LOW, HIGH = -2.2, 2.7  # z^B bounds of ImageNet-normalised inputs (roughly)
 
 def build_case(name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
+    model: nn.Module
     if name == "vgg16":
         model, shape = nets.VGG16(classes=1000), (8, 3, 224, 224)
         if quick:
@@ -129,9 +137,13 @@ def zennit_method(model: nn.Module, composite: str) -> Callable | None:
     return run
 
 
-def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[int]) -> tuple[float, int]:
-    """Seconds of one call, and its memory figure (see the module docstring). ``weights``: data
-    pointers of the model's parameters, which autograd saves by reference (no extra memory)."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[int],
+            clock: Callable[[], float] = time.perf_counter) -> tuple[float, int]:
+    """Seconds of one call by ``clock``, and its memory figure (see the module docstring). ``weights``:
+    data pointers of the model's parameters, which autograd saves by reference (no extra memory)."""
     saved = [0]
 
     def pack(tensor: torch.Tensor):
@@ -143,7 +155,7 @@ def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[i
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    start = time.perf_counter()
+    start = clock()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(x, targets)
     if x.device.type == "cuda":
@@ -151,7 +163,7 @@ def measure(fn: Callable, x: torch.Tensor, targets: torch.Tensor, weights: set[i
         memory = torch.cuda.max_memory_allocated() - before
     else:
         memory = saved[0]
-    return time.perf_counter() - start, memory
+    return clock() - start, memory
 
 
 def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
@@ -169,15 +181,17 @@ def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple
 
 
 def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True,
-                  compiled: bool = False) -> dict[str, Callable]:
+                  compiled: bool = False, channels_last: bool = False) -> dict[str, Callable]:
     """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed;
-    ``"spray+compile:<composite>"`` with ``compiled``)."""
+    ``"spray+compile:<composite>"`` with ``compiled``, ``"spray+nhwc:<composite>"`` with ``channels_last``)."""
     methods: dict[str, Callable] = {"gradient": gradient_method(model)}
     for composite in composites:
-        low_high = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
-        methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
+        low_high: dict[str, Any] = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
+        methods[f"spray:{composite}"] = LRP(model, composite, channels_last=False, **low_high)
         if compiled:
             methods[f"spray+compile:{composite}"] = compiled_method(LRP(model, composite, **low_high))
+        if channels_last:
+            methods[f"spray+nhwc:{composite}"] = LRP(model, composite, channels_last=True, **low_high)
         z = zennit_method(model, composite) if zennit else None
         if z is not None:
             methods[f"zennit:{composite}"] = z
@@ -212,13 +226,14 @@ def rss_extra_mb(case: str, method: str, quick: bool, threads: int | None) -> fl
 
 def run_case(
     name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
-    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True,
+    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True, channels_last: bool = False,
+    clock: str = "wall",
 ) -> list[dict]:
     model, x = build_case(name, quick)
     x = x.to(device)
     model = model.to(device)
     targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    methods = build_methods(model, composites, compiled=compiled)
+    methods = build_methods(model, composites, compiled=compiled, channels_last=channels_last)
     for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
         fn(x, targets)
     # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
@@ -231,7 +246,7 @@ def run_case(
     memory: dict[str, int] = {}
     for _ in range(repeats):
         for key, fn in methods.items():
-            seconds, mem = measure(fn, x, targets, weights)
+            seconds, mem = measure(fn, x, targets, weights, CLOCKS[clock])
             times[key].append(seconds)
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
@@ -253,6 +268,7 @@ def run_case(
     for composite in composites:
         key = f"spray:{composite}"
         zennit_key = f"zennit:{composite}"
+        key_rss, gradient_rss = rss.get(key), rss.get("gradient")
         rows.append({
             "model": name,
             "composite": composite,
@@ -264,14 +280,14 @@ def run_case(
             "time_vs_gradient": ratio(key, "gradient"),
             "time_vs_zennit": ratio(key, zennit_key),
             "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", "gradient"),
+            "channels_last_time_vs_gradient": ratio(f"spray+nhwc:{composite}", "gradient"),
             "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
             "saved_vs_gradient": memory[key] / max(memory["gradient"], 1),
             "rss_extra_mb": rss.get(key),
             "gradient_rss_extra_mb": rss.get("gradient"),
-            "rss_vs_gradient": (
-                rss[key] / rss["gradient"] if rss.get(key) is not None and rss.get("gradient") else None
-            ),
+            "rss_vs_gradient": key_rss / gradient_rss if key_rss is not None and gradient_rss else None,
             "repeats": repeats,
+            "clock": clock,
         })
     return rows
 
@@ -287,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--compile", action="store_true",
                         help="also time spray with compiled element-wise kernels (spray.lrp.fused)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time spray in the channels-last memory format (LRP(channels_last=True))")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time calls by the wall clock or by this process's CPU time (CPU only)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-resident-memory subprocesses")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)  # "case|method": internal
     args = parser.parse_args(argv)
@@ -298,17 +318,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     composites = tuple(c for c in args.composites.split(",") if c)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}")
+    if args.clock == "cpu" and device.type != "cpu":
+        raise SystemExit("--clock cpu times CPU work only; use the wall clock on an accelerator")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}, "
+          f"{args.clock} clock")
     header = (
         f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} "
         f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s} "
-        f"{'compiled x grad':>15s}"
+        f"{'compiled x grad':>15s} {'NHWC x grad':>11s}"
     )
     print(header)
     rows: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
         for row in run_case(case, composites, args.repeats, device, args.quick, args.threads, args.compile,
-                            not args.no_rss):
+                            not args.no_rss, args.channels_last, args.clock):
             rows.append(row)
             vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
             zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
@@ -317,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
                 f"{zennit_grad:>13s} {row['saved_vs_gradient']:12.2f} {_fmt(row['rss_extra_mb'], 8, 0)} "
                 f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)} "
-                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)}",
+                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)} {_fmt(row['channels_last_time_vs_gradient'], 11, 2)}",
                 flush=True,
             )
     if args.json is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.analysis.features import lens_neon
 from spray.cache import Entry
 from spray.config import ImageConfig, SprayConfig
 from spray.data import Dataset, Sample, read_pixels
@@ -48,7 +49,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
     relevance_by_id = relevance_lookup(tasks["shards"], samples, config.attribution.shard_size)
     clusters = []
     notes = list(analysis_meta.get("notes", []))
-    neon, membership_maps = _neon(maps, flagged.labels)
+    # the deep-feature lens explains membership at its layer, through the network (spray.analysis.features)
+    neon, membership_maps = lens_neon(tasks["lens"], flagged.labels) if "lens" in tasks else _neon(maps, flagged.labels)
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     for cluster in flagged.clusters:
         # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
@@ -58,7 +60,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
             continue
         result = _cluster_result(cluster, member_index, ids, maps, samples_by_id, relevance_by_id,
                                  config.data.image, config.flagging.prototypes)
-        result.neon = _cluster_neon(neon.get(cluster.id), cluster.region)
+        result.neon = _cluster_neon(neon.get(cluster.id), cluster.region,
+                                    config.analysis.layer if "lens" in tasks else None)
         if result.neon is not None:
             result.prototype_neon_maps = [membership_maps[position[i]] for i in result.prototypes]
         clusters.append(result)
@@ -105,12 +108,13 @@ def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMember
     return {m.cluster: m for m in memberships}, per_sample.astype(np.float32)
 
 
-def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None) -> ClusterNeon | None:
+def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None,
+                  layer: str | None) -> ClusterNeon | None:
     if membership is None or membership.competitor < 0:
         return None
     return ClusterNeon(competitor=membership.competitor, mean_logit=membership.mean_logit,
                        mean_map=membership.mean_map.astype(np.float32),
-                       positive_share_in_region=positive_share_in_region(membership.mean_map, region))
+                       positive_share_in_region=positive_share_in_region(membership.mean_map, region), layer=layer)
 
 
 def _class_faithfulness(entry: Entry, ids: list[str]) -> ClassFaithfulness | None:

@@ -10,6 +10,7 @@ shard.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,24 @@ def prepare_attributor(model_config: ModelConfig, attribution: AttributionConfig
         return _prepared[key]
 
 
+class AttributorClock:
+    """Seconds spent in an attributor's calls, summed (decoding and storing not counted): what ``spray
+    evaluate`` reports per image. On CUDA it waits for the queued kernels before reading the clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    def run(self, engine: Any, x: torch.Tensor, targets: torch.Tensor) -> tuple[Any, Any]:
+        """``engine(x, targets)`` (logits and relevance tensors, as the engine returns them), timed."""
+        started = time.perf_counter()
+        logits, relevance = engine(x, targets)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - started
+        return logits, relevance
+
+
 # Relevance is stored in chunks of about this many bytes: a few rows of large images, a batch of small ones,
 # so that the report reading one prototype's heatmap reads little, and a shard is not thousands of files.
 CHUNK_BYTES = 4 << 20
@@ -119,7 +138,8 @@ def attribute_shard(
     ``(n, C, H, W)`` float32 before the next batch is explained, so memory holds a few batches whatever the
     shard size. Returns the small arrays ``index`` (n,) positions in ``samples`` that were explained (rows
     of the stored relevance, in order), ``logits`` (n, K) float32, ``conservation`` (n,) sum of relevance /
-    explained logit; and meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule).
+    explained logit; and meta ``skipped`` [(id, reason)], ``device``, ``rules`` (layer -> rule),
+    ``attribution_s`` (seconds in the attributor's calls: ``AttributorClock``).
     """
     engine = prepare_attributor(model_config, attribution, image, model_token)
     device = resolve_device(attribution.device)
@@ -128,6 +148,7 @@ def attribute_shard(
     skipped: list[list[str]] = []
     index, logits, ratios = [], [], []
     written = 0
+    clock = AttributorClock(device)
     batches = iter_pixel_batches(samples, image, attribution.batch_size, attribution.loader_workers)
     for batch in batches:
         skipped += [list(item) for item in batch.failed]
@@ -135,7 +156,7 @@ def attribute_shard(
             continue
         x = to_device(to_model_input(batch.pixels, image), device)
         targets = torch.full((len(x),), class_index, dtype=torch.long, device=device)
-        batch_logits, batch_relevance = engine(x, targets)
+        batch_logits, batch_relevance = clock.run(engine, x, targets)
         batch_ratios = conservation(batch_relevance, batch_logits, targets).cpu().numpy()
         batch_logits = batch_logits.detach().float().cpu().numpy()
         batch_relevance = batch_relevance.detach().float().cpu().numpy()
@@ -159,7 +180,7 @@ def attribute_shard(
             "conservation": (np.concatenate(ratios) if ratios else np.zeros(0)).astype(np.float32),
         },
         {"skipped": skipped, "device": str(device), "rules": engine.rules, "composite": engine.composite_name,
-         "method": attribution.method},
+         "method": attribution.method, "attribution_s": clock.seconds},
     )
 
 

@@ -241,6 +241,10 @@ def preflight(config: SprayConfig, dataset: Dataset, per_class: bool = False) ->
     from spray.model import load_model, model_token
 
     model = load_model(config.model)
+    if config.analysis.layer is not None:  # the deep-feature lens's layer must exist before any work
+        from spray.analysis.features import check_layer
+
+        check_layer(model, config.analysis.layer)
     image = config.data.image
     chosen, pixels, failed = decode_probes(dataset, image, per_class)
     n_outputs = measure_outputs(model, pixels, image, [s.id for s in chosen])

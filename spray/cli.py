@@ -1,8 +1,11 @@
-"""``python -m spray run CONFIG``, ``validate CONFIG``, ``init MODEL IMAGES`` and ``export virelay CONFIG DIR``.
+"""``python -m spray run CONFIG``, ``validate CONFIG``, ``evaluate CONFIG``, ``init MODEL IMAGES`` and ``export
+virelay CONFIG DIR``.
 
-Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given, or a flag that
-the baseline did not have and --fail-on-new-flag was given; 2 invalid config or command line (also a
-baseline folder without a readable summary.json); 3 unusable data; 4 unusable model; 5 the run failed.
+Exit codes (spray.errors): 0 success; 1 a cluster was flagged and --fail-on-flag was given (a series of
+checkpoints: flagged at the last one), or a flag that the baseline did not have and --fail-on-new-flag was
+given; 2 invalid config or command line (also a baseline folder without a readable summary.json, a weights
+list naming a missing file, a weights pattern matching none); 3 unusable data; 4 unusable model; 5 the run
+failed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from spray.demo import DemoConfig
     from spray.diff import AuditDiff, Snapshot
     from spray.results import ClassResult
+    from spray.timeline import Timeline
 
 # The file an unexpected error's traceback goes to, in the output folder (or the temporary folder when the
 # config did not load far enough to name one).
@@ -48,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="folder for the report (overrides the config's output)")
     run.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to audit (indices or names)")
     run.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
-    run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged")
+    run.add_argument("--fail-on-flag", action="store_true", help=f"exit {EXIT_FLAGGED} when a cluster is flagged (a series of checkpoints: at the last one)")
     run.add_argument("--baseline", type=Path, metavar="DIR",
                      help="output folder of an earlier audit to compare with (overrides audit.baseline)")
     run.add_argument("--fail-on-new-flag", action="store_true",
@@ -66,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--weights", type=Path, help="state_dict file (torch.save(model.state_dict(), path))")
     init.add_argument("--config", type=Path, default=Path("audit.yaml"), help="the file to write (default audit.yaml)")
     export = _export_parser(commands)
-    for command in (run, validate, init, export):
+    evaluate = _evaluate_parser(commands)
+    for command in (run, validate, init, export, evaluate):
         command.add_argument("--debug", action="store_true",
                              help="print the traceback of an unexpected error here too (it is always logged)")
     return parser
@@ -83,6 +88,20 @@ def _export_parser(commands: Any) -> argparse.ArgumentParser:
     export.add_argument("--no-cache", action="store_true", help="recompute everything and store nothing")
     export.add_argument("--quiet", action="store_true", help="no progress bars")
     return export
+
+
+def _evaluate_parser(commands: Any) -> argparse.ArgumentParser:
+    """``evaluate CONFIG [--methods a,b]``: the faithfulness of each attribution method (spray.methods)."""
+    evaluate = commands.add_parser(
+        "evaluate", help="compare how faithful the heatmaps of attribution methods are for this model")
+    evaluate.add_argument("config", type=Path, help="the audit's YAML config")
+    evaluate.add_argument("--methods", metavar="A,B,...",
+                          help="comma-separated LRP composites or methods (default: the configured attribution, "
+                          "every named composite, gradient, gradient_x_input, integrated_gradients)")
+    evaluate.add_argument("--output", type=Path, help="folder for methods.csv and methods.json (overrides output)")
+    evaluate.add_argument("--classes", nargs="+", metavar="CLASS", help="classes to compare on (indices or names)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    return evaluate
 
 
 class Terminated(KeyboardInterrupt):
@@ -105,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _init(arguments)
             if arguments.command == "export":
                 return _export(arguments)
+            if arguments.command == "evaluate":
+                return _evaluate(arguments)
             return _run(arguments)
     except SprayError as error:
         print(f"spray: error: {error}", file=sys.stderr)
@@ -213,12 +234,16 @@ def _validate(arguments: argparse.Namespace) -> int:
     demo, config = _load(arguments)
     check_output_folders(config)
     baseline = _check_baseline(arguments, config)
-    if demo is not None and not Path(config.model.weights or demo.directory).exists():
+    weights = config.model.weights[0] if isinstance(config.model.weights, list) else config.model.weights
+    if demo is not None and not Path(weights or demo.directory).exists():
         print(f"spray: {arguments.config}: valid config; the demo case is built in {demo.directory} on "
               "first run, so the model and images are checked then")
         return EXIT_OK
     dataset = load_dataset(config.data)
-    checked = preflight(config, dataset, per_class=True)
+    series = _checkpoints(config)
+    checked = preflight(series[0], dataset, per_class=True)
+    for checkpoint in series[1:] if len(series) > 1 else []:  # the first was checked above
+        preflight(checkpoint, dataset)
     classes, skipped = audited_classes(config.audit, config.analysis.neighbors, dataset)
     attribution = config.attribution
     composite = f", composite {attribution.composite}" if isinstance(attribution, LrpAttribution) else ""
@@ -227,6 +252,9 @@ def _validate(arguments: argparse.Namespace) -> int:
           f"({attribution.method}{composite})")
     for line in mapping_lines(checked.mapping):
         print(f"  {line}")
+    if config.model.is_series:
+        print(f"  a series of {len(series)} checkpoints, each loaded and checked, in this order: "
+              + ", ".join(str(checkpoint.model.weights) for checkpoint in series))
     if baseline is not None:
         n_flags = sum(len(snapshot.flagged) for snapshot in baseline.classes.values())
         print(f"  baseline {config.audit.baseline}: {len(baseline.classes)} audited classes, {n_flags} flag(s) "
@@ -279,12 +307,33 @@ def _run(arguments: argparse.Namespace) -> int:
                   f"score {cluster.score:.2f}{_finding_text(result, cluster.id)}")
     else:
         print("spray: no cluster flagged")
+    if outcome.timeline is not None:
+        _print_timeline(outcome.timeline)
     new_flags = _print_diff(outcome.diff) if outcome.diff is not None else []
     print(f"spray: report: {outcome.report}")
     if arguments.fail_on_new_flag and new_flags:
         print(f"spray: {len(new_flags)} flag(s) new since the baseline: {'; '.join(new_flags)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_FLAGGED if outcome.flagged and arguments.fail_on_flag else EXIT_OK
+
+
+def _checkpoints(config: SprayConfig) -> list[SprayConfig]:
+    """The config of each checkpoint of a series (``model.weights`` a list), or ``[config]``."""
+    from spray.model import checkpoint_configs
+
+    return [config.model_copy(update={"model": model}) for model in checkpoint_configs(config.model)]
+
+
+def _print_timeline(timeline: Timeline) -> None:
+    """The series in one line, and one line per flagged pattern: where it was first flagged."""
+    print(f"spray: {len(timeline.checkpoints)} checkpoints audited; the flags above are the last one's "
+          f"({timeline.checkpoints[-1]}); the timeline is in the report and timeline.csv")
+    for item in timeline.classes:
+        for pattern in item.patterns:
+            scores = " ".join("-" if point.cluster is None else f"{point.score:.2f}{'*' if point.flagged else ''}"
+                              for point in pattern.points)
+            print(f"  class {item.class_name}: pattern {pattern.id + 1} first flagged at "
+                  f"{timeline.checkpoints[pattern.first_flagged]}; score per checkpoint (* flagged): {scores}")
 
 
 def _check_baseline(arguments: argparse.Namespace, config: SprayConfig) -> Snapshot | None:
@@ -333,6 +382,7 @@ def _export(arguments: argparse.Namespace) -> int:
     from spray.export_audit import export_virelay
 
     demo, config = _load(arguments)
+    config = _checkpoints(config)[-1]  # a series exports its last checkpoint, the one its report shows
     arguments.output_folder = Path(arguments.output_dir)
     if demo is not None:
         from spray.demo import prepare_demo
@@ -342,4 +392,31 @@ def _export(arguments: argparse.Namespace) -> int:
                           progress=not arguments.quiet)
     print(f"spray: wrote the ViRelAy project {path}; open it with `python -m virelay {path}` where ViRelAy is "
           "installed")
+    return EXIT_OK
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    """``evaluate``: the faithfulness table of each method, printed and written to the output folder."""
+    from spray.methods import compare_methods, format_table, resolve_methods, write_comparison
+
+    demo, config = _load(arguments)
+    arguments.output_folder = Path(config.output)
+    names = [name.strip() for name in arguments.methods.split(",") if name.strip()] if arguments.methods else None
+    resolve_methods(config.attribution, names)  # a wrong name fails before any work
+    from spray.checks import check_output_folders
+
+    check_output_folders(config)
+    if demo is not None:
+        from spray.demo import prepare_demo
+
+        prepare_demo(demo)
+    comparison = compare_methods(config, names, progress=not arguments.quiet)
+    computed = ", ".join(f"{stage} {c['computed']}/{c['computed'] + c['cached']}"
+                         for stage, c in comparison.stages.items())
+    print(f"spray: tasks computed (the rest came from the cache): {computed}")
+    for skipped in comparison.skipped_classes:
+        print(f"spray: skipped class {skipped.class_name}: {skipped.reason}")
+    print(format_table(comparison))
+    paths = write_comparison(comparison, Path(config.output))
+    print(f"spray: wrote {' and '.join(str(path) for path in paths)}")
     return EXIT_OK

@@ -8,7 +8,10 @@ paths resolve against the folder of the config file.
 from __future__ import annotations
 
 import difflib
+import glob
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -42,8 +45,11 @@ class ModelConfig(_Section):
         description="'file.py:callable' or 'package.module:callable' returning an nn.Module"
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
-    weights: Path | None = Field(
-        default=None, description="state_dict saved with torch.save; loaded with weights_only=True"
+    weights: Path | list[Path] | None = Field(
+        default=None,
+        description="state_dict saved with torch.save; loaded with weights_only=True. A list of such files, or "
+        "a glob pattern ('checkpoints/epoch-*.pt', ordered by name with numbers compared as numbers), audits "
+        "a series of checkpoints: the report is the last one's, with a timeline across them",
     )
 
     @field_validator("factory")
@@ -55,6 +61,18 @@ class ModelConfig(_Section):
                 f"expected 'models.py:build_model' or 'package.module:build_model', got {value!r}"
             )
         return value
+
+    @field_validator("weights")
+    @classmethod
+    def _series_not_empty(cls, value: Path | list[Path] | None) -> Path | list[Path] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("expected a weights file, a glob pattern or a non-empty list of weights files")
+        return value
+
+    @property
+    def is_series(self) -> bool:
+        """Whether ``weights`` names a series of checkpoints (a list, or a glob resolved into one)."""
+        return isinstance(self.weights, list)
 
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
@@ -365,6 +383,25 @@ class AnalysisConfig(_Section):
     min_clusters: int = Field(default=2, ge=1, description="smallest number of clusters the eigengap may pick")
     max_clusters: int = Field(default=10, ge=1, description="largest number of clusters the eigengap may pick")
     seed: int = Field(default=0, description="seed of the eigensolver start vector and of k-means")
+    space: Literal["heatmaps", "features"] = Field(
+        default="heatmaps",
+        description="what is clustered: the preprocessed heatmaps (SpRAY), or the activations of analysis.layer "
+        "(a deep-feature lens; membership maps: NEON at the layer, propagated to the input by LRP; needs "
+        "attribution.method lrp)",
+    )
+    layer: str | None = Field(
+        default=None, description="with space features: the layer whose activations are clustered, a name of "
+        "model.named_modules() such as '10' or 'classifier.1' (checked against the model before any work)",
+    )
+
+    @model_validator(mode="after")
+    def _lens(self) -> AnalysisConfig:
+        if self.space == "features" and not self.layer:
+            raise ValueError("analysis.space 'features' clusters one layer's activations: give analysis.layer, "
+                             "a name from the model's named_modules() (e.g. the penultimate layer)")
+        if self.space == "heatmaps" and self.layer is not None:
+            raise ValueError("analysis.layer applies to analysis.space: features (the heatmaps lens has no layer)")
+        return self
 
     @model_validator(mode="after")
     def _cluster_range(self) -> AnalysisConfig:
@@ -494,6 +531,13 @@ class SprayConfig(_Section):
     @classmethod
     def _attribution_method(cls, value: Any) -> Any:
         return _with_method(value)
+
+    @model_validator(mode="after")
+    def _lens_needs_lrp(self) -> SprayConfig:
+        if self.analysis.space == "features" and not isinstance(self.attribution, LrpAttribution):
+            raise ValueError(f"analysis.space 'features' propagates each cluster's membership from analysis.layer to "
+                             f"the input with LRP: it needs attribution.method lrp, not {self.attribution.method!r}")
+        return self
 
     @model_validator(mode="after")
     def _enough_patches(self) -> SprayConfig:
@@ -670,7 +714,8 @@ def _resolve_paths(config: SprayConfig, base_dir: Path, source: Path | None) -> 
         return value if value.is_absolute() else (base_dir / value).resolve()
 
     update: dict[str, Any] = {
-        "model": config.model.model_copy(update={"weights": resolve(config.model.weights)}),
+        "model": config.model.model_copy(update={"weights": _resolve_weights(config.model.weights, resolve,
+                                                                               source)}),
         "data": config.data.model_copy(
             update={"manifest": resolve(config.data.manifest), "root": resolve(config.data.root)}
         ),
@@ -683,3 +728,46 @@ def _resolve_paths(config: SprayConfig, base_dir: Path, source: Path | None) -> 
     if factory_file.endswith(".py"):
         update["model"] = update["model"].model_copy(update={"factory": f"{resolve(Path(factory_file))}:{name}"})
     return config.model_copy(update=update)
+
+
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def _resolve_weights(weights: Path | list[Path] | None, resolve: Callable[[Path | None], Path | None],
+                     source: Path | None) -> Path | list[Path] | None:
+    """``model.weights`` resolved: a single file as it is (a missing one is reported when the model is loaded,
+    exit 4); a list with every file checked; a pattern that names no file as it is but has glob characters
+    expanded into the files it matches, ordered by ``natural_order``. ConfigError (exit 2) naming the key and
+    the path for a listed file that is missing, a pattern that matches nothing, or a file listed twice."""
+    where = f"{source}: " if source is not None else ""
+    if weights is None:
+        return None
+    if not isinstance(weights, list):
+        path = resolve(weights)
+        assert path is not None
+        if path.exists() or not _GLOB_CHARACTERS & set(str(weights)):
+            return path
+        matches = sorted((Path(p) for p in glob.glob(str(path)) if Path(p).is_file()), key=natural_order)
+        if not matches:
+            raise ConfigError(f"{where}model.weights: the pattern {path} matches no file; expected one or more "
+                              "state_dict files (a series of checkpoints)")
+        return matches
+    paths = [resolve(item) for item in weights]
+    seen: dict[Path, int] = {}
+    for position, path in enumerate(paths):
+        assert path is not None
+        if not path.is_file():
+            raise ConfigError(f"{where}model.weights[{position}]: weights file not found: {path}")
+        if path in seen:
+            raise ConfigError(f"{where}model.weights[{position}]: {path} is listed twice (also at "
+                              f"model.weights[{seen[path]}]); list each checkpoint once")
+        seen[path] = position
+    return [path for path in paths if path is not None]
+
+
+def natural_order(path: Path) -> list[Any]:
+    """Sort key of a path by name with runs of digits compared as numbers: ``epoch-2.pt`` before
+    ``epoch-10.pt``."""
+    parts: list[Any] = re.split(r"(\d+)", str(path))
+    parts[1::2] = [int(part) for part in parts[1::2]]
+    return parts

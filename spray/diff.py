@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,15 +200,23 @@ def compare(current: Snapshot, baseline: Snapshot, baseline_name: str) -> AuditD
 
 def _matched(now: ClassSnapshot, before: ClassSnapshot) -> list[FlagChange]:
     shared = now.ids & before.ids
-    candidates = sorted(((overlap(c.members, b.members, shared), i, j)
-                         for i, c in enumerate(now.flagged) for j, b in enumerate(before.flagged)), reverse=True)
-    used_now: set[int] = set()
-    used_before: set[int] = set()
-    pairs = []
-    for value, i, j in candidates:
-        if value < MATCH_OVERLAP or i in used_now or j in used_before:
-            continue
-        used_now.add(i)
-        used_before.add(j)
-        pairs.append(FlagChange(now.class_index, now.flagged[i], before.flagged[j], value))
+    candidates = [(overlap(c.members, b.members, shared), i, j)
+                  for i, c in enumerate(now.flagged) for j, b in enumerate(before.flagged)]
+    pairs = [FlagChange(now.class_index, now.flagged[i], before.flagged[j], value)
+             for i, j, value in pair_greedily(candidates, MATCH_OVERLAP)]
     return sorted(pairs, key=lambda pair: pair.current.cluster if pair.current else -1)
+
+
+def pair_greedily(candidates: Iterable[tuple[float, int, int]], minimum: float) -> list[tuple[int, int, float]]:
+    """One-to-one pairs ``(i, j, value)`` from scored candidates ``(value, i, j)``: the highest value first,
+    each ``i`` and each ``j`` used once, values below ``minimum`` never."""
+    used_i: set[int] = set()
+    used_j: set[int] = set()
+    pairs = []
+    for value, i, j in sorted(candidates, reverse=True):
+        if value < minimum or i in used_i or j in used_j:
+            continue
+        used_i.add(i)
+        used_j.add(j)
+        pairs.append((i, j, value))
+    return pairs

@@ -59,9 +59,10 @@ def load_model(config: ModelConfig) -> nn.Module:
             "expected a torch.nn.Module"
         )
     model = model.cpu()
-    if config.weights is not None:
-        state = _read_state_dict(Path(config.weights))
-        _check_fit(model, state, Path(config.weights), config.factory)
+    weights = _single_weights(config)
+    if weights is not None:
+        state = _read_state_dict(weights)
+        _check_fit(model, state, weights, config.factory)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:  # a misfit _check_fit does not model (e.g. a custom _load_from_state_dict)
@@ -93,14 +94,29 @@ def model_token(config: ModelConfig) -> str:
     digest.update(b"\0callable\0" + name.encode())
     # default=repr: a kwarg that JSON cannot hold still contributes its value
     digest.update(b"\0kwargs\0" + json.dumps(config.kwargs, sort_keys=True, default=repr).encode())
-    if config.weights is None:
+    weights = _single_weights(config)
+    if weights is None:
         digest.update(b"\0weights\0none")
     else:
-        weights = Path(config.weights)
         if not weights.is_file():
             raise ModelError(f"weights file not found: {weights} (from model.weights)")
         digest.update(b"\0weights\0" + _file_digest(weights).encode())
     return digest.hexdigest()
+
+
+def checkpoint_configs(config: ModelConfig) -> list[ModelConfig]:
+    """One ModelConfig per checkpoint of a series (``model.weights`` a list, in its order); ``[config]``
+    for a single weights file or none."""
+    if not isinstance(config.weights, list):
+        return [config]
+    return [config.model_copy(update={"weights": path}) for path in config.weights]
+
+
+def _single_weights(config: ModelConfig) -> Path | None:
+    """The one weights file of ``config``; a series must be split by ``checkpoint_configs`` first."""
+    if isinstance(config.weights, list):
+        raise ValueError("model.weights names a series of checkpoints: load each of checkpoint_configs(config)")
+    return None if config.weights is None else Path(config.weights)
 
 
 # --- the factory -------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ sections tokenize by their values:
   transplant images;
 - evaluate (with ``evaluation.enabled``, ``spray.faithfulness``): the evaluation and image sections, the
   model token and the shard keys;
+- features and lens (with ``analysis.space: features``, ``spray.analysis.features``): the model token, the
+  attribution, image and preprocessing sections, the layer, the preprocess key (and for lens the flag key);
 - cross_class (with ``audit.cross_class``): the analysis and embedding sections and every class's
   preprocess key.
 
@@ -23,12 +25,15 @@ On a distributed cluster whose workers declare the resource "GPU", attribution t
 
 So an unchanged config recomputes nothing, an analysis-only change recomputes analysis and flagging, and a
 changed weight file or image recomputes what depends on it. The report is always rewritten from the entries.
+A series of checkpoints (``model.weights`` a list or a glob, ``compute_series``) runs the graph once per
+checkpoint, in order, in one cache folder, and follows the flags across them (``spray.timeline``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import platform
@@ -48,6 +53,7 @@ import dask
 import numpy as np
 
 from spray.analysis import import_umap
+from spray.analysis.features import FeatureJob, features_key, features_task, lens_key, lens_task
 from spray.analysis.task import (
     AnalyseJob,
     CrossClassJob,
@@ -69,6 +75,7 @@ from spray.config import (
     CacheConfig,
     DaskConfig,
     EmbeddingConfig,
+    LrpAttribution,
     SprayConfig,
 )
 from spray.data import (
@@ -83,12 +90,15 @@ from spray.errors import DataError, RunError
 from spray.faithfulness import EvaluateTask, evaluate_task
 from spray.faithfulness import store_key as evaluate_key
 from spray.flag import FlagTask, flag_task, store_key
-from spray.model import IN_MEMORY_FACTORY, model_token
+from spray.model import IN_MEMORY_FACTORY, checkpoint_configs, model_token
 from spray.preprocess import PreprocessedClass, PreprocessTask, preprocess_key, preprocess_task
 from spray.results import ClassResult, ClusterResult, CrossClassResult, RunInfo, SkippedClass
+from spray.timeline import CheckpointState, Timeline, build_timeline
 
 log = logging.getLogger(__name__)
 STAGES = ("attribute", "preprocess", "analyse", "embed", "flag", "evaluate")
+# the deep-feature lens's stages (analysis.space: features), counted only when they run
+LENS_STAGES = ("features", "lens")
 
 
 @dataclass
@@ -102,6 +112,7 @@ class AuditOutcome:
     cross_class: CrossClassResult | None = None
     skipped_samples: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
     diff: AuditDiff | None = None  # against audit.baseline, when given
+    timeline: Timeline | None = None  # across the checkpoints of a series (model.weights a list or a glob)
 
     @property
     def flagged(self) -> list[tuple[ClassResult, ClusterResult]]:
@@ -198,9 +209,10 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     pre = dask.delayed(preprocess_task, pure=True)(
         PreprocessTask(directory, pre_key, shard_samples, config.preprocessing), shards,
         dask_key_name=f"preprocess-{index}-{pre_key[:8]}")
-    analysis_key = analyse_key(config.analysis, pre_key)
+    features, feature_key = _features_task(context, index, samples, pre, pre_key)
+    analysis_key = analyse_key(config.analysis, pre_key, feature_key)
     analysis = dask.delayed(analyse_task, pure=True)(
-        directory, analysis_key, AnalyseJob(pre, config.analysis, context.dataset.class_names[index]),
+        directory, analysis_key, AnalyseJob(pre, config.analysis, context.dataset.class_names[index], features),
         dask_key_name=f"analyse-{index}-{analysis_key[:8]}")
     embedding_key = embed_key(config.embedding, pre_key)
     embedding = dask.delayed(embed_task, pure=True)(
@@ -216,6 +228,11 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
         directory, flag_key, pre, analysis, flag_inputs, dask_key_name=f"flag-{index}-{flag_key[:8]}")
     tasks = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
              "_pre_key": pre_key}
+    if features is not None and feature_key is not None:
+        key = lens_key(feature_key, flag_key, config.preprocessing)
+        tasks["features"], tasks["lens"] = features, dask.delayed(lens_task, pure=True)(
+            directory, key, pre, features, flagged, _feature_job(context, samples), config.preprocessing,
+            dask_key_name=f"lens-{index}-{key[:8]}")
     if config.evaluation.enabled:
         key = evaluate_key(config.evaluation, image, shard_keys, context.token)
         job = EvaluateTask(index, config.model, image, config.evaluation, attribution.device, attribution.batch_size,
@@ -223,6 +240,26 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
         tasks["evaluate"] = dask.delayed(evaluate_task, pure=True)(
             directory, key, shards, job, dask_key_name=f"evaluate-{index}-{key[:8]}")
     return tasks
+
+
+def _feature_job(context: _GraphContext, samples: list[Sample]) -> FeatureJob:
+    """What the lens tasks of a class need (``samples``: the class's samples)."""
+    config = context.config
+    if not isinstance(config.attribution, LrpAttribution) or config.analysis.layer is None:
+        raise AssertionError("the config validates analysis.space features with an LRP attribution and a layer")
+    return FeatureJob(config.model, context.token, config.attribution, config.data.image, config.analysis.layer,
+                      tuple(samples))
+
+
+def _features_task(context: _GraphContext, index: int, samples: list[Sample], pre: Any,
+                   pre_key: str) -> tuple[Any, str | None]:
+    """With ``analysis.space: features``, the class's features task and its key (spray.analysis.features)."""
+    if context.config.analysis.space != "features":
+        return None, None
+    job = _feature_job(context, samples)
+    key = features_key(job, pre_key)
+    return dask.delayed(features_task, pure=True)(context.directory, key, pre, job,
+                                                   dask_key_name=f"features-{index}-{key[:8]}"), key
 
 
 def _shard_tasks(context: _GraphContext, index: int, samples: list[Sample]) -> tuple[list[Any], list[str],
@@ -337,19 +374,51 @@ def run_audit(config: SprayConfig, *, use_cache: bool = True, progress: bool = T
     check_output_folders(config)
     # read before any work, and before this run's report may replace it (the baseline can be the output folder)
     baseline = load_baseline(config.audit.baseline) if config.audit.baseline else None
-    done = compute_audit(config, load_dataset(config.data), use_cache=use_cache, progress=progress)
+    dataset = load_dataset(config.data)
+    timeline = None
+    if config.model.is_series:
+        done, timeline = compute_series(config, dataset, use_cache=use_cache, progress=progress)
+    else:
+        done = compute_audit(config, dataset, use_cache=use_cache, progress=progress)
     diff = (compare(snapshot_from_results(done.classes), baseline, PathShower(config)(config.audit.baseline))
             if baseline is not None else None)
-    report = _write_report(config, done.classes, done.run, done.cross_class, diff)
+    report = _write_report(config, done.classes, done.run, done.cross_class, diff, timeline)
     return AuditOutcome(report, done.classes, done.stages, done.skipped_classes, done.cross_class,
-                        done.skipped_samples, diff)
+                        done.skipped_samples, diff, timeline)
+
+
+def compute_series(config: SprayConfig, dataset: Dataset, *, use_cache: bool = True,
+                   progress: bool = True) -> tuple[AuditComputed, Timeline]:
+    """Audit each checkpoint of the series ``model.weights`` in its order and follow the flagged patterns
+    across them (``spray.timeline``). The checkpoints share the dataset, its file digests and the cache
+    folder; each checkpoint's entries are keyed by its own weights, so a checkpoint audited before (alone or
+    in a series) is found in the cache. Returns the last checkpoint's results, with the stage counts and the
+    duration of the whole series, and the timeline."""
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc)
+    shown = PathShower(config)
+    states = []
+    checkpoints = checkpoint_configs(config.model)
+    with cache_folder(config.cache, use_cache) as directory:
+        for number, model in enumerate(checkpoints, start=1):
+            log.info("checkpoint %d of %d: %s", number, len(checkpoints), shown(model.weights))
+            done = compute_audit(config.model_copy(update={"model": model}), dataset, use_cache=use_cache,
+                                 progress=progress, directory=directory, log_mapping=number == 1)
+            states.append(CheckpointState.of(shown(model.weights), done.classes, done.skipped_classes, done.stages))
+    stages = {stage: {kind: sum(state.stages.get(stage, {}).get(kind, 0) for state in states)
+                      for kind in ("computed", "cached")} for stage in states[-1].stages}
+    run = dataclasses.replace(done.run, config=shown.config(), stages=stages, model=_model_text(config, shown),
+                              started=started_at.isoformat(timespec="seconds"),
+                              duration_s=time.perf_counter() - started)
+    return dataclasses.replace(done, run=run, stages=stages), build_timeline(states, config.flagging.threshold)
 
 
 def compute_audit(config: SprayConfig, dataset: Dataset, *, use_cache: bool = True,
-                  progress: bool = True) -> AuditComputed:
+                  progress: bool = True, directory: Path | None = None, log_mapping: bool = True) -> AuditComputed:
     """Check the model on real images, run the graph of ``dataset``'s audited classes and read the results
     back; no report is drawn. The model is what ``config.model`` loads (a factory, or an in-memory model of
-    ``spray.model.in_memory_model``). Raises SprayError subclasses with exit codes."""
+    ``spray.model.in_memory_model``). ``directory``: a cache folder opened by the caller (a series of
+    checkpoints shares one; default: ``cache_folder``); ``log_mapping``: log the label mapping (a series
+    logs its first checkpoint's only). Raises SprayError subclasses with exit codes."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     if use_cache and config.cache.enabled:
@@ -358,13 +427,15 @@ def compute_audit(config: SprayConfig, dataset: Dataset, *, use_cache: bool = Tr
     # Fail fast, before any task runs: the model must load, take the configured images, have one output per
     # class, and every layer must be explainable (the same checks as `spray validate`).
     checked = preflight(config, dataset)
-    log_label_mapping(checked.mapping)
+    if log_mapping:
+        log_label_mapping(checked.mapping)
     classes, skipped_classes = audited_classes(config.audit, config.analysis.neighbors, dataset)
     if "umap" in config.embedding.methods:
         # Imported here, once, in this thread: concurrent first imports from task threads can race.
         import_umap()
-    with cache_folder(config.cache, use_cache) as directory:
-        done = _compute_again_if_corrupt(config, dataset, classes, directory, token, progress)
+    with (contextlib.nullcontext(directory) if directory is not None
+          else cache_folder(config.cache, use_cache)) as folder:
+        done = _compute_again_if_corrupt(config, dataset, classes, folder, token, progress)
     skipped_classes = skipped_classes + done.skipped_classes
     skipped_samples = [(i, r) for i, r in dataset.missing] + done.skipped_samples
     for result in done.results:
@@ -412,13 +483,10 @@ def _run_info(config: SprayConfig, dataset: Dataset, mapping: LabelMapping, stag
     """What the report says about the run, its paths shown as ``report.absolute_paths`` asks."""
     skipped_classes, skipped_samples = skipped
     shown = PathShower(config)
-    weights = f" with weights {shown(config.model.weights)}" if config.model.weights else ""
-    model = (f"{config.model.kwargs['name']} (in memory, state {config.model.kwargs['token'][:12]})"
-             if config.model.factory == IN_MEMORY_FACTORY else shown(config.model.factory) + weights)
     return RunInfo(
         config_path=shown(config.path) if config.path else "",
         config=shown.config(),
-        model=model,
+        model=_model_text(config, shown),
         data=f"{shown(dataset.source)} ({len(dataset.samples)} samples, {len(dataset.class_names)} classes)",
         versions=_versions(),
         started=started_at.isoformat(timespec="seconds"),
@@ -433,8 +501,19 @@ def _run_info(config: SprayConfig, dataset: Dataset, mapping: LabelMapping, stag
     )
 
 
+def _model_text(config: SprayConfig, shown: PathShower) -> str:
+    """The model as the report names it: factory and weights (a series: how many checkpoints, the last)."""
+    if config.model.factory == IN_MEMORY_FACTORY:
+        return f"{config.model.kwargs['name']} (in memory, state {config.model.kwargs['token'][:12]})"
+    weights = config.model.weights
+    if isinstance(weights, list):
+        return f"{shown(config.model.factory)} with {len(weights)} checkpoints, the last {shown(weights[-1])}"
+    return shown(config.model.factory) + (f" with weights {shown(weights)}" if weights else "")
+
+
 def _write_report(config: SprayConfig, results: list[ClassResult], run: RunInfo,
-                  cross_result: CrossClassResult | None, diff: AuditDiff | None = None) -> Path:
+                  cross_result: CrossClassResult | None, diff: AuditDiff | None = None,
+                  timeline: Timeline | None = None) -> Path:
     """Draw the report into ``output``; class pages in worker processes unless the scheduler is synchronous."""
     from spray.report import write_report
 
@@ -443,7 +522,7 @@ def _write_report(config: SprayConfig, results: list[ClassResult], run: RunInfo,
     log.info("writing the report (%d classes) to %s", len(results), config.output)
     drawing = time.perf_counter()
     report = write_report(Path(config.output), results, run, cross_result,
-                          workers=1 if in_process else config.dask.workers, diff=diff)
+                          workers=1 if in_process else config.dask.workers, diff=diff, timeline=timeline)
     log.info("report written in %.1f s", time.perf_counter() - drawing)
     return report
 
@@ -506,8 +585,11 @@ class PathShower:
             holder: Any = dumped
             for key in keys[:-1]:
                 holder = holder.get(key) if isinstance(holder, dict) else None
-            if isinstance(holder, dict) and holder.get(keys[-1]) is not None:
-                holder[keys[-1]] = self(Path(holder[keys[-1]]))
+            value = holder.get(keys[-1]) if isinstance(holder, dict) else None
+            if isinstance(value, list):  # a series of checkpoints
+                holder[keys[-1]] = [self(Path(item)) for item in value]
+            elif value is not None:
+                holder[keys[-1]] = self(Path(value))
         dumped["model"]["factory"] = self(self._config.model.factory)
         return dumped
 
@@ -568,8 +650,9 @@ def _stage_counts(computed: dict[int, dict[str, Any]], cross_entry: Entry | None
     """Entries computed and found cached, per stage (and cross_class when it ran)."""
     counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
     for tasks in computed.values():
-        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:] if s in tasks]
+        entries = list(tasks["shards"]) + [tasks[s] for s in STAGES[1:] + LENS_STAGES if s in tasks]
         for entry in entries:
+            counts.setdefault(entry.stage, {"computed": 0, "cached": 0})
             counts[entry.stage]["computed" if entry.computed else "cached"] += 1
     if cross_entry is not None:
         counts["cross_class"] = {"computed": int(cross_entry.computed), "cached": int(not cross_entry.computed)}

@@ -32,6 +32,7 @@ class ClusterNeon:
     mean_logit: float  # the members' mean membership logit
     mean_map: np.ndarray  # (h, w) the members' mean membership relevance
     positive_share_in_region: float | None  # share of mean_map's positive relevance inside the region; None: no region
+    layer: str | None = None  # None: over the heatmap grid; the deep-feature lens's layer (spray.analysis.features)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from spray.analysis.embedding import embed_described
+from spray.analysis.features import lens_note, read_features
 from spray.analysis.spectral import spectral_analysis
 from spray.cache import Entry, cached, entry_key
 from spray.config import AnalysisConfig, EmbeddingConfig
@@ -48,11 +49,13 @@ Stored = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 @dataclass(frozen=True)
 class AnalyseJob:
-    """The spectral analysis of one class: its preprocess entry (maps (N, h, w)) and the analysis section."""
+    """The spectral analysis of one class: its preprocess entry (maps (N, h, w)) and the analysis section;
+    with ``analysis.space: features`` its features entry (``spray.analysis.features``), clustered instead."""
 
     pre: Entry
     config: AnalysisConfig
     class_name: str
+    features: Entry | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,11 @@ class CrossClassJob:
     embedding: EmbeddingConfig
 
 
-def analyse_key(config: AnalysisConfig, pre_key: str) -> str:
-    return entry_key("analyse", STORE_VERSION, config, pre_key)
+def analyse_key(config: AnalysisConfig, pre_key: str, features_key: str | None = None) -> str:
+    """The analyse entry's key: the analysis section, the preprocess key and, with the features lens, the
+    features key."""
+    parts = (pre_key,) if features_key is None else (pre_key, features_key)
+    return entry_key("analyse", STORE_VERSION, config, *parts)
 
 
 def embed_key(config: EmbeddingConfig, pre_key: str) -> str:
@@ -96,16 +102,20 @@ def analyse(job: AnalyseJob) -> Stored:
     """The stored spectral analysis of one class; a class the analysis cannot take (too few samples left
     once unreadable or non-finite ones were skipped, or maps that are not finite) is stored as skipped, with
     the reason, so that the other classes are audited."""
+    points = _flat_maps(job.pre) if job.features is None else read_features(job.features)
     try:
-        result = spectral_analysis(_flat_maps(job.pre), job.config)
+        result = spectral_analysis(points, job.config)
     except DataError as error:
         return {}, {"skipped": str(error)}
+    notes = list(result.notes)
+    if job.features is not None and job.config.layer is not None:
+        notes.insert(0, lens_note(job.config.layer, points.shape[1]))
     return (
         {"eigenvalues": result.eigenvalues, "eigenvectors": result.eigenvectors, "labels": result.labels,
          "gaps": result.gaps},
         {"n_clusters": result.n_clusters, "n_components": result.n_components, "neighbors": result.neighbors,
          "cluster_range": list(result.cluster_range), "knn": result.knn, "eigensolver": result.eigensolver,
-         "notes": list(result.notes)},
+         "notes": notes},
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,10 @@ class LRP:
     ``torch.autocast`` on the input's device, meant for CUDA; the layers' outputs are handed on in
     float32 and every rule computes in float32, so relevance is accumulated in float32). With
     ``SPRAY_LRP_COMPILE=1`` in the environment the rules' element-wise steps run as kernels compiled by
-    ``torch.compile`` (:mod:`spray.lrp.fused`).
+    ``torch.compile`` (:mod:`spray.lrp.fused`). ``channels_last`` (default: ``SPRAY_LRP_CHANNELS_LAST=1`` in
+    the environment, else off): run 2-D convolutional nets on CPU in the channels-last memory format,
+    where oneDNN's products are faster, but round less precisely (docs/lrp.md); the relevance returned is
+    NCHW either way.
 
     ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
     itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` like ``x``, float32
@@ -55,6 +59,7 @@ class LRP:
         *,
         stabilizer: float = 1e-6,
         autocast: str | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         resolved = resolve_composite(
             composite, epsilon=epsilon, gamma=gamma, alpha=alpha, low=low, high=high, stabilizer=stabilizer
@@ -72,13 +77,26 @@ class LRP:
         self._device = torch.device("cpu")
         self._lock = threading.Lock()
         self.conservation: Tensor | None = None
+        if channels_last is None:
+            channels_last = os.environ.get("SPRAY_LRP_CHANNELS_LAST", "0").strip().lower() in ("1", "true", "yes", "on")
+        self.channels_last = bool(channels_last) and any(isinstance(m, nn.Conv2d) for m in self._module.modules())
+        self._place(self._device)
+
+    def _memory_format(self, device: torch.device) -> torch.memory_format:
+        """``channels_last`` where asked for and the net has 2-D convolutions, on CPU only (not measured on
+        other devices); else NCHW."""
+        return torch.channels_last if self.channels_last and device.type == "cpu" else torch.contiguous_format
 
     def _to(self, device: torch.device) -> None:
         if device != self._device:
             with self._lock:
                 if device != self._device:
-                    self._module.to(device)
+                    self._place(device)
                     self._device = device
+
+    def _place(self, device: torch.device) -> None:
+        # torch's type stubs omit Module.to's memory_format keyword.
+        cast(Any, self._module).to(device, memory_format=self._memory_format(device))
 
     def __call__(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor) or x.ndim < 2:
@@ -87,7 +105,8 @@ class LRP:
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets has {targets.shape[0]} entries for a batch of {x.shape[0]}")
         self._to(x.device)
-        inputs = x.detach().to(self.dtype).requires_grad_(True)
+        memory_format = self._memory_format(x.device) if x.ndim == 4 else torch.contiguous_format
+        inputs = x.detach().to(self.dtype).contiguous(memory_format=memory_format).requires_grad_(True)
         with torch.enable_grad():
             if self.autocast is not None:
                 with torch.autocast(x.device.type, dtype=AUTOCAST_DTYPES[self.autocast]):
@@ -102,9 +121,44 @@ class LRP:
             seed = torch.zeros_like(output).scatter_(1, targets[:, None], explained)
             (relevance,) = torch.autograd.grad(output, inputs, seed)
         logits = output.detach().to(self.dtype)
-        relevance = relevance.detach().to(self.dtype)
+        relevance = relevance.detach().to(self.dtype).contiguous()
         self.conservation = conservation(relevance, logits, targets)
         return logits, relevance
+
+    def at_layer(self, x: Tensor, layer: str, relevance: Callable[[Tensor], Tensor] | None = None
+                 ) -> tuple[Tensor, Tensor | None]:
+        """The output of the layer named ``layer`` (a leaf module's name in ``model.named_modules()``) for
+        ``x``, detached, ``(B, ...)``; and with ``relevance``, a function of that output returning the
+        relevance to start from (same shape), the input relevance (like ``x``) that this engine's rules give
+        from that layer down: the layer's output relevance seeds the backward pass there instead of at the
+        logit. Raises ValueError when the layer is not called by the model's forward pass."""
+        self._to(x.device)
+        module = dict(self._module.named_modules()).get(layer)
+        if module is None or not layer:
+            raise ValueError(f"the model has no layer named {layer!r}")
+        captured: list[Tensor] = []
+        caller = threading.get_ident()
+
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # the engine is shared by a process's task threads: keep this call's output, not another thread's
+            if threading.get_ident() == caller:
+                captured.append(output)
+
+        handle = module.register_forward_hook(keep)
+        inputs = x.detach().to(self.dtype).requires_grad_(relevance is not None)
+        try:
+            with torch.set_grad_enabled(relevance is not None):
+                self._module(inputs)
+        finally:
+            handle.remove()
+        if not captured or not isinstance(captured[0], Tensor):
+            raise ValueError(f"layer {layer!r} is not called with a tensor output by the model's forward pass")
+        output = captured[0]
+        if relevance is None:
+            return output.detach(), None
+        seed = relevance(output.detach()).to(output.dtype)
+        (explained,) = torch.autograd.grad(output, inputs, seed)
+        return output.detach(), explained.detach().to(self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process
         state = dict(self.__dict__)

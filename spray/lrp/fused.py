@@ -1,25 +1,27 @@
-"""Element-wise steps of the rules as single fused kernels, through ``torch.compile`` when enabled.
+"""Element-wise steps of the rules: in place by default, or as single fused kernels through ``torch.compile``.
 
 The rules' backward passes are a few convolution products plus a chain of element-wise steps (a division
-by a stabilised denominator, a choice by the sign of ``z``, a scaling). In eager mode each step is one pass
-over a tensor the size of the layer's output; on CPU those passes cost about as much as the products.
-``torch.compile`` (inductor) fuses each chain into one loop. Compiling costs tens of seconds once per process
-(less with inductor's on-disk cache), so it is off by default and meant for large audits:
-``SPRAY_LRP_COMPILE=1`` in the environment, or :func:`enable_compile`. Shapes are compiled dynamically, so
+by a stabilised denominator, a choice by the sign of ``z``, a scaling). Each step here has two forms: the
+eager one (the default) writes every step in place into one output buffer, one pass over a layer-sized
+tensor per step and no fresh allocation per step; the functional one is what ``torch.compile`` (inductor)
+fuses into one loop when ``SPRAY_LRP_COMPILE=1`` is set or :func:`enable_compile` is called. Compiling costs
+tens of seconds once per process (less with inductor's on-disk cache) and measures no faster than the
+in-place steps on CPU (docs/benchmarks.md), so it is off by default. Shapes are compiled dynamically, so
 layers of every size share one kernel. Where compiling fails (no C++ compiler, an unsupported platform) the
-eager function is used from then on, with one warning; the numbers are the same either way up to float
+eager form is used from then on, with one warning; the numbers are the same either way up to float
 rounding (fused multiply-adds).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -37,18 +39,21 @@ def compile_enabled() -> bool:
 
 
 class Fused:
-    """``fn`` run compiled when compiling is enabled and works, else eagerly."""
+    """``fn`` run compiled when compiling is enabled and works, else ``eager``: the same numbers (up to
+    float rounding) computed step by step, each step written in place where it can be (one pass over the
+    tensor and no fresh allocation per step). ``fn`` stays functional, which is what the compiler fuses."""
 
-    def __init__(self, fn: Callable[..., object]) -> None:
+    def __init__(self, fn: Callable[..., Any], eager: Callable[..., Any] | None = None) -> None:
         self.fn = fn
-        self._compiled: Callable[..., object] | None = None
+        self.eager = eager or fn
+        self._compiled: Callable[..., Any] | None = None
         self._failed = False
         self._lock = threading.Lock()
         self.__doc__ = fn.__doc__
 
-    def __call__(self, *args):
+    def __call__(self, *args: Any) -> Any:
         if not _state["enabled"] or self._failed:
-            return self.fn(*args)
+            return self.eager(*args)
         with self._lock:
             if self._compiled is None:
                 self._compiled = torch.compile(self.fn, dynamic=True)
@@ -58,36 +63,83 @@ class Fused:
             self._failed = True
             log.warning("torch.compile of %s failed (%s: %s); using the eager version", self.fn.__name__,
                         type(error).__name__, error)
-            return self.fn(*args)
+            return self.eager(*args)
 
 
 def _stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
 
 
-@Fused
-def epsilon_quotient(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
+def memory_format_of(t: Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D tensor whose channels are its innermost dimension (also a view of one,
+    such as one half of a stack), else ``contiguous_format``."""
+    if t.ndim == 4 and t.shape[1] > 1 and t.stride(1) == 1:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _stacked_empty(like: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """An uninitialised tensor like ``like`` (and in its memory format) with twice its size along ``dim``,
+    and its two halves (views)."""
+    shape = list(like.shape)
+    shape[dim] *= 2
+    stack = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+    first, second = stack.chunk(2, dim=dim)
+    return stack, first, second
+
+
+def _epsilon_quotient_in_place(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
+    shift = z.new_tensor(epsilon)
+    denominator = torch.where(z >= 0, shift, -shift).add_(z)  # z + eps sign(z), as in _stabilize
+    if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
+        return relevance / denominator  # broadcast or promoted: not writable in place
+    return torch.div(relevance, denominator, out=denominator)
+
+
+def _epsilon_quotient(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
     """``R / (z + eps sign(z))`` with ``sign(0) = 1``."""
     return relevance / _stabilize(z, epsilon)
 
 
-@Fused
-def gamma_quotients(z: Tensor, q: Tensor, relevance: Tensor, gamma: float, epsilon: float) -> tuple[Tensor, Tensor]:
-    """The two backward arguments of the gamma rule for non-negative inputs (see ``Gamma``):
-    ``s = R / (z + gamma * where(z > 0, q, z - q) + eps sign(z))`` (0 where ``z = 0``), returned as
-    ``(where(z > 0, (1+gamma) s, s), where(z > 0, s, (1+gamma) s))``."""
-    up = z > 0
-    down = z < 0
-    shift = torch.where(up, epsilon, torch.where(down, -epsilon, math.inf))
-    s = relevance / (z + gamma * torch.where(up, q, z - q) + shift)
-    scaled = s * (1 + gamma)
-    return torch.where(up, scaled, s), torch.where(up, s, scaled)
+epsilon_quotient = Fused(_epsilon_quotient, _epsilon_quotient_in_place)
 
 
-@Fused
-def alpha_beta_quotients(z: Tensor, z_pos: Tensor, relevance: Tensor, alpha: float, beta: float,
-                         epsilon: float, dim: int) -> Tensor:
-    """``[alpha R / (z+ + eps), -beta R / (min(z - z+, 0) - eps)]`` stacked along ``dim``."""
-    s_pos = relevance * alpha / (z_pos + epsilon)
-    s_neg = relevance * -beta / ((z - z_pos).clamp(max=0) - epsilon)
-    return torch.cat([s_pos, s_neg], dim=dim)
+def _gamma_quotients(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float, dim: int) -> Tensor:
+    """The backward argument of the gamma rule for non-negative inputs (see ``Gamma``): ``[s sign(z), s]``
+    stacked along ``dim``, ``s = R / (sign(z) (shifted + leaky_relu(z, -(1 + gamma))))`` with
+    ``shifted = gamma q + eps`` (``s = 0`` where ``z = 0``)."""
+    sign = torch.sign(z)
+    s = relevance / ((shifted + F.leaky_relu(z, -(1.0 + gamma))) / sign)
+    return torch.cat([s * sign, s], dim=dim)
+
+
+def _gamma_quotients_in_place(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float, dim: int) -> Tensor:
+    """:func:`_gamma_quotients` in six passes written into the stacked result; ``shifted`` is overwritten."""
+    stacked, signed, plain = _stacked_empty(z, dim)
+    torch.sign(z, out=signed)
+    torch.ops.aten.leaky_relu.out(z, -(1.0 + gamma), out=plain)
+    shifted.add_(plain).div_(signed)  # sign(z) D: +-inf where z = 0
+    torch.div(relevance, shifted, out=plain)
+    signed.mul_(plain)
+    return stacked
+
+
+gamma_quotients = Fused(_gamma_quotients, _gamma_quotients_in_place)
+
+
+def _alpha_beta_quotients(z: Tensor, shifted_pos: Tensor, relevance: Tensor, epsilon: float, dim: int) -> Tensor:
+    """``[R / shifted_pos, R / min(z - shifted_pos, -eps)]`` stacked along ``dim``, with ``shifted_pos``
+    the positive denominator ``z+ + eps`` (see ``AlphaBeta``)."""
+    return torch.cat([relevance / shifted_pos, relevance / (z - shifted_pos).clamp(max=-epsilon)], dim=dim)
+
+
+def _alpha_beta_quotients_in_place(z: Tensor, shifted_pos: Tensor, relevance: Tensor, epsilon: float,
+                                   dim: int) -> Tensor:
+    stacked, s_pos, s_neg = _stacked_empty(z, dim)
+    torch.div(relevance, shifted_pos, out=s_pos)
+    torch.sub(z, shifted_pos, out=s_neg).clamp_(max=-epsilon)
+    torch.div(relevance, s_neg, out=s_neg)
+    return stacked
+
+
+alpha_beta_quotients = Fused(_alpha_beta_quotients, _alpha_beta_quotients_in_place)

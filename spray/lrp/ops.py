@@ -10,7 +10,7 @@ concatenation, dropout in eval mode) keep their ordinary gradient, which routes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, overload
 
 import torch
@@ -57,8 +57,7 @@ class LinearLayer:
         self.bias: Tensor | None = layer.bias
         # Set by the graph builder when the input is non-negative by construction (after a ReLU).
         self.input_nonnegative = False
-        self._split: Tensor | None = None
-        self._with_positive: Tensor | None = None
+        self._derived: dict[Hashable, tuple[tuple[Any, ...], Any]] = {}
         self.is_conv = isinstance(module, CONV_TYPES)
         if self.is_conv:
             self.ndim = self.weight.ndim - 2
@@ -73,23 +72,36 @@ class LinearLayer:
         channels are tied to input groups)."""
         return not self.is_conv or self.groups == 1
 
+    def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()`` (tensors made from the weight and bias, e.g. ``w+`` or a scaled stack), cached under
+        ``key``: clamping or scaling all weights on every call costs as much as an element-wise pass over a
+        large activation. Rebuilt when the weight or bias moves to another device or dtype or is modified
+        in place (their version counters)."""
+        stamp = (self.weight.device, self.weight.dtype, self.weight._version,
+                 None if self.bias is None else self.bias._version)
+        hit = self._derived.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = build()
+        self._derived[key] = (stamp, value)
+        return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for Dask workers: the cached weight-derived tensors are rebuilt there on first use.
+        state = dict(self.__dict__)
+        state["_derived"] = {}
+        return state
+
+    @property
+    def channel_dim(self) -> int:
+        """The output-channel dimension of ``z``: 1 for conv ``(B, C, ...)``, -1 for linear ``(..., F)``."""
+        return 1 if self.is_conv else -1
+
     def split_weight(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(w+, w-, [w+; w-])``, computed once per device: clamping all weights on every call costs
-        as much as an element-wise pass over a large activation. ``w+``/``w-`` are views of the stack."""
-        split = self._split
-        if split is None or split.device != self.weight.device or split.dtype != self.weight.dtype:
-            split = torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)])
-            self._split = split
+        """``(w+, w-, [w+; w-])``, cached (:meth:`derived`); ``w+``/``w-`` are views of the stack."""
+        split = self.derived("split", lambda: torch.cat([self.weight.clamp(min=0), self.weight.clamp(max=0)]))
         out = self.weight.shape[0]
         return split[:out], split[out:], split
-
-    def weight_and_positive(self) -> Tensor:
-        """``[w; w+]`` stacked on the output channels, cached like :meth:`split_weight`."""
-        pair = self._with_positive
-        if pair is None or pair.device != self.weight.device or pair.dtype != self.weight.dtype:
-            pair = torch.cat([self.weight, self.split_weight()[0]])
-            self._with_positive = pair
-        return pair
 
     def backward_pair(self, s_pos: Tensor, s_neg: Tensor, input_like: Tensor | Sequence[int]) -> Tensor:
         """``s_pos * (w+)^T + s_neg * (w-)^T``. Two calls: stacking ``[s_pos, s_neg]`` into one call with

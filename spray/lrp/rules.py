@@ -19,14 +19,13 @@ concatenation: the ordinary gradient, which routes relevance unchanged).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Union
 
 import torch
 from torch import Tensor
 
-from spray.lrp.fused import alpha_beta_quotients, compile_enabled, epsilon_quotient, gamma_quotients
+from spray.lrp.fused import alpha_beta_quotients, epsilon_quotient, gamma_quotients, memory_format_of
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
 Bound = Union[float, Sequence[float], Tensor]  # noqa: UP007 (a runtime alias: the | form needs Python 3.10 types)
@@ -183,49 +182,47 @@ class AlphaBeta(LinearRule):
         return layer.input_nonnegative and self.beta != 0 and (not layer.is_conv or layer.groups == 1)
 
     def forward(self, layer, a):
-        """For inputs known to be >= 0: one product with the stacked weights ``[w; w+]`` gives the output
-        ``z`` and ``z+`` together, in place of two separate products. ``z`` is the ordinary product (not
-        ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign partial
-        sums of ``z``, and which then drifts from the plain forward pass through every later layer);
-        ``z- = z - z+`` is formed in the backward pass.
+        """The ordinary product ``z``, kept for the backward pass when the input is known to be >= 0.
+        There ``z+ + eps`` comes from one product with cached weights ``w+`` and bias ``b+ + eps``, and
+        ``z- = z - z+`` from the two: one extra forward product as with two separate denominators, but
+        only ``z`` held from the forward to the backward pass. ``z`` is the ordinary product (not
+        ``z+ + z-``, whose float32 rounding error grows with ``|z+|`` rather than with the mixed-sign
+        partial sums of ``z``).
 
         Not under autocast: in bf16/fp16 ``z - z+`` cancels to noise where ``|z-|`` is small against ``z+``;
-        there the denominators are computed in the backward pass, in float32."""
-        if not self._splits(layer) or torch.is_autocast_enabled(a.device.type):
-            return super().forward(layer, a)
-        bias = None if layer.bias is None else torch.cat([layer.bias, layer.bias.clamp(min=0)])
-        both = layer.forward(a, layer.weight_and_positive(), bias)
-        return both.narrow(1 if layer.is_conv else -1, 0, layer.weight.shape[0]).contiguous(), both
+        there both denominators are computed in the backward pass from their own products, in float32."""
+        z = layer.forward(a, layer.weight, layer.bias)
+        shared = self._splits(layer) and not torch.is_autocast_enabled(a.device.type)
+        return z, (z if shared else None)
 
-    def _stacked_quotients(self, layer: LinearLayer, both: Tensor, relevance: Tensor) -> Tensor:
-        """``[alpha R / (z+ + eps), -beta R / (z- - eps)]`` stacked on the channels, from ``[z, z+]``.
+    def _shared_quotients(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``z`` and one product giving
+        ``z+ + eps`` (alpha and -beta are folded into the stacked weights of the transposed product).
 
-        ``z- = min(z - z+, 0)``: the clamp keeps rounding noise where ``z- = 0`` exactly from giving the
-        denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero, so they pass
-        nothing either way. ``z - z+`` carries an absolute error of float32 rounding times ``|z+|``, which
-        matters only for outputs whose ``|z-|`` is within a few roundings of zero against ``z+``; on
-        ResNets with measured BatchNorm statistics the relevance is as close to the float64 reference as
-        the separate-product path's (tests/lrp/test_precision.py)."""
-        dim = 1 if layer.is_conv else -1
-        z, z_pos = both.chunk(2, dim=dim)
-        if compile_enabled():
-            return alpha_beta_quotients(z, z_pos, relevance, self.alpha, self.beta, self.stabilizer, dim)
-        quotients = torch.empty_like(both)
-        s_pos, s_neg = quotients.chunk(2, dim=dim)  # views: the results are written in place
-        # alpha / beta folded into the denominators: (z+ + eps) / alpha, (z- - eps) / -beta.
-        torch.add(z_pos, self.stabilizer, out=s_pos).div_(self.alpha)
-        torch.sub(z, z_pos, out=s_neg).clamp_(max=0).sub_(self.stabilizer).div_(-self.beta)
-        torch.div(relevance, s_pos, out=s_pos)
-        torch.div(relevance, s_neg, out=s_neg)
-        return quotients
+        ``z- - eps = min(z - (z+ + eps), -eps)``: the clamp keeps rounding noise where ``z- = 0`` exactly
+        from giving the denominator the wrong sign; the numerators ``a w-`` of such outputs are all zero,
+        so they pass nothing either way. ``z - z+`` carries an absolute error of float32 rounding times
+        ``|z+|``, which matters only for outputs whose ``|z-|`` is within a few roundings of zero against
+        ``z+``; on ResNets with measured BatchNorm statistics the relevance is as close to the float64
+        reference as the separate-product path's (tests/lrp/test_precision.py)."""
+        def build() -> tuple[Tensor, Tensor]:
+            return layer.split_weight()[0], _shifted_bias(_positive(layer.bias), self.stabilizer, layer.weight)
+        weight_pos, bias_pos = layer.derived(("alpha_beta_pos", self.stabilizer), build)
+        shifted_pos = layer.forward(a, weight_pos, bias_pos)
+        return alpha_beta_quotients(z, shifted_pos, relevance, self.stabilizer, layer.channel_dim)
+
+    def _stacked_weights(self, layer: LinearLayer) -> Tensor:
+        """``[alpha w+; -beta w-]`` for the transposed product of the stacked quotients."""
+        alpha, beta = self.alpha, self.beta
+        return layer.derived(("alpha_beta_back", alpha, beta), lambda: torch.cat(
+            [layer.split_weight()[0] * alpha, layer.split_weight()[1] * -beta]))
 
     def relevance(self, layer, a, z, relevance):
         w_pos, w_neg, _ = layer.split_weight()
         b_pos, b_neg = _positive(layer.bias), _negative(layer.bias)
         if z is not None and self._splits(layer):
-            # z holds [z, z+] stacked on the channels (see forward).
-            s = self._stacked_quotients(layer, z, relevance)
-            return layer.backward(s, a, layer.split_weight()[2]).mul_(a)
+            s = self._shared_quotients(layer, a, z, relevance)
+            return layer.backward(s, a, self._stacked_weights(layer)).mul_(a)
         if not _has_negative(layer, a):
             # a >= 0: z+ = a w+ + b+ >= 0 and z- = a w- + b- <= 0, so the stabilised denominators are
             # z+ + eps and z- - eps, the eps folded into the bias. z- is computed from its own product,
@@ -239,6 +236,8 @@ class AlphaBeta(LinearRule):
             s_neg = torch.div(relevance * -self.beta, neg_denominator, out=neg_denominator)
             return layer.backward_pair(s_pos, s_neg, a).mul_(a)
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
+        if layer.can_stack:
+            return self._mixed_signs_stacked(layer, a_pos, a_neg, relevance)
         z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
         z_neg = layer.forward(a_pos, w_neg, b_neg) + layer.forward(a_neg, w_pos, None)
         s_pos = relevance / stabilize(z_pos, self.stabilizer)
@@ -246,6 +245,32 @@ class AlphaBeta(LinearRule):
         positive = a_pos * layer.backward(s_pos, a, w_pos) + a_neg * layer.backward(s_pos, a, w_neg)
         negative = a_pos * layer.backward(s_neg, a, w_neg) + a_neg * layer.backward(s_neg, a, w_pos)
         return self.alpha * positive - self.beta * negative
+
+    def _mixed_signs_stacked(self, layer: LinearLayer, a_pos: Tensor, a_neg: Tensor, relevance: Tensor) -> Tensor:
+        """Inputs of both signs (e.g. a first layer on normalised images) with one forward and one
+        transposed product instead of four each: ``[z+; z-]`` is the product of ``[a+, a-]`` (stacked on
+        the input channels) with ``[[w+, w-]; [w-, w+]]`` and bias ``[b+; b-]``, and the transposed
+        product of ``[s+; s-]`` with ``[[alpha w+, alpha w-]; [-beta w-, -beta w+]]`` gives the factors
+        of ``a+`` and ``a-``."""
+        dim = 1 if layer.is_conv else -1
+        alpha, beta = self.alpha, self.beta
+
+        def build() -> tuple[Tensor, Tensor, Tensor | None]:
+            w_pos, w_neg, _ = layer.split_weight()
+            forward = torch.cat([torch.cat([w_pos, w_neg], dim=1), torch.cat([w_neg, w_pos], dim=1)])
+            back = torch.cat([torch.cat([w_pos, w_neg], dim=1) * alpha, torch.cat([w_neg, w_pos], dim=1) * -beta])
+            bias = None if layer.bias is None else torch.cat([layer.bias.clamp(min=0), layer.bias.clamp(max=0)])
+            return forward, back, bias
+
+        forward, back, bias = layer.derived(("alpha_beta_mixed", alpha, beta), build)
+        inputs = torch.cat([a_pos, a_neg], dim=dim)
+        quotients = layer.forward(inputs, forward, bias)  # [z+; z-], overwritten with [s+; s-]
+        shift = quotients.new_tensor(self.stabilizer)
+        quotients.add_(torch.where(quotients >= 0, shift, -shift))  # stabilize(), in place
+        for half in quotients.chunk(2, dim=dim):
+            torch.div(relevance, half, out=half)
+        for_pos, for_neg = layer.backward(quotients, inputs, back).chunk(2, dim=dim)
+        return (for_pos * a_pos).add_(for_neg * a_neg)
 
 
 class Gamma(LinearRule):
@@ -260,6 +285,8 @@ class Gamma(LinearRule):
     needs_output = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        if gamma < 0 or stabilizer < 0:
+            raise ValueError(f"gamma and stabilizer must be non-negative, got gamma={gamma}, stabilizer={stabilizer}")
         self.gamma, self.stabilizer = float(gamma), float(stabilizer)
 
     def params(self) -> dict[str, Any]:
@@ -270,7 +297,7 @@ class Gamma(LinearRule):
         w_pos, w_neg, _ = layer.split_weight()
         bias = layer.bias
         if not _has_negative(layer, a):
-            return self._nonnegative_input(layer, a, z, relevance, w_pos, w_neg)
+            return self._nonnegative_input(layer, a, z, relevance)
         up = (z > 0).to(relevance.dtype) * relevance
         down = (z < 0).to(relevance.dtype) * relevance
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
@@ -286,30 +313,38 @@ class Gamma(LinearRule):
             + a_neg * (layer.backward(s_up, a, w_down) + layer.backward(s_down, a, w_up))
         )
 
+    def _nonnegative_input(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
+        """The same numbers for ``a >= 0`` with one extra forward and one (stacked) transposed product.
 
-    def _nonnegative_input(self, layer, a, z, relevance, w_pos, w_neg):
-        """The same numbers for ``a >= 0`` with one extra forward product instead of four.
-
-        With ``q = a w+ + b+ >= 0`` and ``u = z - q = a w- + b- <= 0``:
-        ``z_up = z + g q`` (> 0 where z > 0) and ``z_down = z + g u`` (< 0 where z < 0), so the
-        stabilised denominator is ``z + g * where(z > 0, q, u) + eps * sign(z)``; outputs with z = 0
-        pass nothing. The backward products regroup as
-        ``(w + g w+) s_up + (w + g w-) s_down = w+ ((1+g) s_up + s_down) + w- (s_up + (1+g) s_down)``.
+        With ``q = a w+ + b+ >= 0`` and ``Q = g q + eps`` (one product with the scaled weights and bias):
+        the stabilised denominator is ``z + Q`` where ``z > 0`` and ``(1 + g) z - Q`` where ``z < 0``, i.e.
+        ``sign(z) D`` with ``D = Q + leaky_relu(z, -(1 + g)) >= eps``; dividing ``D`` by ``sign(z)`` gives
+        infinity where ``z = 0``, so those outputs pass nothing. With ``s = R / (sign(z) D)`` the backward
+        products ``(w + g w+) s_up + (w + g w-) s_down`` regroup (``s`` is 0 where ``z = 0``) as
+        ``(1 + g/2) w s + (g/2) |w| (s sign(z))``: one transposed product of ``[s sign(z), s]`` with the
+        stacked ``[(g/2) |w|; (1 + g/2) w]``, and every element-wise step in place.
         """
-        g, eps = self.gamma, self.stabilizer
-        q = layer.forward(a, w_pos, _positive(layer.bias))
-        if compile_enabled():
-            s_pos, s_neg = gamma_quotients(z, q, relevance, g, eps)
-            return layer.backward_pair(s_pos, s_neg, a).mul_(a)
-        up = z > 0
-        down = z < 0
-        # where(z > 0, q + eps/g', u - eps/g') would fold eps in, but g may be 0: add eps explicitly.
-        chosen = torch.where(up, q, z - q)
-        denominator = torch.add(z, chosen, alpha=g, out=chosen)
-        denominator += torch.where(up, eps, torch.where(down, -eps, math.inf))  # z = 0: s = R / inf = 0
-        s = torch.div(relevance, denominator, out=denominator)
-        scaled = s * (1 + g)
-        return layer.backward_pair(torch.where(up, scaled, s), torch.where(up, s, scaled), a).mul_(a)
+        g = self.gamma
+        # A zero stabiliser is replaced by the smallest normal float: D stays > 0, so z = 0 still gives 0.
+        eps = max(self.stabilizer, torch.finfo(z.dtype).tiny)
+        weight_q, bias_q = layer.derived(("gamma_q", g, eps), lambda: (
+            layer.split_weight()[0] * g, _shifted_bias(_scaled(_positive(layer.bias), g), eps, layer.weight)))
+        shifted = layer.forward(a, weight_q, bias_q)  # g q + eps, a fresh tensor: overwritten below
+        back = layer.derived(("gamma_back", g), lambda: torch.cat(
+            [layer.weight.abs() * (g / 2), layer.weight * (1 + g / 2)]))
+        stacked = gamma_quotients(z, shifted, relevance, g, layer.channel_dim)
+        del shifted  # not needed by the transposed product: lowers the peak memory
+        if layer.can_stack:
+            return layer.backward(stacked, a, back).mul_(a)
+        half = layer.weight.shape[0]
+        signed, plain = stacked.chunk(2, dim=layer.channel_dim)
+        dense = memory_format_of(stacked)
+        return (layer.backward(signed.contiguous(memory_format=dense), a, back[:half])
+                .add_(layer.backward(plain.contiguous(memory_format=dense), a, back[half:])).mul_(a))
+
+
+def _scaled(t: Tensor | None, factor: float) -> Tensor | None:
+    return None if t is None else t * factor
 
 
 class Flat(_Stabilized, LinearRule):
@@ -375,18 +410,36 @@ class ZBox(LinearRule):
         low = _expand_bound(self.low, a)
         high = _expand_bound(self.high, a)
         w_pos, w_neg, _ = layer.split_weight()
-        # Biases included as zennit does: b - b^+ - b^- = 0, so they cancel in the denominator.
-        z_box = (
-            z
-            - layer.forward(low, w_pos, _positive(layer.bias))
-            - layer.forward(high, w_neg, _negative(layer.bias))
-        )
-        s = relevance / stabilize(z_box, self.stabilizer)
-        return (
-            a * layer.backward(s, a, layer.weight)
-            - low * layer.backward(s, a, w_pos)
-            - high * layer.backward(s, a, w_neg)
-        )
+        s = epsilon_quotient(relevance, z - self._bound_products(layer, a), self.stabilizer)
+        if not layer.can_stack:
+            return (
+                a * layer.backward(s, a, layer.weight)
+                - low * layer.backward(s, a, w_pos)
+                - high * layer.backward(s, a, w_neg)
+            )
+        # One transposed product with [w, w+, w-] stacked on the input channels.
+        dim = 1 if layer.is_conv else -1
+        stacked = layer.derived("zbox_back", lambda: torch.cat([layer.weight, w_pos, w_neg], dim=1))
+        shape = list(a.shape)
+        shape[dim] *= 3
+        for_a, for_low, for_high = layer.backward(s, shape, stacked).chunk(3, dim=dim)
+        return (for_a * a).sub_(for_low * low).sub_(for_high * high)
+
+    def _bound_products(self, layer: LinearLayer, a: Tensor) -> Tensor:
+        """``low w+ + b+ + high w- + b-`` for one sample shaped like ``a[:1]``: the same for every input of
+        that shape, so it is computed once per shape and broadcast over the batch. (Biases included as
+        zennit does: ``b - b+ - b- = 0``, so they cancel in the denominator ``z - this``.)"""
+        shape = tuple(a.shape[1:])
+        cached = layer.derived("zbox_bounds", dict)
+        products = cached.get(shape)
+        if products is None:
+            one = a[:1]
+            w_pos, w_neg, _ = layer.split_weight()
+            products = (layer.forward(_expand_bound(self.low, one), w_pos, _positive(layer.bias))
+                        + layer.forward(_expand_bound(self.high, one), w_neg, _negative(layer.bias)))
+            cached.clear()  # one input shape at a time (an audit resizes every image alike)
+            cached[shape] = products
+        return products
 
 
 def _bound(value: Bound, name: str) -> Tensor:

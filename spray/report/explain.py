@@ -143,6 +143,14 @@ NEON_CLUSTER = (
     "cluster {competitor}. Mean of the members' maps; mean logit {logit}."
 )
 NEON_PROTOTYPE = "Third tile: the prototype's own NEON membership map, where its heatmap makes it a member."
+NEON_LENS = (
+    "What sets this cluster apart from cluster {competitor}, its nearest, at layer {layer}: the clusters were formed "
+    "on that layer's activations (analysis.space features); NEON splits each member's membership logit, how much "
+    "nearer its activations lie to this cluster's mean than to the others', over the layer's units, and LRP carries "
+    "it down to the input; red pixels make the members this cluster, blue ones pull them towards cluster "
+    "{competitor}. Mean of the members' maps; mean logit {logit}."
+)
+NEON_LENS_PROTOTYPE = "Third tile: the prototype's own membership map, carried from the layer to its pixels."
 NEON_SINGLE = "One cluster only: there is no other cluster to set it apart from."
 
 FAITHFULNESS = (
@@ -155,8 +163,10 @@ UNFAITHFUL = "Heatmaps not better than random for this model: do not trust its c
 PERTURBATIONS = {"uniform": "uniform noise", "blur": "a Gaussian blur", "constant": "black"}
 
 
-def neon_text(competitor: int, logit: str) -> str:
-    """The one-line explanation of a cluster's NEON map."""
+def neon_text(competitor: int, logit: str, layer: str | None = None) -> str:
+    """The one-line explanation of a cluster's NEON map (``layer``: the deep-feature lens's layer, if used)."""
+    if layer is not None:
+        return NEON_LENS.format(competitor=competitor, logit=logit, layer=repr(layer))
     return NEON_CLUSTER.format(competitor=competitor, logit=logit)
 
 

@@ -11,6 +11,7 @@ import functools
 import io
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import matplotlib
@@ -309,3 +310,71 @@ def faithfulness_figure(morf: np.ndarray, random: np.ndarray) -> str:
     axes.set_title("Region perturbation", loc="left")
     figure.tight_layout(pad=0.5)
     return _to_data_uri(figure)
+
+
+@_with_style
+def timeline_figure(labels: Sequence[str], patterns: Sequence[TimelineSeries], max_scores: Sequence[float],
+                    threshold: float) -> str:
+    """A class across a series of checkpoints: each flagged pattern's Clever Hans score per checkpoint
+    (filled markers where it is flagged, hollow where not; NaN where no cluster carries it), the class's
+    highest cluster score (grey), the flagging ``threshold`` (dashed) and, on the right axis, the share of
+    transplanted images each pattern turns into the class (thin dashes). ``labels``: one per checkpoint."""
+    figure = _new_figure(4.8, 2.8)
+    axes = figure.add_subplot()
+    _style_axes(axes)
+    steps = np.arange(len(labels))
+    axes.plot(steps, np.asarray(max_scores, dtype=np.float64), color=MUTED, linewidth=1.0, linestyle=":",
+              marker=".", markersize=4, label="highest cluster score")
+    axes.axhline(threshold, color=INK, linestyle="--", linewidth=0.8, label=f"flagging threshold {threshold:g}")
+    share = axes.twinx()
+    for number, series in enumerate(patterns):
+        colour = FLAGGED_COLOURS[number % len(FLAGGED_COLOURS)]
+        values = np.asarray(series.scores, dtype=np.float64)
+        axes.plot(steps, values, color=colour, linewidth=1.5, label=f"{series.name}: score")
+        marks = np.asarray(series.flagged, dtype=bool)
+        axes.scatter(steps[marks], values[marks], s=26, color=colour, zorder=4, linewidths=0)
+        axes.scatter(steps[~marks], values[~marks], s=22, facecolors="white", edgecolors=colour, zorder=4,
+                     linewidths=1.2)
+        share.plot(steps, np.asarray(series.transplants_turned, dtype=np.float64), color=colour, linewidth=0.9,
+                   linestyle=(0, (2, 2)), alpha=0.8, label=f"{series.name}: transplants turned (right)")
+    _frame_timeline(axes, share, labels, [v for series in patterns for v in series.scores] + list(max_scores),
+                    threshold, bool(patterns))
+    figure.tight_layout(pad=0.5)
+    return _to_data_uri(figure)
+
+
+@dataclass(frozen=True)
+class TimelineSeries:
+    """One flagged pattern of a class across checkpoints, one value per checkpoint: its score, whether it is
+    flagged, and the share of transplanted images its cluster turns into the class (NaN where unmeasured)."""
+
+    name: str
+    scores: Sequence[float]
+    flagged: Sequence[bool]
+    transplants_turned: Sequence[float]
+
+
+def _frame_timeline(axes: Axes, share: Axes, labels: Sequence[str], scores: list[float], threshold: float,
+                    with_share: bool) -> None:
+    """Ticks, limits (room above for the legend), labels and legend of ``timeline_figure``."""
+    steps = np.arange(len(labels))
+    axes.set_xticks(steps)
+    rotate = max((len(label) for label in labels), default=0) * len(labels) > 60
+    axes.set_xticklabels(labels, rotation=35 if rotate else 0, ha="right" if rotate else "center", fontsize=7)
+    shown = [v for v in scores + [0.0, threshold] if math.isfinite(v)]
+    lowest, highest = min(shown), max(shown)
+    axes.set_ylim(lowest - 0.05 * (highest - lowest), highest + 0.45 * (highest - lowest))
+    axes.set_xlabel("checkpoint")
+    axes.set_ylabel("Clever Hans score")
+    axes.set_title("Score per checkpoint", loc="left")
+    share.set_ylim(0, 1.45)  # the same headroom as the scores
+    share.set_yticks([0, 0.5, 1])
+    share.tick_params(labelsize=7, colors=MUTED)
+    share.spines["right"].set_visible(with_share)
+    share.set_ylabel("transplants turned" if with_share else "", color=MUTED, fontsize=7.5)
+    if not with_share:
+        share.set_yticks([])
+    handles, names = axes.get_legend_handles_labels()
+    more_handles, more_names = share.get_legend_handles_labels()
+    share.legend(handles + more_handles, names + more_names, fontsize=6.5, loc="upper left", frameon=True,
+                 framealpha=0.9, edgecolor="none", ncol=2)

@@ -31,10 +31,12 @@ from spray.report.summary import (
     max_score,
     to_jsonable,
 )
+from spray.report.timeline_view import timeline_view
 from spray.results import ClassResult, ClusterResult, CrossClassResult, FindingResult, RunInfo
 
 if TYPE_CHECKING:
     from spray.diff import AuditDiff, FlagChange
+    from spray.timeline import Timeline
 
 TEMPLATES = Path(__file__).parent / "templates"
 MAX_PROTOTYPES = 8  # prototypes shown per cluster, most typical first
@@ -229,9 +231,9 @@ def _neon_view(cluster: ClusterResult, has_region: bool) -> dict[str, Any]:
         return {"neon_map": None, "neon_text": explain.NEON_SINGLE, "neon_competitor": None, "neon_share": None,
                 "neon_prototype_text": ""}
     return {"neon_map": images.map_tile(neon.mean_map, cluster.region if has_region else None),
-            "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit)),
+            "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit), neon.layer),
             "neon_competitor": neon.competitor, "neon_share": neon.positive_share_in_region,
-            "neon_prototype_text": explain.NEON_PROTOTYPE}
+            "neon_prototype_text": explain.NEON_PROTOTYPE if neon.layer is None else explain.NEON_LENS_PROTOTYPE}
 
 
 def _faithfulness_view(result: ClassResult) -> dict[str, Any] | None:
@@ -555,10 +557,11 @@ class ClassPageRenderer:
 
 def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,
                cross_class: CrossClassResult | None = None, context: PageContext | None = None,
-               diff: AuditDiff | None = None) -> str:
+               diff: AuditDiff | None = None, timeline: Timeline | None = None) -> str:
     """index.html: with ``paged`` (default: ``is_paged(classes)``) the verdict, the ranked summary table
     linking to the class pages, the skipped items and the run; otherwise every class's section as well.
-    With ``diff``, a box under the verdict says what changed since the baseline audit.
+    With ``diff``, a box under the verdict says what changed since the baseline audit; with ``timeline``
+    (a series of checkpoints, ``classes`` the last one's), a section follows each class across them.
 
     Raises RunError naming the class whose section cannot be drawn.
     """
@@ -578,7 +581,9 @@ def index_html(classes: list[ClassResult], run: RunInfo, paged: bool | None = No
         classes=rows, pages=paged, verdict=_verdict(classes, run, paged), run=context.run,
         colorbar=context.colorbar, summary_href="#summary", spray_version=context.spray_version,
         cross=_cross_class_view(cross_class, paged) if cross_class is not None else None,
-        diff=_diff_view(diff, list(run.label_names), paged) if diff is not None else None)
+        diff=_diff_view(diff, list(run.label_names), paged) if diff is not None else None,
+        timeline=timeline_view(timeline, class_title, lambda index: _class_href(index, paged))
+        if timeline is not None else None)
 
 
 def iter_pages(classes: list[ClassResult], run: RunInfo, paged: bool | None = None,

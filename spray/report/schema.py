@@ -28,6 +28,10 @@ class Neon(_Open):
     positive_share_in_region: float | None = Field(
         description="share of the mean membership map's positive relevance inside the cluster's distinctive "
                     "region; null without a region")
+    layer: str | None = Field(
+        default=None, description="null: NEON over the preprocessed heatmaps; a layer name: the deep-feature lens "
+        "(analysis.space features), membership at that layer's activations (mean_logit in their squared-distance "
+        "units) propagated to the input by LRP")
 
 
 class Faithfulness(_Open):
@@ -157,6 +161,64 @@ class Diff(_Open):
     classes_only_in_baseline: list[int]
 
 
+class TimelineCheckpoint(_Open):
+    index: int = Field(description="position in the series, from 0")
+    weights: str = Field(description="the checkpoint's weights file, shown like the run's other paths")
+    stages: dict[str, dict[str, int]] = Field(description="per stage, tasks computed and found cached for it")
+
+
+class TimelineStep(_Open):
+    checkpoint: int = Field(description="position of the checkpoint in the series")
+    n_clusters: int | None = Field(description="clusters the eigengap chose; null when the class was skipped")
+    accuracy: float | None = Field(description="share of the class's audited samples the model predicts as it")
+    max_score: float | None = Field(description="the highest cluster score; null when none was scored")
+    n_flagged: int
+    skipped: str | None = Field(description="why the class was not analysed at this checkpoint; null when it was")
+
+
+class TimelineLines(_Open):
+    consistency: float | None = Field(description="measured / threshold; the lowest of the three is the score")
+    necessity: float | None = Field(description="measured / threshold")
+    sufficiency: float | None = Field(description="measured / threshold")
+    transplant_flip_rate: float | None = Field(description="share of transplanted images of other classes "
+                                                           "that turned into the class")
+
+
+class TimelinePoint(_Open):
+    checkpoint: int
+    cluster: int | None = Field(description="the cluster carrying the pattern; null when none matches")
+    size: int | None
+    score: float | None
+    flagged: bool
+    overlap: float = Field(description="member overlap with the pattern (region intersection over union when "
+                                       "matched_by is 'region')")
+    matched_by: str | None = Field(description="'members', 'region', or null when no cluster matches")
+    lines: TimelineLines = Field(description="the cluster's evidence (null where not measured)")
+
+
+class TimelinePattern(_Open):
+    id: int = Field(description="the pattern's number within its class, in the order first flagged")
+    first_flagged: int = Field(description="position of the checkpoint where it was first flagged")
+    first_flagged_weights: str
+    points: list[TimelinePoint] = Field(description="one per checkpoint")
+
+
+class TimelineClass(_Open):
+    class_index: int = Field(alias="class")
+    name: str
+    checkpoints: list[TimelineStep] = Field(description="one per checkpoint")
+    patterns: list[TimelinePattern] = Field(description="flagged patterns followed across the checkpoints")
+
+
+class Timeline(_Open):
+    checkpoints: list[TimelineCheckpoint] = Field(description="the series, in the order audited")
+    match_overlap: float = Field(description="member overlap at which two clusters carry the same pattern")
+    region_overlap: float = Field(description="region intersection over union at which two clusters whose "
+                                              "members do not match carry the same pattern")
+    threshold: float = Field(description="flagging.threshold: the score at which a cluster is flagged")
+    classes: list[TimelineClass]
+
+
 class Summary(_Open):
     """The whole summary.json."""
 
@@ -170,6 +232,10 @@ class Summary(_Open):
     run: Run
     diff: Diff | None = Field(default=None, description="what changed since the baseline audit (--baseline or "
                                                         "audit.baseline); absent without one")
+    timeline: Timeline | None = Field(default=None, description="a series of checkpoints (model.weights a list or "
+                                                                "a glob): each class across them; the rest of "
+                                                                "the summary is the last checkpoint's; absent "
+                                                                "for a single weights file")
 
 
 def json_schema() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from ``spray.report.schema``)::
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
                                 "flagged": true|false, "evidence": {...},
-                                "neon": {"competitor", "mean_logit", "positive_share_in_region"} | null,
+                                "neon": {"competitor", "mean_logit", "positive_share_in_region", "layer"} | null,
                                 "faithfulness": {"aopc_morf", "aopc_random", "aopc_gain", "n"} | null}],
                   "findings": [{"cluster": ..., "size": ..., "clusters": {spectral id: members}, "groups": [...],
                                 "anywhere": bool, "position_spread": ..., "score": ..., "members": [sample ids],
@@ -163,7 +163,7 @@ def neon_summary(neon: ClusterNeon | None) -> dict[str, Any] | None:
     if neon is None:
         return None
     return {"competitor": int(neon.competitor), "mean_logit": to_jsonable(neon.mean_logit),
-            "positive_share_in_region": to_jsonable(neon.positive_share_in_region)}
+            "positive_share_in_region": to_jsonable(neon.positive_share_in_region), "layer": neon.layer}
 
 
 def faithfulness_summary(faithfulness: FaithfulnessSummary | None) -> dict[str, Any] | None:

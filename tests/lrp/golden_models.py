@@ -50,9 +50,10 @@ def make(variant: str, seed: int = 0) -> tuple[nn.Sequential, torch.Tensor]:
         for module in model.modules():
             # Smaller biases than the default init, as in trained networks, so relevance is mostly
             # carried by the weights (conservation near 1 with the epsilon rule).
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
                 module.bias.mul_(0.1)
             if isinstance(module, nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
                 c = module.num_features
                 module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
                 module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def main() -> None:
     low = torch.tensor(golden_models.LOW).view(1, 3, 1, 1)
     high = torch.tensor(golden_models.HIGH).view(1, 3, 1, 1)
     targets = torch.tensor(golden_models.TARGETS)
-    arrays: dict[str, np.ndarray] = {"targets": targets.numpy()}
+    arrays: dict[str, Any] = {"targets": targets.numpy()}
     for variant in golden_models.VARIANTS:
         model, x = golden_models.make(variant)
         for key, value in model.state_dict().items():

@@ -22,7 +22,7 @@ class VGG16(nn.Module):
             if spec == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                c_out = _c(spec, width)
+                c_out = _c(int(spec), width)
                 layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
                 c_in = c_out
         self.features = nn.Sequential(*layers)
@@ -248,6 +248,7 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0, zero_shift: bool = Fals
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             c = module.num_features
             module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
             module.weight.copy_(torch.rand(c, generator=generator) + 0.5)

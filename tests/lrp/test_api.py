@@ -1,6 +1,7 @@
 """The LRP entry point as the pipeline uses it: shapes, metadata, errors, and the caller's model."""
 
 import copy
+from typing import Any
 
 import golden_models
 import pytest
@@ -22,7 +23,7 @@ def test_call_returns_logits_and_float32_relevance_of_the_input_shape() -> None:
     logits, relevance = lrp(x, torch.tensor([1, 2, 3, 4]))
     assert logits.shape == (4, 10) and not logits.requires_grad
     assert relevance.shape == x.shape and relevance.dtype == torch.float32 and not relevance.requires_grad
-    assert lrp.conservation.shape == (4,)
+    assert lrp.conservation is not None and lrp.conservation.shape == (4,)
 
 
 def test_folded_batchnorm_keeps_the_models_outputs() -> None:
@@ -166,3 +167,28 @@ def test_engine_pickles_for_dask_workers() -> None:
     targets = torch.tensor([3, 2, 1, 0])
     assert copy_.rules == lrp.rules
     assert torch.equal(copy_(x, targets)[1], lrp(x, targets)[1])
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_channels_last_gives_the_same_relevance_in_nchw(composite: str, monkeypatch) -> None:
+    model, x = golden_models.make("batchnorm")
+    bounds: dict[str, Any] = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    targets = torch.tensor([1, 2, 3, 4])
+    _, plain = LRP(model, composite, channels_last=False, **bounds)(x, targets)
+    monkeypatch.setenv("SPRAY_LRP_CHANNELS_LAST", "1")
+    lrp = LRP(model, composite, **bounds)
+    _, relevance = lrp(x, targets)
+    assert lrp.channels_last and relevance.is_contiguous()
+    torch.testing.assert_close(relevance, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_a_pickled_engine_leaves_its_weight_caches_behind_and_explains_alike() -> None:
+    import pickle
+
+    model, x = golden_models.make("batchnorm")
+    lrp = LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)
+    targets = torch.tensor([1, 2, 3, 4])
+    _, relevance = lrp(x, targets)  # fills the per-layer caches (stacked weights, z^B bound products)
+    fresh = pickle.loads(pickle.dumps(LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)))
+    assert len(pickle.dumps(lrp)) < 1.2 * len(pickle.dumps(fresh))
+    torch.testing.assert_close(pickle.loads(pickle.dumps(lrp))(x, targets)[1], relevance)

@@ -6,7 +6,7 @@ import nets
 import pytest
 import torch
 
-from spray.lrp import LRP
+from spray.lrp import LRP, Composite
 
 ARCHITECTURES = {
     "vgg16": (lambda: nets.VGG16(width=1 / 16, pool=1, hidden=256), 32),
@@ -17,7 +17,7 @@ ARCHITECTURES = {
 }
 
 
-def _explain(name: str, composite: str = "epsilon", **params):
+def _explain(name: str, composite: str | Composite = "epsilon", **params):
     build, size = ARCHITECTURES[name]
     torch.manual_seed(0)
     model = nets.zero_biases(nets.randomize_batchnorm(nets.init_weights(build()), zero_shift=True))

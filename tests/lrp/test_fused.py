@@ -3,10 +3,11 @@ do, and a platform where compiling fails falls back to the eager functions with 
 
 import logging
 
+import nets
 import pytest
 import torch
 
-from spray.lrp import fused
+from spray.lrp import LRP, fused
 
 
 def _inputs():
@@ -20,7 +21,7 @@ def _inputs():
 
 def _all(fn_gamma, fn_ab, fn_eps):
     z, q, relevance = _inputs()
-    return [*fn_gamma(z, q, relevance, 0.25, 1e-6), fn_ab(z, q, relevance, 2.0, 1.0, 1e-6, 1),
+    return [fn_gamma(z, 0.25 * q + 1e-6, relevance, 0.25, 1), fn_ab(z, q + 1e-6, relevance, 1e-6, 1),
             fn_eps(relevance, z, 1e-6)]
 
 
@@ -38,7 +39,7 @@ def test_compiled_kernels_equal_the_eager_functions(compiling):
     assert not fused.gamma_quotients._failed, "torch.compile failed here: the test measured nothing"
     for expected, got in zip(eager, compiled):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert (eager[0][0, 0, 0, :3] == 0).all()  # z = 0: nothing passed
+    assert (eager[0][0, [0, 6], 0, :3] == 0).all()  # z = 0: nothing passed (both halves of the stack)
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_a_warning(compiling, monkeypatch, caplog):
@@ -65,3 +66,19 @@ def test_a_switched_off_step_never_compiles():
     step = fused.Fused(fused.epsilon_quotient.fn)
     step(relevance, z, 1e-6)
     assert step._compiled is None
+
+
+@pytest.mark.parametrize("composite", ["epsilon_gamma_box", "epsilon_alpha2_beta1"])
+@pytest.mark.parametrize("make", [lambda: nets.VGG16(width=0.125, hidden=32), lambda: nets.MobileNetV2(width=0.25)],
+                         ids=["vgg", "mobilenet"])
+def test_the_fused_steps_compute_what_the_rules_compute_in_place(composite, make, monkeypatch):
+    """The eager steps write in place; the functional forms that ``torch.compile`` fuses must give the
+    same relevance (run here uncompiled). MobileNetV2's depthwise convolutions take the unstacked branch."""
+    model = nets.randomize_batchnorm(nets.init_weights(make())).eval()
+    x, targets = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1])
+    bounds = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    _, in_place = LRP(model, composite, **bounds)(x, targets)
+    for step in (fused.gamma_quotients, fused.alpha_beta_quotients, fused.epsilon_quotient):
+        monkeypatch.setattr(step, "eager", step.fn)
+    _, functional = LRP(model, composite, **bounds)(x, targets)
+    torch.testing.assert_close(functional, in_place, rtol=1e-4, atol=1e-6 * float(in_place.abs().max()))

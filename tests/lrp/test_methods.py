@@ -1,6 +1,8 @@
 """The other attribution methods behind the same interface, the user-defined composite from the config,
 and the conservation figure."""
 
+from typing import Any
+
 import golden_models
 import pytest
 import torch
@@ -10,15 +12,22 @@ from spray.config import LrpAttribution, attribution_config
 from spray.lrp import METHODS, attributor, attributor_from_config
 
 
-def _linear_model() -> nn.Module:
+def _linear_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+
+def _class_weights(model: nn.Sequential, targets: torch.Tensor) -> torch.Tensor:
+    """The linear model's weights of each target class, shaped like one (3, 2, 2) input."""
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    return linear.weight.detach()[targets].view(len(targets), 3, 2, 2)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_has_the_lrp_call_signature(method: str) -> None:
     model, x = golden_models.make("batchnorm")
-    params = {"composite": "epsilon_plus_flat"} if method == "lrp" else {}
+    params: dict[str, Any] = {"composite": "epsilon_plus_flat"} if method == "lrp" else {}
     if method in ("smoothgrad", "integrated_gradients"):
         params = {"samples": 2} if method == "smoothgrad" else {"steps": 2}
     explain = attributor(method, model, **params)
@@ -34,7 +43,7 @@ def test_gradient_methods_on_a_linear_model_are_exact() -> None:
     model = _linear_model()
     x = torch.randn(2, 3, 2, 2)
     targets = torch.tensor([1, 2])
-    w = model[1].weight.detach()[targets].view(2, 3, 2, 2)
+    w = _class_weights(model, targets)
     assert torch.allclose(attributor("gradient", model)(x, targets)[1], w)
     assert torch.allclose(attributor("gradient_x_input", model)(x, targets)[1], w * x)
     assert torch.allclose(attributor("integrated_gradients", model, steps=3)(x, targets)[1], w * x, atol=1e-6)
@@ -47,7 +56,7 @@ def test_occlusion_measures_the_logit_drop_of_each_patch() -> None:
     model = _linear_model()
     x = torch.randn(2, 3, 2, 2)
     targets = torch.tensor([0, 2])
-    w = model[1].weight.detach()[targets].view(2, 3, 2, 2)
+    w = _class_weights(model, targets)
     _, relevance = attributor("occlusion", model, patch=1)(x, targets)
     expected = (w * x).sum(1, keepdim=True).expand_as(x) / 3
     assert torch.allclose(relevance, expected, atol=1e-6)
@@ -60,13 +69,13 @@ def test_unknown_method_is_rejected() -> None:
 
 def test_user_defined_composite_from_the_config() -> None:
     model, x = golden_models.make("plain")
-    config = LrpAttribution(
-        composite="epsilon_plus_flat",
-        rules=[
+    config = LrpAttribution.model_validate({
+        "composite": "epsilon_plus_flat",
+        "rules": [
             {"names": ["3"], "rule": "gamma", "gamma": 0.5},
             {"layers": ["linear"], "rule": "epsilon", "epsilon": 0.01},
         ],
-    )
+    })
     explain = attributor_from_config(model, config)
     assert explain.composite_name == "custom+epsilon_plus_flat"
     assert explain.rules["0"] == "flat"  # from the named composite
@@ -78,9 +87,9 @@ def test_user_defined_composite_from_the_config() -> None:
 
 def test_config_rejects_an_unknown_rule_or_layer_type() -> None:
     with pytest.raises(ValueError, match="unknown LRP rule"):
-        LrpAttribution(rules=[{"layers": ["conv"], "rule": "gama"}])
+        LrpAttribution.model_validate({"rules": [{"layers": ["conv"], "rule": "gama"}]})
     with pytest.raises(ValueError, match="unknown layer type"):
-        LrpAttribution(rules=[{"layers": ["convolution"], "rule": "gamma"}])
+        LrpAttribution.model_validate({"rules": [{"layers": ["convolution"], "rule": "gamma"}]})
 
 
 def test_config_methods_build_their_attributor() -> None:

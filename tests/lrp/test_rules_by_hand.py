@@ -17,12 +17,12 @@ W2 = [[1.0, 0.5]]
 
 
 def two_layer(bias1=(0.0, 0.0)) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    first, second = nn.Linear(3, 2), nn.Linear(2, 1, bias=False)
     with torch.no_grad():
-        net[0].weight.copy_(torch.tensor(W1))
-        net[0].bias.copy_(torch.tensor(bias1))
-        net[2].weight.copy_(torch.tensor(W2))
-    return net
+        first.weight.copy_(torch.tensor(W1))
+        first.bias.copy_(torch.tensor(bias1))
+        second.weight.copy_(torch.tensor(W2))
+    return nn.Sequential(first, nn.ReLU(), second)
 
 
 def explain(net: nn.Module, x: list[float], rule: str, **params) -> torch.Tensor:
