@@ -17,7 +17,7 @@ from audit_cases import make_tiny_case, tiny_config, write_config
 from spray.cli import main
 from spray.config import load_config
 from spray.errors import EXIT_OK
-from spray.flag import Measured, Transplant, weigh
+from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY, Measured, Transplant, weigh
 from spray.pipeline import PathShower
 from spray.report import write_report
 from spray.report.explain import EVIDENCE
@@ -53,7 +53,8 @@ def test_every_evidence_line_the_audit_writes_has_a_name_and_a_meaning(tiny_repo
     for key in ("consistency", "necessity", "masking_drop_rest", "transplant_gain_control"):
         assert EVIDENCE[key].name in page and EVIDENCE[key].meaning.split(":")[0] in page
     assert "× median logit" in page  # units next to the values
-    assert "Score = the weakest of consistency / 0.9, necessity / 0.15 and sufficiency / 0.15" in page
+    assert (f"Score = the weakest of consistency / {CONSISTENCY:g}, necessity / {NECESSITY:g} and sufficiency / "
+            f"{SUFFICIENCY:g}") in page
     assert re.search(r"score <b>[0-9.]+</b>\s*<span class=\"muted\">= (consistency|necessity|sufficiency) ", page)
     assert "What conservation means" in page
     assert "For this run's composite (epsilon_plus_flat), 90 % of the images" in page
