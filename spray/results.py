@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.flag.evidence import Evidence
+from spray.flag.evidence import Evidence, Judged
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ClassFaithfulness:
 
 
 @dataclass
-class FindingResult:
+class FindingResult(Judged):
     """One shortcut found in a class: the samples that carry one pattern, wherever it sits
     (``spray.flag.findings``), listed under one flagged cluster."""
 
@@ -90,13 +90,9 @@ class FindingResult:
     def size(self) -> int:
         return len(self.members)
 
-    @property
-    def score(self) -> float:
-        return self.evidence.score
-
 
 @dataclass
-class ClusterResult:
+class ClusterResult(Judged):
     """One spectral cluster of one audited class.
 
     ``evidence`` holds the measured numbers behind the score and the verdict (their meaning is documented
@@ -120,15 +116,6 @@ class ClusterResult:
     @property
     def size(self) -> int:
         return len(self.members)
-
-    @property
-    def score(self) -> float:
-        """The weakest line of evidence's ratio measured / threshold; 0 when not scored."""
-        return self.evidence.score
-
-    @property
-    def flagged(self) -> bool:
-        return self.evidence.flagged
 
 
 @dataclass

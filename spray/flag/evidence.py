@@ -166,6 +166,21 @@ class Evidence:
         return replace(self, joined_by_pattern=int(carriers), spectral_size=int(spectral_size))
 
 
+class Judged:
+    """What carries an ``evidence`` (a cluster, a finding): its score and flag are the evidence's."""
+
+    evidence: Evidence
+
+    @property
+    def score(self) -> float:
+        """The weakest line of evidence's ratio measured / threshold; 0 when not scored."""
+        return self.evidence.score
+
+    @property
+    def flagged(self) -> bool:
+        return self.evidence.flagged
+
+
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 

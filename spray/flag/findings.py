@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from spray.flag.evidence import Evidence, not_scored
+from spray.flag.evidence import Evidence, Judged, not_scored
 from spray.flag.plan import Windows
 
 OVERLAP = 0.5  # flagged groups sharing this share of the smaller one's members are one finding
@@ -30,7 +30,7 @@ MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prot
 
 
 @dataclass(frozen=True, eq=False)
-class ClusterEvidence:
+class ClusterEvidence(Judged):
     """The evidence of one scored group: a spectral cluster (``id`` >= 0) or a pattern found anywhere
     (``id`` < 0); ``region`` is (h, w) bool at preprocessing resolution or None."""
 
@@ -48,17 +48,9 @@ class ClusterEvidence:
     anywhere: bool = False  # a pattern found at each sample's own place, not at one place
     match_score: np.ndarray | None = field(default=None, repr=False)  # (N,) patterns: each sample's best NCC
 
-    @property
-    def score(self) -> float:
-        return self.evidence.score
-
-    @property
-    def flagged(self) -> bool:
-        return self.evidence.flagged
-
 
 @dataclass(frozen=True, eq=False)
-class Finding:
+class Finding(Judged):
     """One shortcut: the samples that carry one pattern, wherever it sits, listed under flagged ``cluster``.
 
     ``clusters`` maps each spectral cluster its members came from to how many; ``groups`` are the flagged
@@ -76,10 +68,6 @@ class Finding:
     evidence: Evidence
     prototype: np.ndarray
     windows: np.ndarray
-
-    @property
-    def score(self) -> float:
-        return self.evidence.score
 
 
 @dataclass(frozen=True)
