@@ -11,17 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from spray.config import ImageConfig
 from spray.data import to_model_input
+from spray.flag.patterns import SearchImages, cut, grey, ncc_rows, search_scale, shrink
 from spray.flag.plan import ClusterPlan, resize_mask
-
-if TYPE_CHECKING:
-    from spray.flag.patterns import SearchImages
 
 PixelBatches = Callable[[], Iterable[np.ndarray]]
 """Called once per pass over a class: yields its images in order as (n, H, W, C) float32 batches in [0, 1]."""
@@ -85,8 +82,6 @@ class SecondPass:
 def scan(batches: PixelBatches, n: int, size: tuple[int, int]) -> SearchImages:
     """Pass zero over the class: the grey images the pattern search looks in and cluster regions grow on
     (``spray.flag.patterns.SearchImages``). Raises ValueError when ``batches`` yields other than ``n``."""
-    from spray.flag.patterns import SearchImages, grey, search_scale, shrink
-
     factor = search_scale(size)
     searched, seen = [], 0
     for pixels in batches():
@@ -137,8 +132,6 @@ def first_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSco
 def window_patterns(pixels: np.ndarray, plan: ClusterPlan, positions: np.ndarray) -> np.ndarray:
     """(n, P * C) the pattern pixels of each image (n, H, W, C): its window resized to the plan's template,
     the template's pixels only."""
-    from spray.flag.patterns import cut
-
     patches = cut(pixels, plan.windows.take(positions), plan.template.shape)
     return patches[:, plan.template, :].reshape(len(pixels), -1)
 
@@ -199,8 +192,6 @@ def second_pass(plans: list[ClusterPlan], batches: PixelBatches, scorer: LogitSc
 
 def _shape_match(patterns: np.ndarray, mean_pattern: np.ndarray, channels: int) -> np.ndarray:
     """(n,) NCC of each row's grey levels (the mean over its ``channels``) with the mean pattern's."""
-    from spray.flag.patterns import ncc_rows
-
     grey_rows = patterns.reshape(len(patterns), -1, channels).mean(2)
     grey_mean = mean_pattern.reshape(1, -1, channels).mean(2)
     return ncc_rows(grey_rows, np.broadcast_to(grey_mean, grey_rows.shape))
