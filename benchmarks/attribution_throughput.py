@@ -18,7 +18,9 @@ Two measurements per case, on the same device and batch:
   normalise, H2D copy, forward, backward, D2H + store, downsize), seconds per batch.
 
 The baseline is the plain forward + backward of the input gradient with the batch already on the device
-(``benchmarks/lrp_speed.py``'s "gradient"); ``x baseline`` is the stage's images/s over the baseline's.
+(``benchmarks/lrp_speed.py``'s "gradient"), in the memory format the engine runs the net in (channels-last
+on CPU by default, ``attribution.channels_last: auto``; the faster format for the gradient too on the CPUs
+measured, benchmarks/lrp_speed.py); ``x baseline`` is the stage's images/s over the baseline's.
 On CUDA the script also runs bf16 autocast and channels_last, and reports the GPU's utilisation (the share
 of the pipelined wall time that the model's own calls took, synchronised), since ``nvidia-smi`` sampling is
 too coarse for runs of seconds. Set ``OMP_WAIT_POLICY=PASSIVE`` (done below if unset) on shared cores.
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -57,7 +60,8 @@ from spray.data import Sample, iter_pixel_batches, to_model_input  # noqa: E402
 from spray.lrp import LRP  # noqa: E402
 from spray.preprocess import downsize  # noqa: E402
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,7 +91,7 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Sample]:
     samples = []
     for index in range(count):
         coarse = generator.random((12, 16, 3))
-        image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((500, 375), Image.BICUBIC)
+        image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((500, 375), Image.Resampling.BICUBIC)
         noisy = np.asarray(image, dtype=np.float32) + generator.normal(0, 12, (375, 500, 3))
         path = folder / f"img{index:05d}.jpg"
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
@@ -97,6 +101,7 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Sample]:
 
 def build_model(name: str, quick: bool) -> torch.nn.Module:
     width = 0.25 if quick else 1.0
+    model: torch.nn.Module
     if name == "resnet50":
         model = nets.resnet50(width=width, classes=1000)
     elif name == "vgg16":
@@ -111,7 +116,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     _sync(device)
     start = time.perf_counter()
     out = fn()
@@ -131,10 +136,10 @@ def pipelined(samples: list[Sample], image: ImageConfig, engine: LRP, device: to
         targets = torch.zeros(len(x), dtype=torch.long, device=device)
         seconds, (_, relevance) = _timed(lambda: engine(x, targets), device)
         busy += seconds
-        relevance = relevance.cpu().numpy()
-        store[written : written + len(relevance)] = relevance
-        downsize(relevance.sum(1), (32, 32))
-        written += len(relevance)
+        host = relevance.cpu().numpy()
+        store[written : written + len(host)] = host
+        downsize(host.sum(1), (32, 32))
+        written += len(host)
     _sync(device)
     elapsed = time.perf_counter() - start
     return written / elapsed, busy / elapsed
@@ -178,7 +183,8 @@ def steps(samples: list[Sample], image: ImageConfig, engine: LRP, device: torch.
 
 def _forward_only(engine: LRP, x: torch.Tensor) -> torch.Tensor:
     """The LRP graph's forward pass with autograd recording, as the engine runs it, without the backward."""
-    inputs = x.detach().to(engine.dtype).requires_grad_(True)
+    inputs = x.detach().to(engine.dtype).contiguous(memory_format=engine.memory_format(x.device))
+    inputs.requires_grad_(True)
     with torch.enable_grad():
         if engine.autocast is not None:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
@@ -186,20 +192,21 @@ def _forward_only(engine: LRP, x: torch.Tensor) -> torch.Tensor:
         return engine._module(inputs)
 
 
-def baseline(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], float]:
+def baseline(model: torch.nn.Module, x: torch.Tensor, channels_last: bool) -> Callable[[], float]:
     """A function timing one plain forward + backward of the input gradient (the batch already on the
-    device) and returning its images/s."""
-    gradient = gradient_method(model.to(x.device))
+    device; in the channels-last memory format with ``channels_last``) and returning its images/s."""
+    gradient = gradient_method(model.to(x.device), channels_last=channels_last)
     targets = torch.zeros(len(x), dtype=torch.long, device=x.device)
     gradient(x, targets)  # warm-up
     return lambda: len(x) / _timed(lambda: gradient(x, targets), x.device)[0]
 
 
-def variants(device: torch.device) -> list[tuple[str, str | None, bool]]:
-    """(name, autocast, channels_last) to run: fp32 everywhere; bf16 autocast and channels_last on CUDA."""
+def variants(device: torch.device) -> list[tuple[str, str | None, bool | Literal["auto"]]]:
+    """(name, autocast, channels_last) to run: the defaults everywhere; bf16 autocast and channels_last on
+    CUDA (where the default is NCHW)."""
     if device.type != "cuda":
-        return [("fp32", None, False)]
-    return [("fp32", None, False), ("bf16 autocast", "bf16", False), ("fp32 channels_last", None, True)]
+        return [("fp32", None, "auto")]
+    return [("fp32", None, "auto"), ("bf16 autocast", "bf16", "auto"), ("fp32 channels_last", None, True)]
 
 
 def run_case(name: str, args: argparse.Namespace, samples: list[Sample], image: ImageConfig,
@@ -207,28 +214,24 @@ def run_case(name: str, args: argparse.Namespace, samples: list[Sample], image: 
     model = build_model(name, args.quick)
     rows = []
     for variant, autocast, channels_last in variants(device):
-        engine = LRP(model, args.composite, autocast=autocast, low=-2.2, high=2.7)
-        engine._to(device)
-        if channels_last:
-            engine._module.to(memory_format=torch.channels_last)
+        engine = LRP(model, args.composite, autocast=autocast, low=-2.2, high=2.7, channels_last=channels_last)
         warm = to_device(to_model_input(next(iter_pixel_batches(samples, image, args.batch, 0)).pixels, image),
                          device)
         engine(warm, torch.zeros(len(warm), dtype=torch.long, device=device))  # warm-up
-        base_model = model.to(memory_format=torch.channels_last) if channels_last else model
-        time_baseline = baseline(base_model, warm)
-        model = model.to(memory_format=torch.contiguous_format)
-        stage, base, busy = [], [], []
+        time_baseline = baseline(model, warm, engine.memory_format(device) == torch.channels_last)
+        stage: list[float] = []
+        base: list[float] = []
+        busy: list[float] = []
         for _ in range(args.rounds):  # interleaved, so that background load hits both alike
             images_per_s, model_busy = pipelined(samples, image, engine, device, args.batch, args.workers, work)
             stage.append(images_per_s)
             busy.append(model_busy)
             base.append(time_baseline())
         ratio = statistics.median(a / b for a, b in zip(stage, base))
-        images_per_s, base, busy = statistics.median(stage), statistics.median(base), statistics.median(busy)
         per_step = steps(samples, image, engine, device, args.batch, work)
-        rows.append(Row(name, str(device), variant, args.batch, images_per_s, base, ratio,
-                        per_step["decode"], per_step["normalise"], per_step["h2d"], per_step["forward"],
-                        per_step["backward"], per_step["store"], per_step["downsize"], busy))
+        rows.append(Row(name, str(device), variant, args.batch, statistics.median(stage), statistics.median(base),
+                        ratio, per_step["decode"], per_step["normalise"], per_step["h2d"], per_step["forward"],
+                        per_step["backward"], per_step["store"], per_step["downsize"], statistics.median(busy)))
     return rows
 
 
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batches = min(args.batches, 2)
     device = torch.device(args.device)
-    image = ImageConfig(mode="RGB", size=(224, 224), shorter_side=256, **IMAGENET)
+    image = ImageConfig(mode="RGB", size=(224, 224), shorter_side=256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", {torch.get_num_threads()} threads, {args.workers} decoding threads, batch {args.batch}, "

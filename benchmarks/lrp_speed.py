@@ -1,19 +1,23 @@
 """Speed and memory of spray's LRP engine against the plain input gradient (and zennit when installed).
 
     .venv/bin/python benchmarks/lrp_speed.py [--repeats 3] [--json results.json] [--cases vgg16,resnet50,demo]
-        [--compile] [--channels-last] [--no-rss] [--clock wall|cpu]
+        [--compile] [--nchw] [--no-rss] [--clock wall|cpu]
 
-``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
+spray runs as configured by default (``LRP(channels_last="auto")``: channels-last on CPU for nets with 2-D
+convolutions). ``--compile`` adds spray with its element-wise steps compiled (``spray.lrp.fused``, as with
 ``SPRAY_LRP_COMPILE=1``) to every round, reported as ``compiled x grad``; its compile time falls in the
-warm-up call, not in the timed rounds. ``--channels-last`` adds spray in the channels-last memory format
-(``LRP(channels_last=True)``, as with ``SPRAY_LRP_CHANNELS_LAST=1``), reported as ``NHWC x grad``.
+warm-up call, not in the timed rounds. ``--nchw`` adds spray in the NCHW memory format
+(``LRP(channels_last=False)``, ``attribution.channels_last: false``), reported as ``NCHW x grad``.
 
 Cases (issue 3): a VGG-16-shaped net at 224x224 (batch 8), a ResNet-50-shaped net at 224x224 (batch 8),
 the demo-sized CNN at 32x32 (batch 256); composites epsilon_plus_flat, epsilon_gamma_box,
 epsilon_alpha2_beta1. Every method of a case is timed once per round, rounds interleaved, so that
 background load hits all of them alike; images/s come from the median time, ratios are the median over
 rounds of the within-round ratio to the gradient (or zennit). The gradient is the floor: one forward and one backward pass for the input gradient
-only (parameters frozen), seeded like LRP with one-hot * logit.
+only (parameters frozen), seeded like LRP with one-hot * logit. It is timed in both memory formats (NCHW and,
+for nets with 2-D convolutions, channels-last) and the faster one, by median time, is the baseline of every
+``x grad`` ratio (``grad fmt`` names it), so that spray's own choice of format does not flatter its ratios;
+``x NCHW grad`` is the ratio to the NCHW gradient.
 
 Memory, two figures:
 
@@ -50,7 +54,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -89,15 +93,22 @@ def build_case(name: str, quick: bool) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(shape, generator=generator)
 
 
-def gradient_method(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def gradient_method(model: nn.Module, channels_last: bool = False
+                    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The plain input gradient of ``model`` (a frozen copy), in the channels-last memory format (weights and
+    a 4-D input) with ``channels_last``, else as given."""
     import copy
 
     frozen = copy.deepcopy(model).eval()
     for param in frozen.parameters():
         param.requires_grad_(False)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        frozen = cast(Any, frozen).to(memory_format=memory_format)  # torch's stubs omit this keyword
 
     def run(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        inputs = x.detach().requires_grad_(True)
+        inputs = (x.detach().contiguous(memory_format=memory_format) if x.ndim == 4 else x.detach())
+        inputs.requires_grad_(True)
         output = frozen(inputs)
         seed = torch.zeros_like(output).scatter_(1, targets[:, None], output.gather(1, targets[:, None]).detach())
         (grad,) = torch.autograd.grad(output, inputs, seed)
@@ -180,18 +191,27 @@ def compiled_method(engine: LRP) -> Callable[[torch.Tensor, torch.Tensor], tuple
     return run
 
 
+GRADIENTS = ("gradient", "gradient+nhwc")  # the plain gradient in NCHW and in channels-last
+
+
 def build_methods(model: nn.Module, composites: tuple[str, ...], zennit: bool = True,
-                  compiled: bool = False, channels_last: bool = False) -> dict[str, Callable]:
-    """``{"gradient": ..., "spray:<composite>": ..., "zennit:<composite>": ...}`` (zennit when installed;
-    ``"spray+compile:<composite>"`` with ``compiled``, ``"spray+nhwc:<composite>"`` with ``channels_last``)."""
-    methods: dict[str, Callable] = {"gradient": gradient_method(model)}
+                  compiled: bool = False, nchw: bool = False, gradients: tuple[str, ...] = GRADIENTS
+                  ) -> dict[str, Callable]:
+    """``{"gradient": ..., "gradient+nhwc": ..., "spray:<composite>": ..., "zennit:<composite>": ...}``
+    (``"gradient+nhwc"`` for nets with 2-D convolutions; zennit when installed; ``"spray+compile:<composite>"``
+    with ``compiled``, ``"spray+nchw:<composite>"`` with ``nchw``). spray runs with its default settings."""
+    methods: dict[str, Callable] = {}
+    if "gradient" in gradients:
+        methods["gradient"] = gradient_method(model)
+    if "gradient+nhwc" in gradients and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        methods["gradient+nhwc"] = gradient_method(model, channels_last=True)
     for composite in composites:
         low_high: dict[str, Any] = {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else {}
-        methods[f"spray:{composite}"] = LRP(model, composite, channels_last=False, **low_high)
+        methods[f"spray:{composite}"] = LRP(model, composite, **low_high)
         if compiled:
             methods[f"spray+compile:{composite}"] = compiled_method(LRP(model, composite, **low_high))
-        if channels_last:
-            methods[f"spray+nhwc:{composite}"] = LRP(model, composite, channels_last=True, **low_high)
+        if nchw:
+            methods[f"spray+nchw:{composite}"] = LRP(model, composite, channels_last=False, **low_high)
         z = zennit_method(model, composite) if zennit else None
         if z is not None:
             methods[f"zennit:{composite}"] = z
@@ -203,7 +223,8 @@ def rss_child(case: str, method: str, quick: bool) -> None:
     model, x = build_case(case, quick)
     composite = method.split(":", 1)[1] if ":" in method else None
     methods = build_methods(model, (composite,) if composite else (), zennit=method.startswith("zennit:"),
-                            compiled=method.startswith("spray+compile:"))
+                            compiled=method.startswith("spray+compile:"), nchw=method.startswith("spray+nchw:"),
+                            gradients=(method,) if method in GRADIENTS else ())
     fn = methods[method]
     targets = torch.zeros(x.shape[0], dtype=torch.long)
     with open("/proc/self/clear_refs", "w") as clear:
@@ -226,14 +247,14 @@ def rss_extra_mb(case: str, method: str, quick: bool, threads: int | None) -> fl
 
 def run_case(
     name: str, composites: tuple[str, ...], repeats: int, device: torch.device, quick: bool,
-    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True, channels_last: bool = False,
+    threads: int | None = None, compiled: bool = False, rss_wanted: bool = True, nchw: bool = False,
     clock: str = "wall",
 ) -> list[dict]:
     model, x = build_case(name, quick)
     x = x.to(device)
     model = model.to(device)
     targets = torch.zeros(x.shape[0], dtype=torch.long, device=device)
-    methods = build_methods(model, composites, compiled=compiled, channels_last=channels_last)
+    methods = build_methods(model, composites, compiled=compiled, nchw=nchw)
     for fn in methods.values():  # warm-up: allocator, kernels, first-call checks
         fn(x, targets)
     # Parameters (of every copy) are saved by reference: not counted as memory held for the backward.
@@ -250,10 +271,12 @@ def run_case(
             times[key].append(seconds)
             memory[key] = max(memory.get(key, 0), mem)
     median = {key: statistics.median(values) for key, values in times.items()}
+    # The baseline: the gradient in its faster memory format on this machine and run.
+    gradient = min((key for key in GRADIENTS if key in median), key=median.__getitem__)
     rss: dict[str, float | None] = {}
     if device.type == "cpu" and rss_wanted:
         del methods  # the children's memory is their own; free this process's copies first
-        for key in ["gradient"] + [f"spray:{c}" for c in composites]:
+        for key in [gradient] + [f"spray:{c}" for c in composites]:
             rss[key] = rss_extra_mb(name, key, quick, threads)
     elif device.type != "cpu":  # on CUDA the peak allocated memory of the call is the figure that matters
         rss = {key: value / 2**20 for key, value in memory.items()}
@@ -268,7 +291,7 @@ def run_case(
     for composite in composites:
         key = f"spray:{composite}"
         zennit_key = f"zennit:{composite}"
-        key_rss, gradient_rss = rss.get(key), rss.get("gradient")
+        key_rss, gradient_rss = rss.get(key), rss.get(gradient)
         rows.append({
             "model": name,
             "composite": composite,
@@ -276,15 +299,17 @@ def run_case(
             "input": list(x.shape[1:]),
             "device": str(device),
             "images_per_s": x.shape[0] / median[key],
-            "gradient_images_per_s": x.shape[0] / median["gradient"],
-            "time_vs_gradient": ratio(key, "gradient"),
+            "gradient_images_per_s": x.shape[0] / median[gradient],
+            "gradient_format": "NHWC" if gradient == "gradient+nhwc" else "NCHW",
+            "time_vs_gradient": ratio(key, gradient),
+            "time_vs_nchw_gradient": ratio(key, "gradient"),
             "time_vs_zennit": ratio(key, zennit_key),
-            "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", "gradient"),
-            "channels_last_time_vs_gradient": ratio(f"spray+nhwc:{composite}", "gradient"),
-            "zennit_time_vs_gradient": ratio(zennit_key, "gradient"),
-            "saved_vs_gradient": memory[key] / max(memory["gradient"], 1),
+            "compiled_time_vs_gradient": ratio(f"spray+compile:{composite}", gradient),
+            "nchw_time_vs_gradient": ratio(f"spray+nchw:{composite}", gradient),
+            "zennit_time_vs_gradient": ratio(zennit_key, gradient),
+            "saved_vs_gradient": memory[key] / max(memory[gradient], 1),
             "rss_extra_mb": rss.get(key),
-            "gradient_rss_extra_mb": rss.get("gradient"),
+            "gradient_rss_extra_mb": rss.get(gradient),
             "rss_vs_gradient": key_rss / gradient_rss if key_rss is not None and gradient_rss else None,
             "repeats": repeats,
             "clock": clock,
@@ -303,8 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--compile", action="store_true",
                         help="also time spray with compiled element-wise kernels (spray.lrp.fused)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also time spray in the channels-last memory format (LRP(channels_last=True))")
+    parser.add_argument("--nchw", action="store_true",
+                        help="also time spray in the NCHW memory format (LRP(channels_last=False))")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="time calls by the wall clock or by this process's CPU time (CPU only)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-resident-memory subprocesses")
@@ -323,24 +348,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, repeats {args.repeats}, "
           f"{args.clock} clock")
     header = (
-        f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'x grad':>7s} {'x zennit':>9s} "
-        f"{'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} {'grad MB':>8s} {'peak x grad':>11s} "
-        f"{'compiled x grad':>15s} {'NHWC x grad':>11s}"
+        f"{'model':10s} {'composite':22s} {'img/s':>8s} {'grad img/s':>10s} {'grad fmt':>8s} {'x grad':>7s} "
+        f"{'x NCHW grad':>11s} {'x zennit':>9s} {'zennit x grad':>13s} {'saved x grad':>12s} {'peak MB':>8s} "
+        f"{'grad MB':>8s} {'peak x grad':>11s} {'compiled x grad':>15s} {'NCHW x grad':>11s}"
     )
     print(header)
     rows: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
         for row in run_case(case, composites, args.repeats, device, args.quick, args.threads, args.compile,
-                            not args.no_rss, args.channels_last, args.clock):
+                            not args.no_rss, args.nchw, args.clock):
             rows.append(row)
             vs_zennit = f"{row['time_vs_zennit']:.2f}" if row["time_vs_zennit"] is not None else "-"
             zennit_grad = f"{row['zennit_time_vs_gradient']:.2f}" if row["zennit_time_vs_gradient"] is not None else "-"
             print(
                 f"{row['model']:10s} {row['composite']:22s} {row['images_per_s']:8.2f} "
-                f"{row['gradient_images_per_s']:10.2f} {row['time_vs_gradient']:7.2f} {vs_zennit:>9s} "
+                f"{row['gradient_images_per_s']:10.2f} {row['gradient_format']:>8s} {row['time_vs_gradient']:7.2f} "
+                f"{row['time_vs_nchw_gradient']:11.2f} {vs_zennit:>9s} "
                 f"{zennit_grad:>13s} {row['saved_vs_gradient']:12.2f} {_fmt(row['rss_extra_mb'], 8, 0)} "
                 f"{_fmt(row['gradient_rss_extra_mb'], 8, 0)} {_fmt(row['rss_vs_gradient'], 11, 2)} "
-                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)} {_fmt(row['channels_last_time_vs_gradient'], 11, 2)}",
+                f"{_fmt(row['compiled_time_vs_gradient'], 15, 2)} {_fmt(row['nchw_time_vs_gradient'], 11, 2)}",
                 flush=True,
             )
     if args.json is not None:

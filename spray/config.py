@@ -278,6 +278,11 @@ class LrpAttribution(_AttributionRun):
     autocast: Literal["bf16", "fp16"] | None = Field(
         default=None, description="CUDA only: run the forward pass under autocast; relevance stays float32"
     )
+    channels_last: Literal["auto"] | bool = Field(
+        default="auto", description="memory format of nets with 2-D convolutions: auto (channels-last on CPU, "
+        "where its products are faster; NCHW on other devices), true (channels-last everywhere) or false "
+        "(NCHW); channels-last rounds differently, within 1e-3 x max|R| of a float64 reference (docs/lrp.md)",
+    )
     epsilon: float = Field(default=1e-6, gt=0, description="stabiliser of the epsilon rule")
     gamma: float = Field(default=0.25, ge=0, description="gamma of the gamma rule")
     alpha: float = Field(default=2.0, ge=1, description="alpha of the alpha-beta rule (beta = alpha - 1)")

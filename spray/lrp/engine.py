@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +12,11 @@ from torch import Tensor, nn
 from spray.lrp.composites import Composite, resolve_composite
 from spray.lrp.graph import build_lrp_graph
 from spray.lrp.rules import Bound
+
+# Largest float32 error of the channels-last format that spray accepts, as a fraction of max|R| against a
+# float64 reference: the plain NCHW path and zennit are 4.6e-4 from it on a ResNet-18 at 224x224 (docs/lrp.md),
+# so channels-last is held to the error the field's reference implementation has. tests/lrp/test_precision.py.
+CHANNELS_LAST_TOLERANCE = 1e-3
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -31,10 +35,12 @@ class LRP:
     ``torch.autocast`` on the input's device, meant for CUDA; the layers' outputs are handed on in
     float32 and every rule computes in float32, so relevance is accumulated in float32). With
     ``SPRAY_LRP_COMPILE=1`` in the environment the rules' element-wise steps run as kernels compiled by
-    ``torch.compile`` (:mod:`spray.lrp.fused`). ``channels_last`` (default: ``SPRAY_LRP_CHANNELS_LAST=1`` in
-    the environment, else off): run 2-D convolutional nets on CPU in the channels-last memory format,
-    where oneDNN's products are faster, but round less precisely (docs/lrp.md); the relevance returned is
-    NCHW either way.
+    ``torch.compile`` (:mod:`spray.lrp.fused`). ``channels_last`` (``"auto"``, ``True`` or ``False``): the
+    memory format of nets with 2-D convolutions. ``"auto"`` (the default) runs them channels-last on CPU,
+    where oneDNN's products are faster, and NCHW on other devices (not measured there); ``True``
+    channels-last on every device; ``False`` NCHW. Channels-last rounds differently: within
+    :data:`CHANNELS_LAST_TOLERANCE` x max|R| of a float64 reference (docs/lrp.md). The relevance
+    returned is NCHW either way.
 
     ``logits, relevance = lrp(x, targets)``: ``x (B, C, H, W)`` float on any device (the engine moves
     itself there), ``targets (B,)`` long. ``logits (B, K)`` detached; ``relevance`` like ``x``, float32
@@ -59,13 +65,15 @@ class LRP:
         *,
         stabilizer: float = 1e-6,
         autocast: str | None = None,
-        channels_last: bool | None = None,
+        channels_last: bool | Literal["auto"] = "auto",
     ) -> None:
         resolved = resolve_composite(
             composite, epsilon=epsilon, gamma=gamma, alpha=alpha, low=low, high=high, stabilizer=stabilizer
         )
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {autocast!r}")
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
         self.composite_name: str = resolved.name
         self.parameters: dict[str, Any] = {
             "epsilon": epsilon, "gamma": gamma, "alpha": alpha, "stabilizer": stabilizer,
@@ -77,15 +85,15 @@ class LRP:
         self._device = torch.device("cpu")
         self._lock = threading.Lock()
         self.conservation: Tensor | None = None
-        if channels_last is None:
-            channels_last = os.environ.get("SPRAY_LRP_CHANNELS_LAST", "0").strip().lower() in ("1", "true", "yes", "on")
-        self.channels_last = bool(channels_last) and any(isinstance(m, nn.Conv2d) for m in self._module.modules())
+        self.channels_last: bool | Literal["auto"] = channels_last
+        self._has_conv2d = any(isinstance(m, nn.Conv2d) for m in self._module.modules())
         self._place(self._device)
 
-    def _memory_format(self, device: torch.device) -> torch.memory_format:
-        """``channels_last`` where asked for and the net has 2-D convolutions, on CPU only (not measured on
-        other devices); else NCHW."""
-        return torch.channels_last if self.channels_last and device.type == "cpu" else torch.contiguous_format
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The memory format the net runs in on ``device``: ``torch.channels_last`` for a net with 2-D
+        convolutions where ``channels_last`` asks for it (``"auto"``: on CPU), else ``torch.contiguous_format``."""
+        wanted = self.channels_last is True or (self.channels_last == "auto" and device.type == "cpu")
+        return torch.channels_last if wanted and self._has_conv2d else torch.contiguous_format
 
     def _to(self, device: torch.device) -> None:
         if device != self._device:
@@ -96,7 +104,7 @@ class LRP:
 
     def _place(self, device: torch.device) -> None:
         # torch's type stubs omit Module.to's memory_format keyword.
-        cast(Any, self._module).to(device, memory_format=self._memory_format(device))
+        cast(Any, self._module).to(device, memory_format=self.memory_format(device))
 
     def __call__(self, x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor) or x.ndim < 2:
@@ -105,7 +113,7 @@ class LRP:
         if targets.shape[0] != x.shape[0]:
             raise ValueError(f"targets has {targets.shape[0]} entries for a batch of {x.shape[0]}")
         self._to(x.device)
-        memory_format = self._memory_format(x.device) if x.ndim == 4 else torch.contiguous_format
+        memory_format = self.memory_format(x.device) if x.ndim == 4 else torch.contiguous_format
         inputs = x.detach().to(self.dtype).contiguous(memory_format=memory_format).requires_grad_(True)
         with torch.enable_grad():
             if self.autocast is not None:
@@ -145,7 +153,9 @@ class LRP:
                 captured.append(output)
 
         handle = module.register_forward_hook(keep)
-        inputs = x.detach().to(self.dtype).requires_grad_(relevance is not None)
+        memory_format = self.memory_format(x.device) if x.ndim == 4 else torch.contiguous_format
+        inputs = x.detach().to(self.dtype).contiguous(memory_format=memory_format)
+        inputs.requires_grad_(relevance is not None)
         try:
             with torch.set_grad_enabled(relevance is not None):
                 self._module(inputs)
@@ -154,11 +164,12 @@ class LRP:
         if not captured or not isinstance(captured[0], Tensor):
             raise ValueError(f"layer {layer!r} is not called with a tensor output by the model's forward pass")
         output = captured[0]
+        plain = output.detach().contiguous()  # NCHW for the caller, whatever format the net runs in
         if relevance is None:
-            return output.detach(), None
-        seed = relevance(output.detach()).to(output.dtype)
+            return plain, None
+        seed = relevance(plain).to(output.dtype)
         (explained,) = torch.autograd.grad(output, inputs, seed)
-        return output.detach(), explained.detach().to(self.dtype)
+        return plain, explained.detach().to(self.dtype).contiguous()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process
         state = dict(self.__dict__)

@@ -162,7 +162,7 @@ def attributor(method: str, model: nn.Module, **params: Any):
     """An attributor for ``method`` (one of :data:`METHODS`) with its parameters.
 
     ``lrp`` takes :class:`~spray.lrp.LRP`'s parameters (``composite``, ``epsilon``, ``gamma``, ``alpha``,
-    ``low``, ``high``, ``stabilizer``, ``autocast``); ``smoothgrad`` ``samples``, ``noise``, ``seed``;
+    ``low``, ``high``, ``stabilizer``, ``autocast``, ``channels_last``); ``smoothgrad`` ``samples``, ``noise``, ``seed``;
     ``integrated_gradients`` ``steps``, ``baseline``; ``occlusion`` ``patch``, ``stride``, ``baseline``.
     """
     if method == "lrp":
@@ -199,7 +199,8 @@ def attributor_from_config(model: nn.Module, attribution: Any, low: Any = None, 
             composite = custom_composite(
                 entries, base=attribution.composite, name=f"custom+{attribution.composite}", **lrp_params
             )
-        return attributor("lrp", model, composite=composite, autocast=attribution.autocast, **lrp_params)
+        return attributor("lrp", model, composite=composite, autocast=attribution.autocast,
+                          channels_last=attribution.channels_last, **lrp_params)
     if method == "smoothgrad":
         return attributor(method, model, samples=attribution.samples, noise=attribution.noise)
     if method == "integrated_gradients":

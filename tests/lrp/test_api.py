@@ -170,16 +170,39 @@ def test_engine_pickles_for_dask_workers() -> None:
 
 
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
-def test_channels_last_gives_the_same_relevance_in_nchw(composite: str, monkeypatch) -> None:
+def test_channels_last_gives_the_same_relevance_in_nchw(composite: str) -> None:
     model, x = golden_models.make("batchnorm")
     bounds: dict[str, Any] = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
     targets = torch.tensor([1, 2, 3, 4])
     _, plain = LRP(model, composite, channels_last=False, **bounds)(x, targets)
-    monkeypatch.setenv("SPRAY_LRP_CHANNELS_LAST", "1")
-    lrp = LRP(model, composite, **bounds)
+    lrp = LRP(model, composite, channels_last=True, **bounds)
     _, relevance = lrp(x, targets)
-    assert lrp.channels_last and relevance.is_contiguous()
+    assert lrp.memory_format(x.device) == torch.channels_last and relevance.is_contiguous()
     torch.testing.assert_close(relevance, plain, rtol=1e-4, atol=1e-5 * float(plain.abs().max()))
+
+
+def test_auto_runs_conv2d_nets_channels_last_on_cpu_only() -> None:
+    model, _ = golden_models.make("batchnorm")
+    lrp = LRP(model)  # channels_last="auto"
+    assert lrp.memory_format(torch.device("cpu")) == torch.channels_last
+    assert lrp.memory_format(torch.device("cuda")) == torch.contiguous_format
+    assert LRP(model, channels_last=True).memory_format(torch.device("cuda")) == torch.channels_last
+    assert LRP(model, channels_last=False).memory_format(torch.device("cpu")) == torch.contiguous_format
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert LRP(mlp, "epsilon").memory_format(torch.device("cpu")) == torch.contiguous_format
+    with pytest.raises(ValueError, match="channels_last"):
+        LRP(model, channels_last="yes")  # type: ignore[arg-type]
+
+
+def test_layer_outputs_and_their_relevance_come_back_nchw() -> None:
+    model, x = golden_models.make("batchnorm")
+    layer = next(name for name, module in model.named_modules() if isinstance(module, nn.Conv2d))
+    output, explained = LRP(model).at_layer(x, layer, relevance=lambda out: out.clamp(min=0))
+    assert output.is_contiguous() and explained is not None and explained.is_contiguous()
+    reference, expected = LRP(model, channels_last=False).at_layer(x, layer, relevance=lambda out: out.clamp(min=0))
+    torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
+    assert expected is not None
+    torch.testing.assert_close(explained, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 def test_a_pickled_engine_leaves_its_weight_caches_behind_and_explains_alike() -> None:
