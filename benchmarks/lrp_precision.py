@@ -1,4 +1,5 @@
-"""Float32 precision of spray's LRP against a float64 reference, in NCHW and in the channels-last layout.
+"""Float32 precision of spray's LRP against a float64 reference, in NCHW and in the channels-last layout
+(``NHWC``: the default on CPU for nets with 2-D convolutions, ``attribution.channels_last: auto``).
 
     .venv/bin/python benchmarks/lrp_precision.py [--size 224] [--batch 2] [--cases resnet18,vgg16]
         [--inputs smooth|noise]

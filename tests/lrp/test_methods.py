@@ -100,3 +100,18 @@ def test_config_methods_build_their_attributor() -> None:
         explain = attributor_from_config(model, attribution_config(method=method, **keys))
         assert explain.method == method
         assert explain(x, torch.tensor([0, 1, 2, 3]))[1].shape == x.shape
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", torch.channels_last), (True, torch.channels_last),
+                                                   (False, torch.contiguous_format)])
+def test_the_memory_format_comes_from_attribution_channels_last(setting, expected) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    explain = attributor_from_config(model, LrpAttribution(channels_last=setting))
+    assert explain.memory_format(torch.device("cpu")) == expected  # on CPU "auto" is channels-last
+    _, relevance = explain(torch.rand(2, 1, 4, 4), torch.tensor([0, 2]))
+    assert relevance.shape == (2, 1, 4, 4) and relevance.is_contiguous()
+
+
+def test_config_rejects_an_unknown_channels_last_setting() -> None:
+    with pytest.raises(ValueError, match="channels_last"):
+        LrpAttribution.model_validate({"channels_last": "sometimes"})
