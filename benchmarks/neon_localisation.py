@@ -91,6 +91,7 @@ class Audited:
     fractions: dict[int, float]  # target class -> planted share
     artifact: dict[str, int]
     masks: dict[str, np.ndarray]
+    lens: str | None = None  # the deep-feature lens's layer; None: NEON over the heatmaps
 
     def with_lens(self, layer: str, work: Path) -> Audited:
         """The same case audited with the deep-feature lens at ``layer`` (its own cache folder ``work``)."""
@@ -99,7 +100,7 @@ class Audited:
             "cache": self.config.cache.model_copy(update={"directory": work / "cache"})})
         if (Path(self.config.cache.directory)).is_dir() and not (work / "cache").exists():
             shutil.copytree(self.config.cache.directory, work / "cache")  # the attributions are the same
-        return replace(self, name=f"{self.name} (lens {layer})", config=config)
+        return replace(self, name=f"{self.name} (lens {layer})", config=config, lens=layer)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def measure(audited: Audited, min_competitor_size: int | None = None) -> list[di
         lookup = relevance_lookup(tasks["shards"], dataset.by_class()[index], config.attribution.shard_size)
         number = audited.targets[index]
         carriers = np.array([audited.artifact[i] == number for i in ids])
-        base = {"case": audited.name, "model": audited.model, "class": index,
+        base = {"case": audited.name, "model": audited.model, "lens": audited.lens, "class": index,
                 "planted": audited.fractions[index], "carriers": int(carriers.sum())}
         found = [c for c in flagged.clusters if c.flagged]
         if not found:
@@ -412,20 +413,24 @@ def main() -> int:
 
 
 def _summary(table: pd.DataFrame) -> None:
-    measured = table[table.get("flagged", 0) > 0] if "flagged" in table else table.iloc[:0]
+    """One line per kind of NEON (over the heatmaps; through the lens): medians over the flagged clusters."""
+    measured = table[table.flagged > 0] if "flagged" in table else table.iloc[:0]
     if measured.empty:
         print("\nno flagged cluster to measure")
         return
-    def median(column: str) -> float:
-        return float(measured[column].median()) if column in measured else float("nan")
+    for lens, rows in measured.groupby(measured.lens.fillna(""), sort=True):
+        def median(column: str, rows: pd.DataFrame = rows) -> float:
+            return float(rows[column].median()) if column in rows else float("nan")
 
-    print(f"\nover {len(measured)} flagged clusters (medians of the per-case medians): NEON's positive share on "
-          f"the artifact {median('neon'):.2f} ({median('neon +2px'):.2f} within {DILATION} px), > 0.5 in "
-          f"{(measured.neon > 0.5).sum()}/{len(measured)}; LRP's {median('lrp'):.2f}; flag region "
-          f"P/R/IoU {median('region P'):.2f}/{median('region R'):.2f}/{median('region IoU'):.2f}; NEON region "
-          f"(mean map) {median('neon region mean P'):.2f}/{median('neon region mean R'):.2f}/"
-          f"{median('neon region mean IoU'):.2f}; (own map) {median('neon region own P'):.2f}/"
-          f"{median('neon region own R'):.2f}/{median('neon region own IoU'):.2f}")
+        print(f"\n{'NEON over the heatmaps' if not lens else f'NEON through the lens at layer {lens!r}'}, {len(rows)} flagged clusters "
+              f"(medians of the per-cluster medians): positive share on the artifact {median('neon'):.2f} "
+              f"({median('neon +2px'):.2f} within {DILATION} px), > 0.5 in {(rows.neon > 0.5).sum()}/{len(rows)}; "
+              f"LRP's {median('lrp'):.2f} ({median('lrp +2px'):.2f}); flag region P/R/IoU {median('region P'):.2f}/"
+              f"{median('region R'):.2f}/{median('region IoU'):.2f}, windows {median('window P'):.2f}/"
+              f"{median('window R'):.2f}/{median('window IoU'):.2f}; NEON region (mean map) "
+              f"{median('neon region mean P'):.2f}/{median('neon region mean R'):.2f}/"
+              f"{median('neon region mean IoU'):.2f}, (own map) {median('neon region own P'):.2f}/"
+              f"{median('neon region own R'):.2f}/{median('neon region own IoU'):.2f}")
 
 
 if __name__ == "__main__":
