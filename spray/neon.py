@@ -41,7 +41,7 @@ class Membership:
 
     - ``logit (N,)``: the soft-min cluster logit ``f_c(x)`` (squared-distance units of the features).
     - ``relevance (N, D)``: each feature's share of the logit; ``relevance.sum(1) == logit``.
-    - ``competitor (N,)``: the competitor cluster with the smallest evidence ``h_k`` (the nearest other
+    - ``competitor (N,)``: the competitor cluster with the smallest evidence ``h_k`` (the nearest competing
       centroid), the cluster each sample is most nearly confused with.
     - ``competitor_relevance (N, K)``: ``R_k``, the logit split over competitors (0 for the own cluster).
     - ``beta``: the soft min's stiffness used (per squared-distance unit).

@@ -2,7 +2,8 @@
 
 A case is a small labelled image set in which some artifacts are planted on a share of one class each, a
 model trained on it, and the ground truth in the manifest (column ``artifact``: 0 for none, else the
-1-based number of the artifact) and ``artifact_masks.npz`` (each image's artifact pixels). What varies, so that flagging is measured on more than one kind of shortcut:
+1-based number of the artifact) and in ``artifact_masks.npz`` (each image's artifact pixels). What varies, so
+that flagging is measured on more than one kind of shortcut:
 
 - source: ``photos`` (64x64 RGB random crops of the photos that ship with scikit-learn and, when installed,
   scikit-image; a class is one photo, or two photos with ``subgroups``: two natural visual sub-groups) or
