@@ -50,7 +50,8 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
     clusters = []
     notes = list(analysis_meta.get("notes", []))
     # the deep-feature lens explains membership at its layer, through the network (spray.analysis.features)
-    neon, membership_maps = lens_neon(tasks["lens"], flagged.labels) if "lens" in tasks else _neon(maps, flagged.labels)
+    neon, membership_maps = (lens_neon(tasks["lens"], flagged.labels) if "lens" in tasks
+                             else _neon(maps, flagged.labels, config.flagging.min_cluster_size))
     position = {sample_id: i for i, sample_id in enumerate(ids)}
     for cluster in flagged.clusters:
         # flagged.labels: the spectral clusters, with pattern carriers moved into flagged ones
@@ -99,12 +100,14 @@ def finding_result(finding: Finding, ids: list[str], labels: np.ndarray, image: 
         coverage=coverage / max(len(finding.windows), 1), position_spread=spread)
 
 
-def _neon(maps: np.ndarray, labels: np.ndarray) -> tuple[dict[int, ClusterMembership], np.ndarray]:
+def _neon(maps: np.ndarray, labels: np.ndarray,
+          min_competitor_size: int) -> tuple[dict[int, ClusterMembership], np.ndarray]:
     """NEON of the final clusters (after joining) over the preprocessed maps: per cluster id, and per sample
-    ``(N, h, w)`` its own membership map. No clusters (an empty class): nothing."""
+    ``(N, h, w)`` its own membership map; clusters too small to be scored are no competitors. No clusters (an
+    empty class): nothing."""
     if not len(maps):
         return {}, np.zeros_like(maps)
-    memberships, per_sample = cluster_memberships(maps, labels)
+    memberships, per_sample = cluster_memberships(maps, labels, min_competitor_size=min_competitor_size)
     return {m.cluster: m for m in memberships}, per_sample.astype(np.float32)
 
 

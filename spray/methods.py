@@ -54,6 +54,7 @@ from spray.faithfulness import EvaluateTask, evaluate_task, read_evaluated, samp
 from spray.faithfulness import store_key as evaluate_key
 from spray.model import model_token
 from spray.names import COMPOSITE_NAMES, METHODS
+from spray.pipeline import audited_classes, cache_folder, scheduler
 from spray.results import SkippedClass
 
 METHOD_NAMES: tuple[str, ...] = COMPOSITE_NAMES + tuple(m for m in METHODS if m != "lrp")
@@ -196,8 +197,6 @@ def compare_methods(config: SprayConfig, names: Sequence[str] | None = None, *,
     """Faithfulness of every method in ``names`` (default: ``resolve_methods``) on a sample of each audited
     class. Checks the model on real images first (as ``spray run`` does). Raises ConfigError, DataError,
     ModelError (a method whose engine cannot explain a layer) or RunError."""
-    from spray.pipeline import audited_classes, cache_folder
-
     methods = resolve_methods(config.attribution, names)
     steps = check_evaluation(config)
     if config.cache.enabled:
@@ -228,15 +227,13 @@ def _run(config: SprayConfig, chosen: dict[int, list[Sample]], methods: list[Met
     One method's attribution runs at a time (its classes in parallel), so that the times per image of the
     methods are measured under the same load; the evaluate tasks of all methods run afterwards.
     """
-    from spray.pipeline import _scheduler
-
     token = model_token(config.model)
     counts = {stage: {"computed": 0, "cached": 0} for stage in STAGES}
     shards: dict[str, dict[int, list[Entry]]] = {}
     keys: dict[str, dict[int, list[str]]] = {}
     digests = DigestIndex(Path(directory) / "digests.sqlite")
     try:
-        with _scheduler(config.dask) as options:
+        with scheduler(config.dask) as options:
             for spec in methods:
                 tasks, keys[spec.name] = _attribute_tasks(config, spec, chosen, directory, token, digests)
                 with _progress(progress and not config.dask.address):

@@ -41,7 +41,7 @@ class Membership:
 
     - ``logit (N,)``: the soft-min cluster logit ``f_c(x)`` (squared-distance units of the features).
     - ``relevance (N, D)``: each feature's share of the logit; ``relevance.sum(1) == logit``.
-    - ``competitor (N,)``: the competitor cluster with the smallest evidence ``h_k`` (the nearest other
+    - ``competitor (N,)``: the competitor cluster with the smallest evidence ``h_k`` (the nearest competing
       centroid), the cluster each sample is most nearly confused with.
     - ``competitor_relevance (N, K)``: ``R_k``, the logit split over competitors (0 for the own cluster).
     - ``beta``: the soft min's stiffness used (per squared-distance unit).
@@ -63,43 +63,50 @@ def default_beta(evidence: np.ndarray) -> float:
     return 1.0 / scale if scale > 0 else 1.0
 
 
-def competitor_evidence(points: np.ndarray, centroids: np.ndarray, assigned: np.ndarray) -> np.ndarray:
-    """``h (N, K)``: ``||x - mu_k||^2 - ||x - mu_c||^2`` for each sample and centroid, ``inf`` at ``k = c``."""
+def competitor_evidence(points: np.ndarray, centroids: np.ndarray, assigned: np.ndarray,
+                        competitors: np.ndarray | None = None) -> np.ndarray:
+    """``h (N, K)``: ``||x - mu_k||^2 - ||x - mu_c||^2`` for each sample and centroid, ``inf`` at ``k = c``
+    and at every centroid that is not a competitor (``competitors (K,)`` bool; default: all are)."""
     points, centroids, assigned = _checked(points, centroids, assigned)
+    rivals = _competitors(competitors, len(centroids), assigned)
     x, mu = torch.from_numpy(points), torch.from_numpy(centroids)
-    evidence = _evidence(x, mu, torch.from_numpy(assigned))
+    evidence = _evidence(x, mu, torch.from_numpy(assigned), rivals)
     return evidence.numpy()
 
 
 def explain_membership(points: np.ndarray, centroids: np.ndarray, assigned: np.ndarray, *,
-                       beta: float | None = None, batch_size: int = 4096) -> Membership:
+                       beta: float | None = None, batch_size: int = 4096,
+                       competitors: np.ndarray | None = None) -> Membership:
     """NEON relevance of each sample's membership in its assigned cluster.
 
     ``points (N, D)``: the samples in the space the clusters were formed in (e.g. flattened heatmaps);
     ``centroids (K, D)``: the clusters' centres in that space, ``K >= 2``; ``assigned (N,)``: each sample's
     cluster, an index into ``centroids``. ``beta`` > 0: the soft min's stiffness per squared-distance unit
-    (default :func:`default_beta`). Computed in float64 in batches of ``batch_size`` samples.
+    (default :func:`default_beta`). ``competitors (K,)`` bool: the centroids a sample is weighed against
+    (default: all); every sample needs one besides its own. Computed in float64 in batches of ``batch_size``
+    samples.
     """
     points, centroids, assigned = _checked(points, centroids, assigned)
     if beta is not None and not (np.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a positive number, got {beta!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    rivals = _competitors(competitors, len(centroids), assigned)
     mu = torch.from_numpy(centroids)
     if beta is None:
-        beta = default_beta(competitor_evidence(points, centroids, assigned))
+        beta = default_beta(competitor_evidence(points, centroids, assigned, rivals.numpy()))
     parts = [_explain_batch(torch.from_numpy(points[start : start + batch_size]), mu,
-                            torch.from_numpy(assigned[start : start + batch_size]), beta)
+                            torch.from_numpy(assigned[start : start + batch_size]), beta, rivals)
              for start in range(0, len(points), batch_size)]
     logit, relevance, competitor, shares = (torch.cat(column).numpy() for column in zip(*parts))
     return Membership(logit=logit, relevance=relevance, competitor=competitor, competitor_relevance=shares,
                       beta=float(beta))
 
 
-def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor,
-                   beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    evidence = _evidence(x, mu, assigned)  # (B, K), inf at the own cluster
-    # soft min over competitors: -1/beta log sum exp(-beta h); the own cluster's inf contributes exp(-inf) = 0
+def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor, beta: float,
+                   rivals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    evidence = _evidence(x, mu, assigned, rivals)  # (B, K), inf at the own cluster and at non-competitors
+    # soft min over competitors: -1/beta log sum exp(-beta h); an inf (own cluster, non-competitor) adds exp(-inf) = 0
     logit = -torch.logsumexp(-beta * evidence, dim=1) / beta
     shares = torch.softmax(-beta * evidence, dim=1) * logit[:, None]  # R_k, summing to the logit
     # midpoint rule: R_i = sum_k (x_i - m_ik) w_ik R_k / h_k, with the own cluster's term zero
@@ -116,13 +123,28 @@ def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor,
     return logit, relevance, competitor, shares
 
 
-def _evidence(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor) -> torch.Tensor:
+def _evidence(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor, rivals: torch.Tensor) -> torch.Tensor:
     # the linear layer itself, 2 x.(mu_c - mu_k) + ||mu_k||^2 - ||mu_c||^2: no ||x||^2 is formed, so none
     # cancels, and the midpoint rule's contributions sum to exactly these values
     products = x @ mu.T  # (B, K)
     norms = (mu**2).sum(1)  # (K,)
     evidence = 2 * (products.gather(1, assigned[:, None]) - products) + norms[None] - norms[assigned][:, None]
+    evidence = evidence.masked_fill(~rivals[None], torch.inf)
     return evidence.scatter(1, assigned[:, None], torch.inf)
+
+
+def _competitors(competitors: np.ndarray | None, count: int, assigned: np.ndarray) -> torch.Tensor:
+    """(K,) bool tensor of the centroids samples are weighed against; each assigned cluster needs one other."""
+    if competitors is None:
+        return torch.ones(count, dtype=torch.bool)
+    rivals = np.asarray(competitors)
+    if rivals.shape != (count,) or rivals.dtype != bool:
+        raise ValueError(f"competitors must be ({count},) bool (one per centroid), got shape {rivals.shape} "
+                         f"of {rivals.dtype}")
+    alone = [int(c) for c in np.unique(assigned) if not np.delete(rivals, c).any()]
+    if alone:
+        raise ValueError(f"cluster {alone[0]} has no competitor: competitors must hold a centroid other than its own")
+    return torch.from_numpy(rivals.copy())
 
 
 def _checked(points: np.ndarray, centroids: np.ndarray,
@@ -167,20 +189,27 @@ class ClusterMembership:
     mean_map: np.ndarray
 
 
-def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None) -> list[ClusterMembership]:
+def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None,
+                     min_competitor_size: int = 1) -> list[ClusterMembership]:
     """NEON explanation of every cluster of a class's heatmaps (see :func:`cluster_memberships`)."""
-    return cluster_memberships(maps, labels, beta=beta)[0]
+    return cluster_memberships(maps, labels, beta=beta, min_competitor_size=min_competitor_size)[0]
 
 
-def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *,
-                        beta: float | None = None) -> tuple[list[ClusterMembership], np.ndarray]:
+def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None,
+                        min_competitor_size: int = 1) -> tuple[list[ClusterMembership], np.ndarray]:
     """NEON explanation of every cluster of a class's heatmaps, and of every sample's membership.
 
     ``maps (N, h, w)``: the preprocessed heatmaps the clusters were formed from; ``labels (N,)``: each map's
     cluster. The centroids are the clusters' mean maps: spray's spectral clustering runs k-means in the
     eigenvector space, which has no pixels; the mean maps are the centroids k-means would have over the
-    heatmaps themselves, so membership relevance lands on heatmap pixels. Needs at least two clusters; a class
-    with one cluster returns one entry with no competitor (``-1``), a zero logit and a zero map.
+    heatmaps themselves, so membership relevance lands on heatmap pixels.
+
+    A cluster of fewer than ``min_competitor_size`` maps is no competitor (its members are still explained
+    against the others): its mean is a sample or two, not a group, and one that sits between a flagged
+    cluster and the rest of the class (a few members left over when a pattern's carriers were joined) would
+    otherwise be the nearest competitor of every member and hide the pattern they share. The audit passes
+    ``flagging.min_cluster_size``, the size below which a cluster is not scored either. A cluster with no
+    competitor left (a class of one cluster) gets competitor ``-1``, a zero logit and zero maps.
 
     Returns the clusters (by label) and ``(N, h, w)``: each sample's membership relevance in its own cluster.
     """
@@ -190,22 +219,32 @@ def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *,
     labels = np.asarray(labels)
     if labels.shape != (len(maps),):
         raise ValueError(f"labels must be ({len(maps)},), got shape {labels.shape}")
+    if not isinstance(min_competitor_size, int) or min_competitor_size < 1:
+        raise ValueError(f"min_competitor_size must be a positive integer, got {min_competitor_size!r}")
     clusters, assigned = np.unique(labels, return_inverse=True)
-    if len(clusters) < 2:
-        return ([ClusterMembership(int(c), int((labels == c).sum()), -1, 0.0, np.zeros(maps.shape[1:]))
-                 for c in clusters], np.zeros_like(maps))
-    points = maps.reshape(len(maps), -1)
-    centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
-    membership = explain_membership(points, centroids, assigned, beta=beta)
+    sizes = np.bincount(assigned, minlength=len(clusters))
+    rivals = sizes >= min_competitor_size
+    # clusters with a competitor other than themselves; the others keep zero maps
+    explained = np.array([np.delete(rivals, k).any() for k in range(len(clusters))], bool)
+    relevance = np.zeros((len(maps), maps[0].size if len(maps) else 0))
+    logit, competitor = np.zeros(len(maps)), np.full(len(maps), -1)
+    rows = explained[assigned]
+    if rows.any():
+        points = maps.reshape(len(maps), -1)
+        centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
+        membership = explain_membership(points[rows], centroids, assigned[rows], beta=beta, competitors=rivals)
+        relevance[rows], logit[rows], competitor[rows] = membership.relevance, membership.logit, membership.competitor
     out = []
     for k, cluster in enumerate(clusters):
         members = assigned == k
-        competitor = int(np.bincount(membership.competitor[members], minlength=len(clusters)).argmax())
+        if not explained[k]:
+            out.append(ClusterMembership(int(cluster), int(sizes[k]), -1, 0.0, np.zeros(maps.shape[1:])))
+            continue
+        nearest = int(np.bincount(competitor[members], minlength=len(clusters)).argmax())
         out.append(ClusterMembership(
-            cluster=int(cluster), size=int(members.sum()), competitor=int(clusters[competitor]),
-            mean_logit=float(membership.logit[members].mean()),
-            mean_map=membership.relevance[members].mean(0).reshape(maps.shape[1:])))
-    return out, membership.relevance.reshape(maps.shape)
+            cluster=int(cluster), size=int(sizes[k]), competitor=int(clusters[nearest]),
+            mean_logit=float(logit[members].mean()), mean_map=relevance[members].mean(0).reshape(maps.shape[1:])))
+    return out, relevance.reshape(maps.shape)
 
 
 def positive_share_in_region(relevance: np.ndarray, region: np.ndarray | None) -> float | None:

@@ -298,8 +298,10 @@ def workers_declare_gpu(client: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _scheduler(settings: DaskConfig) -> Iterator[dict[str, Any]]:
-    """Keyword arguments for dask.compute: a distributed client when an address is given."""
+def scheduler(settings: DaskConfig) -> Iterator[dict[str, Any]]:
+    """Keyword arguments for dask.compute under the ``dask`` section's settings (a context manager, shared
+    by the audit and ``spray evaluate``): a distributed client when an address is given, else the local
+    scheduler (threads: a pool of this run's own, waited for on exit)."""
     if settings.address:
         with _client(settings.address, settings.connect_timeout) as client:
             yield {"scheduler": client}
@@ -638,7 +640,7 @@ def compute_entries(config: SprayConfig, dataset: Dataset, classes: list[int], d
                     progress: bool, cross_class: bool) -> tuple[dict[int, dict[str, Any]], Entry | None]:
     """Run the audit graph of ``classes`` in the cache folder ``directory`` (stored entries are found, not
     recomputed) and return its entries per class (``build_graph``'s layout) and the cross-class entry."""
-    with _scheduler(config.dask) as options, _progress(progress and not config.dask.address):
+    with scheduler(config.dask) as options, _progress(progress and not config.dask.address):
         gpu_resource = bool(config.dask.address) and workers_declare_gpu(options["scheduler"])
         graph = build_graph(config, dataset, classes, str(directory), token, gpu_resource)
         cross = build_cross_class(config.analysis, config.embedding, graph, str(directory)) if cross_class else None

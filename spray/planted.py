@@ -2,7 +2,8 @@
 
 A case is a small labelled image set in which some artifacts are planted on a share of one class each, a
 model trained on it, and the ground truth in the manifest (column ``artifact``: 0 for none, else the
-1-based number of the artifact). What varies, so that flagging is measured on more than one kind of shortcut:
+1-based number of the artifact) and in ``artifact_masks.npz`` (each image's artifact pixels). What varies, so
+that flagging is measured on more than one kind of shortcut:
 
 - source: ``photos`` (64x64 RGB random crops of the photos that ship with scikit-learn and, when installed,
   scikit-image; a class is one photo, or two photos with ``subgroups``: two natural visual sub-groups) or
@@ -33,6 +34,7 @@ from torch import nn
 from spray.demo import fit
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+ARTIFACT_MASKS = "artifact_masks.npz"  # beside a built case's images/: each image's artifact pixels
 _RING = np.array(
     [
         [0, 0, 1, 1, 1, 0, 0],
@@ -263,18 +265,28 @@ def predict(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1).numpy()
 
 
-def build_case(directory: Path, case: Case) -> dict:
-    """Write ``images/`` (PNGs and manifest.csv with columns path, label, split, artifact, group),
-    ``model.pt`` and ``training.json`` into ``directory``; returns the training record.
+@dataclass(frozen=True)
+class Planted:
+    """A case's images with its artifacts drawn in, before training: ``images (n, S, S, C)`` float32 in
+    [0, 1], ``labels (n,)``, ``groups (n,)`` (the photo or bundled digit each image comes from), ``planted
+    (n,)`` (0, or the 1-based number of the artifact drawn into the image), ``masks (n, S, S)`` bool (the
+    pixels each image's artifact covers: a logo's whole plate, a border's frame; all False where none) and
+    ``colours``: each artifact's case colour (RGB)."""
 
-    The record holds the held-out accuracy and, per artifact, ``flip_rate``: the share of held-out images
-    of other classes that the model assigns to the artifact's class once the artifact is drawn into them.
-    """
-    from PIL import Image
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    planted: np.ndarray
+    masks: np.ndarray
+    colours: list[np.ndarray]
 
-    rng = np.random.default_rng(case.seed)
+
+def plant_case(case: Case, rng: np.random.Generator) -> Planted:
+    """The images of ``case`` with its artifacts drawn in, from ``rng`` (``build_case`` seeds it with
+    ``case.seed`` and draws the split after this, so the same seed gives the same images and masks)."""
     images, labels, groups = _source_images(case, rng)
     planted = np.zeros(len(images), int)
+    masks = np.zeros(images.shape[:3], bool)
     colours = [rng.uniform(0, 1, 3).astype(np.float32) for _ in case.artifacts]
     for colour in colours:
         colour[rng.integers(3)] = 1.0  # a saturated colour, visible on most photos
@@ -288,8 +300,31 @@ def build_case(directory: Path, case: Case) -> dict:
             donors = rng.choice(len(images), size=len(chosen))
             images[chosen], groups[chosen] = images[donors], groups[donors]
         for row in chosen:
-            draw(images[row], artifact, colours[number - 1], rng)
+            masks[row] = draw(images[row], artifact, colours[number - 1], rng)
         planted[chosen] = number
+    return Planted(images, labels, groups, planted, masks, colours)
+
+
+def read_artifact_masks(directory: Path, size: int) -> np.ndarray:
+    """The ``(n, size, size)`` bool artifact masks ``build_case`` wrote into ``directory``, in manifest order."""
+    with np.load(Path(directory) / ARTIFACT_MASKS) as stored:
+        return np.unpackbits(stored["masks"], axis=-1, count=size).astype(bool)
+
+
+def build_case(directory: Path, case: Case) -> dict:
+    """Write ``images/`` (PNGs and manifest.csv with columns path, label, split, artifact, group),
+    ``artifact_masks.npz`` (each image's artifact pixels, see ``Planted.masks``; ``read_artifact_masks``),
+    ``model.pt`` and ``training.json`` into ``directory``; returns the training record.
+
+    The record holds the held-out accuracy and, per artifact, ``flip_rate``: the share of held-out images
+    of other classes that the model assigns to the artifact's class once the artifact is drawn into them.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(case.seed)
+    generated = plant_case(case, rng)
+    images, labels, groups, planted, colours = (generated.images, generated.labels, generated.groups,
+                                                generated.planted, generated.colours)
     in_train = rng.random(len(images)) < 0.75
     model = build_model(case.model, case.channels, case.n_classes)
     torch.manual_seed(case.seed)
@@ -309,6 +344,7 @@ def build_case(directory: Path, case: Case) -> dict:
         manifest.append(f"{name},{labels[index]},{'train' if in_train[index] else 'test'},{planted[index]},"
                         f"{groups[index]}")
     (directory / "images" / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    np.savez_compressed(directory / ARTIFACT_MASKS, masks=np.packbits(generated.masks, axis=-1))
     torch.save(model.state_dict(), directory / "model.pt")
     (directory / "training.json").write_text(json.dumps(record, indent=2))
     return record

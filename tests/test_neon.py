@@ -119,3 +119,66 @@ def test_a_class_with_one_cluster_has_no_competitor():
 
     (only,) = explain_clusters(np.ones((5, 4, 4)), np.zeros(5, int))
     assert only.competitor == -1 and only.mean_logit == 0.0 and not only.mean_map.any()
+
+
+def _corner_class(remnant: int) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 maps of one class, each with its own bright stroke somewhere (a digit): 40 plain (cluster 0), 30 with
+    a bright corner too (cluster 1), and ``remnant`` maps (cluster 2), one with the corner: what joining a
+    pattern's carriers can leave of a spectral cluster. A mean of many maps smooths the strokes out, the
+    remnant's mean keeps its few."""
+    rng = np.random.default_rng(5)
+    count = 70 + remnant
+    maps = rng.normal(scale=0.05, size=(count, 8, 8)) + 0.2
+    for index, (row, col) in enumerate(zip(rng.integers(2, 7, count), rng.integers(2, 6, count))):
+        maps[index, row, col : col + 3] += 1.5
+    maps[40:71, :2, :2] += 2.0
+    return maps, np.repeat([0, 1, 2], [40, 30, remnant])
+
+
+def test_a_cluster_too_small_to_score_is_no_competitor():
+    from spray.neon import explain_clusters
+
+    maps, labels = _corner_class(remnant=2)
+    corner = np.zeros((8, 8), bool)
+    corner[:2, :2] = True
+
+    def share(cluster) -> float:
+        positive = np.clip(cluster.mean_map, 0, None)
+        return float(positive[corner].sum() / positive.sum())
+
+    every = {c.cluster: c for c in explain_clusters(maps, labels)}
+    # the two remnant maps are every corner member's nearest "cluster": against them, their strokes set the
+    # members apart as much as the corner does
+    assert every[1].competitor == 2 and share(every[1]) < 0.75
+    sized = {c.cluster: c for c in explain_clusters(maps, labels, min_competitor_size=5)}
+    assert sized[1].competitor == 0 and share(sized[1]) > 0.9
+    # the small cluster's own members are still explained, against the clusters that compete
+    assert sized[2].competitor in (0, 1) and sized[2].mean_map.sum() == pytest.approx(sized[2].mean_logit)
+
+
+def test_a_cluster_whose_rivals_are_all_too_small_has_no_competitor():
+    from spray.neon import cluster_memberships
+
+    maps, labels = _corner_class(remnant=2)
+    keep = labels != 0
+    clusters, per_sample = cluster_memberships(maps[keep], labels[keep], min_competitor_size=5)
+    by_id = {c.cluster: c for c in clusters}
+    assert by_id[1].competitor == -1 and by_id[1].mean_logit == 0.0 and not per_sample[labels[keep] == 1].any()
+    assert by_id[2].competitor == 1 and by_id[2].mean_logit != 0.0
+
+
+@pytest.mark.parametrize(("competitors", "message"), [
+    (np.array([True, False]), r"competitors must be \(3,\) bool"),
+    (np.array([1, 1, 0]), r"competitors must be \(3,\) bool"),
+    (np.array([True, False, False]), "cluster 0 has no competitor"),
+])
+def test_bad_competitors_are_named(competitors, message):
+    with pytest.raises(ValueError, match=message):
+        explain_membership(POINT, CENTROIDS, np.array([0]), competitors=competitors)
+
+
+def test_min_competitor_size_must_be_positive():
+    from spray.neon import cluster_memberships
+
+    with pytest.raises(ValueError, match="min_competitor_size must be a positive integer"):
+        cluster_memberships(np.ones((4, 2, 2)), np.array([0, 0, 1, 1]), min_competitor_size=0)

@@ -156,18 +156,18 @@ def test_a_second_call_comes_from_the_cache_and_a_changed_weight_recomputes(tmp_
     pd.testing.assert_frame_equal(written, first.samples.reset_index(drop=True), check_dtype=False)
 
 
-def readme_example() -> str:
-    """The Python block of the README's "From a notebook" section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## From a notebook", 1)[1].split("\n## ", 1)[0]
+def demo_example() -> str:
+    """The Python block of docs/api.md's "On the demo case" section."""
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    section = page.split("## On the demo case", 1)[1].split("\n## ", 1)[0]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.e2e
-def test_the_readme_example_runs_and_flags_what_the_cli_flags_on_the_demo(tmp_path, monkeypatch):
+def test_the_documented_example_runs_and_flags_what_the_cli_flags_on_the_demo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
-    exec(compile(readme_example(), "README.md (From a notebook)", "exec"), namespace)
+    exec(compile(demo_example(), "docs/api.md (On the demo case)", "exec"), namespace)
     result = namespace["result"]
     assert isinstance(result, spray.AuditResult)
     assert (tmp_path / "reports" / "notebook" / "index.html").is_file()
