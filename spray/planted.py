@@ -326,8 +326,8 @@ def build_case(directory: Path, case: Case) -> dict:
     images, labels, groups, planted, colours = (generated.images, generated.labels, generated.groups,
                                                 generated.planted, generated.colours)
     in_train = rng.random(len(images)) < 0.75
+    torch.manual_seed(case.seed)  # before the model is built: its initial weights come from the case's seed
     model = build_model(case.model, case.channels, case.n_classes)
-    torch.manual_seed(case.seed)
     losses = train(model, images[in_train], labels[in_train], case.epochs, case.seed)
     record = {"case": asdict(case), "losses": losses,
               "test_accuracy": float((predict(model, images[~in_train]) == labels[~in_train]).mean()),
