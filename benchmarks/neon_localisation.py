@@ -46,7 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,7 @@ from spray.flag.plan import REGION_MASS, to_image_mask  # noqa: E402
 from spray.model import model_token  # noqa: E402
 from spray.neon import cluster_memberships, competitor_evidence, explain_membership  # noqa: E402
 from spray.pipeline import compute_entries  # noqa: E402
-from spray.planted import ARTIFACT_MASKS, Case, build_case, plant_case, read_artifact_masks  # noqa: E402
+from spray.planted import ARTIFACT_MASKS, Case, build_case, is_built, plant_case, read_artifact_masks  # noqa: E402
 
 # the last convolution block's output of each kind of model: where the lens's explanation landed on the
 # artifact in docs/method.md's measurements (a dense layer after the ReLU mixes in the digit's shape)
@@ -129,11 +129,11 @@ def demo_case(folder: Path, work: Path) -> Audited:
 def planted_case(name: str, case: Case, kept: Path | None, work: Path) -> Audited:
     """A shortcut_kinds case: the kept one (its cache copied into ``work``) or built into ``work``."""
     folder = work / "case"
-    if kept is not None and _same_case(kept / "case", case):
+    if kept is not None and is_built(kept / "case", case):
         folder = kept / "case"
         if (kept / "cache").is_dir():
             shutil.copytree(kept / "cache", work / "cache")
-    elif not _same_case(folder, case):
+    elif not is_built(folder, case):
         build_case(folder, case)
     manifest = pd.read_csv(folder / "images" / "manifest.csv")
     if (folder / ARTIFACT_MASKS).exists():
@@ -155,9 +155,6 @@ def planted_case(name: str, case: Case, kept: Path | None, work: Path) -> Audite
                    dict(zip(manifest.path, manifest.artifact.astype(int))), dict(zip(manifest.path, stored)))
 
 
-def _same_case(folder: Path, case: Case) -> bool:
-    built = folder / "training.json"
-    return built.exists() and json.loads(built.read_text())["case"] == json.loads(json.dumps(asdict(case)))
 
 
 def _drawn_again(folder: Path, case: Case, manifest: pd.DataFrame) -> np.ndarray:

@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from spray.config import config_from_dict
 from spray.pipeline import run_audit
-from spray.planted import CORNERS, Artifact, Case, build_case
+from spray.planted import CORNERS, Artifact, Case, build_case, is_built
 
 
 def cases(seed: int) -> list[tuple[str, Case]]:
@@ -78,9 +78,8 @@ def cases(seed: int) -> list[tuple[str, Case]]:
 
 def audit_case(folder: Path, case: Case) -> tuple[object, pd.DataFrame, dict]:
     """Build the case in ``folder`` (kept when ``folder/case`` already holds this very case) and audit it."""
-    built = folder / "case" / "training.json"
-    if built.exists() and json.loads(built.read_text())["case"] == json.loads(json.dumps(asdict(case))):
-        record = json.loads(built.read_text())
+    if is_built(folder / "case", case):
+        record = json.loads((folder / "case" / "training.json").read_text())
     else:
         record = build_case(folder / "case", case)
     raw = {

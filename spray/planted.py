@@ -70,6 +70,8 @@ class Case:
     model: Literal["cnn", "resnet"] = "cnn"
     artifacts: tuple[Artifact, ...] = ()
     subgroups: bool = False  # photos: each class made of two different photos
+    # which photos: every one installed packages bundle, or scikit-learn's only (the same on every machine)
+    photos: Literal["installed", "scikit-learn"] = "installed"
     n_classes: int = 4
     per_class: int = 160
     epochs: int = 16
@@ -127,12 +129,15 @@ class _Residual(nn.Module):
 # images
 
 
-def bundled_photos() -> list[np.ndarray]:
+def bundled_photos(scikit_learn_only: bool = False) -> list[np.ndarray]:
     """RGB photos (H, W, 3) float32 in [0, 1] that ship with installed packages: scikit-learn's two, and
-    scikit-image's colour photos when scikit-image is installed (the ``photos`` extra)."""
+    scikit-image's colour photos when scikit-image is installed (the ``photos`` extra) unless
+    ``scikit_learn_only``."""
     from sklearn.datasets import load_sample_images
 
     photos = [np.asarray(image, np.float32) / 255 for image in load_sample_images().images]
+    if scikit_learn_only:
+        return photos
     try:
         import skimage.data as data
     except ImportError:
@@ -143,10 +148,10 @@ def bundled_photos() -> list[np.ndarray]:
     return photos
 
 
-def photo_sources(count: int) -> list[np.ndarray]:
-    """At least ``count`` distinct photos: the bundled ones, and when there are fewer (scikit-image not
-    installed), the photos cut into vertical strips, each strip a photo of its own (no crop spans two)."""
-    photos = bundled_photos()
+def photo_sources(count: int, scikit_learn_only: bool = False) -> list[np.ndarray]:
+    """At least ``count`` distinct photos: the bundled ones (``bundled_photos``), and when there are fewer,
+    the photos cut into vertical strips, each strip a photo of its own (no crop spans two)."""
+    photos = bundled_photos(scikit_learn_only)
     pieces = 1
     while len(photos) * pieces < count:
         pieces += 1
@@ -194,7 +199,7 @@ def _source_images(case: Case, rng: np.random.Generator) -> tuple[np.ndarray, np
         images, source = render_digits(digits.images[keep], 1, rng)
         return images[..., None], digits.target[keep][source], keep[source]
     per_class = 2 if case.subgroups else 1
-    photos = photo_sources(case.n_classes * per_class)
+    photos = photo_sources(case.n_classes * per_class, case.photos == "scikit-learn")
     chosen = rng.permutation(len(photos))[: case.n_classes * per_class]
     crops: list[np.ndarray] = []
     crop_labels: list[np.ndarray] = []
@@ -309,6 +314,16 @@ def read_artifact_masks(directory: Path, size: int) -> np.ndarray:
     """The ``(n, size, size)`` bool artifact masks ``build_case`` wrote into ``directory``, in manifest order."""
     with np.load(Path(directory) / ARTIFACT_MASKS) as stored:
         return np.unpackbits(stored["masks"], axis=-1, count=size).astype(bool)
+
+
+def is_built(directory: Path, case: Case) -> bool:
+    """Whether ``directory`` (``build_case``'s) already holds this very case; a field added to ``Case`` since
+    the case was built counts with its default."""
+    record = directory / "training.json"
+    if not record.exists():
+        return False
+    stored = {**json.loads(json.dumps(asdict(Case()))), **json.loads(record.read_text())["case"]}
+    return stored == json.loads(json.dumps(asdict(case)))
 
 
 def build_case(directory: Path, case: Case) -> dict:

@@ -214,7 +214,7 @@ def _audit_planted(folder, case):
 def test_a_logo_at_random_corners_and_a_thin_border_in_two_classes_are_one_finding_each(tmp_path):
     from spray.planted import Artifact, Case
 
-    case = Case(model="cnn", seed=421, artifacts=(Artifact("logo", 1, 0.3, placement="corner"),
+    case = Case(model="cnn", seed=421, photos="scikit-learn", artifacts=(Artifact("logo", 1, 0.3, placement="corner"),
                                                   Artifact("border", 0, 0.29)))
     outcome, manifest = _audit_planted(tmp_path, case)
     for number, artifact in enumerate(case.artifacts, start=1):
@@ -233,5 +233,5 @@ def test_a_logo_at_random_corners_and_a_thin_border_in_two_classes_are_one_findi
 def test_classes_made_of_two_different_photos_are_not_flagged(tmp_path):
     from spray.planted import Case
 
-    outcome, _ = _audit_planted(tmp_path, Case(model="resnet", subgroups=True, seed=455))
+    outcome, _ = _audit_planted(tmp_path, Case(model="resnet", subgroups=True, seed=455, photos="scikit-learn"))
     assert not [r.class_index for r in outcome.classes if r.flagged]
