@@ -229,9 +229,10 @@ def _class_tasks(context: _GraphContext, index: int, samples: list[Sample], reci
     tasks = {"shards": shards, "preprocess": pre, "analyse": analysis, "embed": embedding, "flag": flagged,
              "_pre_key": pre_key}
     if features is not None and feature_key is not None:
-        key = lens_key(feature_key, flag_key, config.preprocessing)
+        minimum = config.flagging.min_cluster_size
+        key = lens_key(feature_key, flag_key, config.preprocessing, minimum)
         tasks["features"], tasks["lens"] = features, dask.delayed(lens_task, pure=True)(
-            directory, key, pre, features, flagged, _feature_job(context, samples), config.preprocessing,
+            directory, key, pre, features, flagged, _feature_job(context, samples), config.preprocessing, minimum,
             dask_key_name=f"lens-{index}-{key[:8]}")
     if config.evaluation.enabled:
         key = evaluate_key(config.evaluation, image, shard_keys, context.token)

@@ -37,7 +37,7 @@ from spray.errors import ModelError, RunError
 from spray.neon import ClusterMembership, competitor_evidence, default_beta, explain_membership
 from spray.preprocess import downsize
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 """Revision of what features and lens entries store; bump it when that changes within a release."""
 
 Stored = tuple[dict[str, np.ndarray], dict[str, Any]]
@@ -84,9 +84,9 @@ def features_key(job: FeatureJob, pre_key: str) -> str:
                      job.layer, pre_key)
 
 
-def lens_key(features: str, flag: str, preprocessing: PreprocessingConfig) -> str:
+def lens_key(features: str, flag: str, preprocessing: PreprocessingConfig, min_competitor_size: int = 1) -> str:
     """The lens entry's key: the features and flag keys (final clusters) and the maps' grid."""
-    return entry_key("lens", STORE_VERSION, features, flag, preprocessing)
+    return entry_key("lens", STORE_VERSION, features, flag, preprocessing, min_competitor_size)
 
 
 def features_task(directory: str, key: str, pre: Entry, job: FeatureJob) -> Entry:
@@ -95,9 +95,10 @@ def features_task(directory: str, key: str, pre: Entry, job: FeatureJob) -> Entr
 
 
 def lens_task(directory: str, key: str, pre: Entry, features: Entry, flagged: Entry, job: FeatureJob,
-              preprocessing: PreprocessingConfig) -> Entry:
+              preprocessing: PreprocessingConfig, min_competitor_size: int = 1) -> Entry:
     """The class's lens entry, computed (:func:`lens_memberships`) unless stored; a Dask task body."""
-    return cached(directory, "lens", key, lens_memberships, pre, features, flagged, job, preprocessing)
+    return cached(directory, "lens", key, lens_memberships, pre, features, flagged, job, preprocessing,
+                  min_competitor_size)
 
 
 def read_features(entry: Entry) -> np.ndarray:
@@ -137,12 +138,14 @@ def class_features(pre: Entry, job: FeatureJob) -> Stored:
 
 
 def lens_memberships(pre: Entry, features: Entry, flagged: Entry, job: FeatureJob,
-                     preprocessing: PreprocessingConfig) -> Stored:
+                     preprocessing: PreprocessingConfig, min_competitor_size: int = 1) -> Stored:
     """Per sample (preprocess order) its NEON membership in its final cluster, explained at the input.
 
     Arrays: ``maps (N, h, w)`` float32 input relevance summed over channels and block-summed to
     ``preprocessing.size``; ``logit (N,)`` the membership logit at the layer (squared-distance units of the
-    activations); ``competitor (N,)`` the nearest other cluster's label (-1 with a single cluster).
+    activations); ``competitor (N,)`` the nearest other cluster's label (-1 when it has none). A cluster of
+    fewer than ``min_competitor_size`` samples is no competitor (``spray.neon.cluster_memberships``: a few
+    leftovers would otherwise be every member's nearest rival and hide what the members share).
     """
     from spray.flag import read_flagged
 
@@ -153,25 +156,35 @@ def lens_memberships(pre: Entry, features: Entry, flagged: Entry, job: FeatureJo
     if len(clusters) < 2:
         return {"maps": np.zeros((n, h, w), np.float32), "logit": np.zeros(n), "competitor": np.full(n, -1)}, {}
     centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
-    beta = default_beta(competitor_evidence(points, centroids, assigned))
+    rivals = np.bincount(assigned, minlength=len(clusters)) >= min_competitor_size
+    explained = np.array([np.delete(rivals, k).any() for k in range(len(clusters))], bool)[assigned]
+    if not explained.any():
+        return {"maps": np.zeros((n, h, w), np.float32), "logit": np.zeros(n), "competitor": np.full(n, -1)}, {}
+    beta = default_beta(competitor_evidence(points[explained], centroids, assigned[explained], competitors=rivals))
     engine = prepare_attributor(job.model, job.attribution, job.image, job.model_token)
     maps, logits, competitors = [], [], []
     for x, rows in _batches(_ordered(pre, job), job):
         found: list[Any] = []
 
         def seed(output: torch.Tensor, rows: np.ndarray = rows, found: list[Any] = found) -> torch.Tensor:
-            membership = explain_membership(output.reshape(len(output), -1).double().cpu().numpy(), centroids,
-                                            assigned[rows], beta=beta)
-            found.append(membership)
-            return torch.from_numpy(membership.relevance).reshape(output.shape).to(output.device)
+            flat = output.reshape(len(output), -1).double().cpu().numpy()
+            relevance, logit, competitor = np.zeros_like(flat), np.zeros(len(flat)), np.full(len(flat), -1)
+            inside = explained[rows]
+            if inside.any():
+                membership = explain_membership(flat[inside], centroids, assigned[rows][inside], beta=beta,
+                                                competitors=rivals)
+                relevance[inside], logit[inside] = membership.relevance, membership.logit
+                competitor[inside] = clusters[membership.competitor]
+            found.append((logit, competitor))
+            return torch.from_numpy(relevance).reshape(output.shape).to(output.device)
 
         _, relevance = engine.at_layer(x, job.layer, seed)
         if relevance is None:  # at_layer returns relevance whenever it is given a seed
             raise RuntimeError(f"LRP from layer {job.layer!r} returned no relevance")
         summed = relevance.sum(1).float().cpu().numpy()
         maps.append(downsize(summed, (h, w)) * (summed.shape[1] * summed.shape[2] / (h * w)))
-        logits.append(found[0].logit)
-        competitors.append(clusters[found[0].competitor])
+        logits.append(found[0][0])
+        competitors.append(found[0][1])
     return ({"maps": np.concatenate(maps).astype(np.float32), "logit": np.concatenate(logits),
              "competitor": np.concatenate(competitors).astype(np.int64)}, {"beta": beta, "layer": job.layer})
 
