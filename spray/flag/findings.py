@@ -42,7 +42,7 @@ class ClusterEvidence(Judged):
     # what ``carriers`` decides from. None when the group was not scored.
     distance_to_members: np.ndarray | None = field(default=None, repr=False)
     distance_to_rest: np.ndarray | None = field(default=None, repr=False)
-    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool, patterns found anywhere
+    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool: patterns and their carriers at one place (id < 0)
     windows: Windows | None = field(default=None, repr=False)  # (N,) each sample's pattern window
     prototype: np.ndarray | None = field(default=None, repr=False)  # (h0, w0, C) the members' mean pattern
     anywhere: bool = False  # a pattern found at each sample's own place, not at one place
@@ -54,7 +54,8 @@ class Finding(Judged):
     """One shortcut: the samples that carry one pattern, wherever it sits, listed under flagged ``cluster``.
 
     ``clusters`` maps each spectral cluster its members came from to how many; ``groups`` are the flagged
-    groups merged into it (spectral cluster ids, and -1, -2, ... for patterns found anywhere); ``evidence``
+    groups merged into it (spectral cluster ids, -1, -2, ... for patterns found anywhere, -101, -102, ... for their carriers
+    at one place); ``evidence``
     is the strongest group's. ``prototype`` (h, w, C) float32 in [0, 1] is that group's members' mean
     pattern; ``windows`` (size, 4) int: each member's top, left, height, width in image pixels, where known
     (a spectral cluster's region is the same window in every member).
@@ -88,7 +89,7 @@ def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray
     Spectral clustering groups samples by *where the model looks*: a few samples that carry the artifact can
     land in other clusters when the model also reads their object well, and a few that do not can land in
     the flagged one. The finding takes the carriers, wherever the spectral clustering put them."""
-    own = cluster_labels == cluster.id
+    own = cluster.members if cluster.members is not None else cluster_labels == cluster.id
     to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
     if to_members is None or to_rest is None:
         return own
@@ -100,7 +101,7 @@ def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray
 
 
 def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
-    return group.members.copy() if group.members is not None else carriers(group, cluster_labels)
+    return group.members.copy() if group.anywhere and group.members is not None else carriers(group, cluster_labels)
 
 
 def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> Joined:
@@ -122,8 +123,9 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
         if home is None:
             merged.append(([group], members))
         else:
+            if not any(_same_place(other, group) for other in home[0]):
+                home[1][:] |= members
             home[0].append(group)
-            home[1][:] |= members
     merged = [(groups, _carrying(groups, members)) for groups, members in merged]
     labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
@@ -145,10 +147,24 @@ def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
     must match that pattern too (best NCC >= ``CROSS_MATCH`` with one of its patterns), so that a
     region's looser pixel rule does not add samples that lack the pattern."""
     scores = [g.match_score for g in groups if g.match_score is not None]
-    carried = [g.members for g in groups if g.members is not None]
+    carried = [g.members for g in groups if g.anywhere and g.members is not None]
     if not scores or not carried:
         return members
     return np.any(carried, axis=0) | (members & (np.max(scores, axis=0) >= CROSS_MATCH))
+
+
+def _same_place(a: ClusterEvidence, b: ClusterEvidence) -> bool:
+    """Whether two groups measured at one place each measured the same place: their windows' boxes overlap
+    by at least ``OVERLAP`` of the union. The stronger group's carriers then stand for that place, and the
+    weaker one adds none of its own: its members were chosen by a looser rule (a pattern's matches, a
+    spectral cluster) and its carrier test weighs a mean pattern that its non-carriers blur."""
+    if a.anywhere or b.anywhere or a.windows is None or b.windows is None or not len(a.windows):
+        return False
+    (top_a, left_a, h_a, w_a), (top_b, left_b, h_b, w_b) = a.windows.box(0), b.windows.box(0)
+    rows = max(0, min(top_a + h_a, top_b + h_b) - max(top_a, top_b))
+    cols = max(0, min(left_a + w_a, left_b + w_b) - max(left_a, left_b))
+    shared = rows * cols
+    return shared >= OVERLAP * (h_a * w_a + h_b * w_b - shared)
 
 
 def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:
