@@ -169,7 +169,7 @@ def test_members_that_agree_over_most_of_the_image_are_crops_of_one_scene_not_a_
     assert grown.mask[:12, :12].all() and grown.mask.mean() <= MAX_GROWN_AREA
 
 
-def test_a_weaker_group_at_the_same_place_adds_none_of_its_own_members():
+def test_at_one_place_a_sample_joins_when_the_strongest_group_or_two_groups_carry_it():
     from spray.flag.plan import Windows
 
     labels = np.repeat([0, 1, 2], 10)
@@ -183,9 +183,14 @@ def test_a_weaker_group_at_the_same_place_adds_none_of_its_own_members():
         return ClusterEvidence(cluster_id, int(members.sum()), evidence, None, members=members, windows=windows)
 
     (finding,) = form_findings(labels, [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, frame)]).findings
-    assert finding.size == 10 and finding.groups == (-101, -102)  # the stronger group's carriers only
+    assert finding.size == 10 and finding.groups == (-101, -102)  # cluster 1 is carried by the weaker only
+    two = labels < 2
+    two[10:15] = False
+    groups = [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, frame), at(-103, 1.0, two, frame)]
+    (finding,) = form_findings(labels, groups).findings
+    assert finding.size == 15  # five of cluster 1 are carried by two groups
     (finding,) = form_findings(labels, [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, corner)]).findings
-    assert finding.size == 20  # another place: its members join
+    assert finding.size == 20  # another place: all its carriers join
 
 
 def _flagged(cluster_id: int, score: float, members: np.ndarray | None = None) -> ClusterEvidence:

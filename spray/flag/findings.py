@@ -114,19 +114,19 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
     the members of a flagged spectral cluster that do not carry its pattern become a cluster of their own,
     not scored, and so do the non-carriers of a flagged cluster merged into another finding.
     """
-    merged: list[tuple[list[ClusterEvidence], np.ndarray]] = []
+    found: list[tuple[list[ClusterEvidence], list[np.ndarray]]] = []
     for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
         members = _group_members(group, cluster_labels)
-        home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
+        home = next((m for m in found if (np.any(m[1], axis=0) & members).sum()
+                     >= OVERLAP * min(np.any(m[1], axis=0).sum(), members.sum())
                      or same_pattern(m[0][0].prototype, group.prototype)
                      or any(_cross_match(other, group) for other in m[0])), None)
         if home is None:
-            merged.append(([group], members))
+            found.append(([group], [members]))
         else:
-            if not any(_same_place(other, group) for other in home[0]):
-                home[1][:] |= members
             home[0].append(group)
-    merged = [(groups, _carrying(groups, members)) for groups, members in merged]
+            home[1].append(members)
+    merged = [(groups, _carrying(groups, _voted(groups, carried))) for groups, carried in found]
     labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
     findings, homes = [], {}
@@ -153,11 +153,26 @@ def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
     return np.any(carried, axis=0) | (members & (np.max(scores, axis=0) >= CROSS_MATCH))
 
 
+def _voted(groups: list[ClusterEvidence], carried: list[np.ndarray]) -> np.ndarray:
+    """(N,) bool: a finding's members from its groups (strongest first) and each group's carriers.
+
+    Where several groups measured the same place (``_same_place``), a sample joins when the strongest of them
+    carries it or when two of them do: a weaker group's carrier test weighs its members' mean pattern, which
+    members without the pattern blur (a pattern's looser matches, a spectral cluster's strays), so its
+    carriers alone are not enough there. A group at a place of its own brings all its carriers."""
+    members = np.zeros_like(carried[0])
+    for i, group in enumerate(groups):
+        place = [j for j, other in enumerate(groups) if j != i and _same_place(other, group)]
+        if not any(j < i for j in place):
+            members |= carried[i]
+        else:
+            members |= carried[i] & np.any([carried[j] for j in place], axis=0)
+    return members
+
+
 def _same_place(a: ClusterEvidence, b: ClusterEvidence) -> bool:
     """Whether two groups measured at one place each measured the same place: their windows' boxes overlap
-    by at least ``OVERLAP`` of the union. The stronger group's carriers then stand for that place, and the
-    weaker one adds none of its own: its members were chosen by a looser rule (a pattern's matches, a
-    spectral cluster) and its carrier test weighs a mean pattern that its non-carriers blur."""
+    by at least ``OVERLAP`` of their union."""
     if a.anywhere or b.anywhere or a.windows is None or b.windows is None or not len(a.windows):
         return False
     (top_a, left_a, h_a, w_a), (top_b, left_b, h_b, w_b) = a.windows.box(0), b.windows.box(0)
