@@ -114,18 +114,9 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
     the members of a flagged spectral cluster that do not carry its pattern become a cluster of their own,
     not scored, and so do the non-carriers of a flagged cluster merged into another finding.
     """
-    found: list[tuple[list[ClusterEvidence], list[np.ndarray]]] = []
-    for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
-        members = _group_members(group, cluster_labels)
-        home = next((m for m in found if (np.any(m[1], axis=0) & members).sum()
-                     >= OVERLAP * min(np.any(m[1], axis=0).sum(), members.sum())
-                     or same_pattern(m[0][0].prototype, group.prototype)
-                     or any(_cross_match(other, group) for other in m[0])), None)
-        if home is None:
-            found.append(([group], [members]))
-        else:
-            home[0].append(group)
-            home[1].append(members)
+    flagged = sorted((s for s in scored if s.flagged), key=lambda s: -s.score)
+    carried = [_group_members(group, cluster_labels) for group in flagged]
+    found = [([flagged[i] for i in part], [carried[i] for i in part]) for part in _one_shortcut(flagged, carried)]
     merged = [(groups, _carrying(groups, _voted(groups, carried))) for groups, carried in found]
     labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
@@ -151,6 +142,31 @@ def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
     if not scores or not carried:
         return members
     return np.any(carried, axis=0) | (members & (np.max(scores, axis=0) >= CROSS_MATCH))
+
+
+def _one_shortcut(flagged: list[ClusterEvidence], carried: list[np.ndarray]) -> list[list[int]]:
+    """The flagged groups (strongest first) partitioned into shortcuts, each part strongest first: two groups
+    are one shortcut when their carriers overlap by ``OVERLAP`` of the smaller, when their prototypes are
+    ``same_pattern`` or when they match each other's carriers (``_cross_match``), and so is everything
+    linked through a chain of such pairs (one logo in three size bands, the middle band matching both)."""
+    part = list(range(len(flagged)))
+
+    def root(i: int) -> int:
+        while part[i] != i:
+            i = part[i]
+        return i
+
+    for j in range(len(flagged)):
+        for i in range(j):
+            if root(i) == root(j):
+                continue
+            shared = (carried[i] & carried[j]).sum()
+            if (shared >= OVERLAP * min(carried[i].sum(), carried[j].sum())
+                    or same_pattern(flagged[i].prototype, flagged[j].prototype)
+                    or _cross_match(flagged[i], flagged[j])):
+                part[root(j)] = root(i)
+    roots = [root(i) for i in range(len(flagged))]
+    return [[i for i in range(len(flagged)) if roots[i] == r] for r in dict.fromkeys(roots)]
 
 
 def _voted(groups: list[ClusterEvidence], carried: list[np.ndarray]) -> np.ndarray:
