@@ -1,14 +1,15 @@
-"""One shortcut, one finding: flagged groups that share their carriers become one finding.
+"""One shortcut, one finding: flagged groups that show one pattern become one finding.
 
-A shortcut that moves (a logo in a random corner) can come out of the two kinds of flagged group at once:
-several spectral clusters, one per place, each flagged on its own region; and a pattern found anywhere
-(``spray.flag.patterns``), flagged on its carriers wherever they have it. ``form_findings`` merges flagged
-groups whose members overlap by at least ``OVERLAP`` of the smaller group into one finding, strongest score
-first, and so are flagged groups whose prototypes (their members' mean pattern) match with normalised
-cross-correlation of grey levels >= ``spray.flag.patterns.MATCH`` once resized to the same size (one logo in
-several size bands). A finding lists its members under one flagged cluster: the strongest spectral cluster in it, or a new
-cluster id when it holds no spectral cluster. Samples of unflagged clusters that carry a flagged spectral
-cluster's region pattern join it as before (``carriers``). This module imports no torch.
+A shortcut can come out of several kinds of flagged group at once: spectral clusters, one per place a logo
+sits, each flagged on its own region; patterns found anywhere (``spray.flag.patterns``), one per size band
+of a logo, flagged on their carriers wherever they have it; and a pattern's carriers measured at one place
+(a frame found by one of its corners). ``form_findings`` links two flagged groups when their carriers
+overlap by at least ``OVERLAP`` of the smaller group, when their prototypes (their members' mean pattern)
+match with normalised cross-correlation of grey levels >= ``SAME_PATTERN`` over shifts, or when each
+matches the other's carriers with median NCC >= ``CROSS_MATCH``; each chain of links is one finding. Where
+several of its groups measured the same place, a sample joins when the strongest of them or two of them
+carry it (``_voted``). A finding lists its members under one flagged cluster: the strongest spectral
+cluster in it, or a new cluster id when it holds no spectral cluster. This module imports no torch.
 """
 
 from __future__ import annotations

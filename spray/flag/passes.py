@@ -24,9 +24,6 @@ PixelBatches = Callable[[], Iterable[np.ndarray]]
 """Called once per pass over a class: yields its images in order as (n, H, W, C) float32 batches in [0, 1]."""
 
 
-MASK_MARGIN = 0.25  # necessity masks a moving pattern's window widened by this share of its side, each side
-
-
 def array_batches(pixels: np.ndarray, batch_size: int = 256) -> PixelBatches:
     """PixelBatches over an (N, H, W, C) array already in memory (small classes, tests)."""
     return lambda: (pixels[start : start + batch_size] for start in range(0, len(pixels), batch_size))
@@ -201,22 +198,16 @@ def _shape_match(patterns: np.ndarray, mean_pattern: np.ndarray, channels: int) 
 
 
 def _filled(pixels: np.ndarray, replacement: np.ndarray, plan: ClusterPlan, index: np.ndarray) -> np.ndarray:
-    """The images with their pattern replaced: a cluster's region, or each sample's own pattern window
-    widened by ``MASK_MARGIN`` of its side on every side (all of it, not only the template's pixels).
-
-    A copy matched at the nearest of the search's scales can be larger than its window, and the template
-    leaves out the pixels where copies of different sizes differ, which is the pattern's own outline: a mask
-    of the template alone would leave the outline for the model to read."""
+    """The images with each one's own pattern window (its template pixels) replaced."""
     masked = pixels.copy()
     if not plan.anywhere:
         masked[:, plan.mask, :] = replacement[:, plan.mask, :]
         return masked
     for row, sample in enumerate(index):
         top, left, height, width = plan.windows.box(int(sample))
-        margin_y, margin_x = round(MASK_MARGIN * height), round(MASK_MARGIN * width)
-        rows = slice(max(0, top - margin_y), top + height + margin_y)
-        cols = slice(max(0, left - margin_x), left + width + margin_x)
-        masked[row, rows, cols] = replacement[row, rows, cols]
+        inside = window_mask(plan, (top, left, height, width))
+        window = masked[row, top : top + height, left : left + width]
+        window[inside] = replacement[row, top : top + height, left : left + width][inside]
     return masked
 
 

@@ -34,7 +34,7 @@ from spray.flag.findings import (
     Finding,
     Joined,
 )
-from spray.flag.passes import MASK_MARGIN, PixelBatches
+from spray.flag.passes import PixelBatches
 from spray.flag.patterns import (
     HOTSPOT_SIDE,
     MATCH,
@@ -75,7 +75,7 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
                   CARRIER_SPREAD, MIN_OVERLAP,
                   HOTSPOT_SIDE, SCALES, MATCH,
                   MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD,
-                  MAX_GROWN_AREA, MASK_MARGIN)
+                  MAX_GROWN_AREA)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
                      recipients_token)
 
