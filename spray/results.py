@@ -79,7 +79,7 @@ class FindingResult(Judged):
     cluster: int  # the flagged cluster its members are listed under
     members: list[str]  # sample ids
     clusters: dict[int, int]  # spectral cluster -> members it gave
-    groups: list[int]  # flagged groups merged into it: spectral cluster ids, -1, -2, ... for patterns found anywhere
+    groups: list[int]  # flagged groups merged into it: spectral cluster ids, -1, -2, ... for patterns found anywhere, -101, -102, ... for their carriers at one place
     anywhere: bool  # found at each member's own place (a pattern that moves), not at one place
     evidence: Evidence  # of the strongest group
     prototype: np.ndarray  # (h, w, C) float32 in [0, 1]: the members' mean pattern

@@ -130,6 +130,69 @@ def test_a_thin_frame_seen_on_one_edge_is_found_whole():
     assert rest.size == 2 and not rest.flagged and "do not carry its pattern" in rest.evidence.not_scored
 
 
+def test_a_frame_that_no_spectral_cluster_holds_is_found_through_its_pattern_carriers():
+    # spectral labels ignore the frame, and the maps see only one corner of it: the corner is a pattern found
+    # anywhere, and its carriers measured at one place grow the region along the whole frame
+    pixels, maps, _labels, recipients = _framed_class()
+    maps[:18, 0, :] -= 1.0
+    maps[:18, :2, :2] += 1.0
+    labels = np.random.default_rng(1).integers(0, 3, len(pixels))
+    planted = np.arange(len(pixels)) < 18
+    scored, joined = _findings(_FrameReader(), pixels, maps, labels, recipients)
+    assert not any(s.flagged for s in scored if s.id >= 0)
+    in_place = [s for s in scored if s.id <= -101 and s.flagged]
+    assert in_place and tuple(in_place[0].windows.box(0)) == (0, 0, 32, 32)
+    (finding,) = joined.findings
+    precision, recall = _precision_recall(joined.labels == finding.cluster, planted)
+    assert precision >= 0.9 and recall >= 0.9
+
+
+def test_members_that_agree_over_most_of_the_image_are_crops_of_one_scene_not_a_grown_region():
+    from spray.flag.plan import MAX_GROWN_AREA, ClusterPlan, Windows, grow_region
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0, 1, (32, 32)).astype(np.float32)
+    grey = rng.uniform(0, 1, (40, 32, 32)).astype(np.float32)
+    members = np.arange(40) < 20
+    grey[members] = scene + rng.normal(0, 0.01, (20, 32, 32))  # one scene, everywhere alike
+    mask = np.zeros((32, 32), bool)
+    mask[14:18, 14:18] = True
+    plan = ClusterPlan(0, members, mask, mask, (np.zeros(0, int), np.zeros(0, int)),
+                       Windows.fixed(40, 14, 14, 4, 4), mask[14:18, 14:18])
+    assert grow_region(plan, grey) is plan  # growing would cover more than MAX_GROWN_AREA of the image
+    grey[members] = rng.uniform(0, 1, (20, 32, 32))
+    grey[members, :12, :12] = scene[:12, :12]  # agreeing on a patch only: that patch is grown over
+    corner = np.zeros((32, 32), bool)
+    corner[2:6, 2:6] = True
+    grown = grow_region(ClusterPlan(0, members, corner, corner, plan.donors, Windows.fixed(40, 2, 2, 4, 4),
+                                    corner[2:6, 2:6]), grey)
+    assert grown.mask[:12, :12].all() and grown.mask.mean() <= MAX_GROWN_AREA
+
+
+def test_at_one_place_a_sample_joins_when_the_strongest_group_or_two_groups_carry_it():
+    from spray.flag.plan import Windows
+
+    labels = np.repeat([0, 1, 2], 10)
+    strong, loose = labels == 0, labels < 2
+    frame = Windows.fixed(30, 0, 0, 32, 32)
+    corner = Windows.fixed(30, 0, 0, 8, 8)
+
+    def at(cluster_id: int, score: float, members: np.ndarray, windows: Windows) -> ClusterEvidence:
+        evidence = Evidence(score=score, flagged=True, consistency=Line("consistency", 0.95, 0.9),
+                            weakest="consistency")
+        return ClusterEvidence(cluster_id, int(members.sum()), evidence, None, members=members, windows=windows)
+
+    (finding,) = form_findings(labels, [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, frame)]).findings
+    assert finding.size == 10 and finding.groups == (-101, -102)  # cluster 1 is carried by the weaker only
+    two = labels < 2
+    two[10:15] = False
+    groups = [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, frame), at(-103, 1.0, two, frame)]
+    (finding,) = form_findings(labels, groups).findings
+    assert finding.size == 15  # five of cluster 1 are carried by two groups
+    (finding,) = form_findings(labels, [at(-101, 1.3, strong, frame), at(-102, 1.1, loose, corner)]).findings
+    assert finding.size == 20  # another place: all its carriers join
+
+
 def _flagged(cluster_id: int, score: float, members: np.ndarray | None = None) -> ClusterEvidence:
     line = Line("consistency", 0.95 * score, 0.9)
     evidence = Evidence(score=score, flagged=True, consistency=line, weakest="consistency")

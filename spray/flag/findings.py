@@ -1,14 +1,15 @@
-"""One shortcut, one finding: flagged groups that share their carriers become one finding.
+"""One shortcut, one finding: flagged groups that show one pattern become one finding.
 
-A shortcut that moves (a logo in a random corner) can come out of the two kinds of flagged group at once:
-several spectral clusters, one per place, each flagged on its own region; and a pattern found anywhere
-(``spray.flag.patterns``), flagged on its carriers wherever they have it. ``form_findings`` merges flagged
-groups whose members overlap by at least ``OVERLAP`` of the smaller group into one finding, strongest score
-first, and so are flagged groups whose prototypes (their members' mean pattern) match with normalised
-cross-correlation of grey levels >= ``spray.flag.patterns.MATCH`` once resized to the same size (one logo in
-several size bands). A finding lists its members under one flagged cluster: the strongest spectral cluster in it, or a new
-cluster id when it holds no spectral cluster. Samples of unflagged clusters that carry a flagged spectral
-cluster's region pattern join it as before (``carriers``). This module imports no torch.
+A shortcut can come out of several kinds of flagged group at once: spectral clusters, one per place a logo
+sits, each flagged on its own region; patterns found anywhere (``spray.flag.patterns``), one per size band
+of a logo, flagged on their carriers wherever they have it; and a pattern's carriers measured at one place
+(a frame found by one of its corners). ``form_findings`` links two flagged groups when their carriers
+overlap by at least ``OVERLAP`` of the smaller group, when their prototypes (their members' mean pattern)
+match with normalised cross-correlation of grey levels >= ``SAME_PATTERN`` over shifts, or when each
+matches the other's carriers with median NCC >= ``CROSS_MATCH``; each chain of links is one finding. Where
+several of its groups measured the same place, a sample joins when the strongest of them or two of them
+carry it (``_voted``). A finding lists its members under one flagged cluster: the strongest spectral
+cluster in it, or a new cluster id when it holds no spectral cluster. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ClusterEvidence(Judged):
     # what ``carriers`` decides from. None when the group was not scored.
     distance_to_members: np.ndarray | None = field(default=None, repr=False)
     distance_to_rest: np.ndarray | None = field(default=None, repr=False)
-    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool, patterns found anywhere
+    members: np.ndarray | None = field(default=None, repr=False)  # (N,) bool: patterns and their carriers at one place (id < 0)
     windows: Windows | None = field(default=None, repr=False)  # (N,) each sample's pattern window
     prototype: np.ndarray | None = field(default=None, repr=False)  # (h0, w0, C) the members' mean pattern
     anywhere: bool = False  # a pattern found at each sample's own place, not at one place
@@ -54,7 +55,8 @@ class Finding(Judged):
     """One shortcut: the samples that carry one pattern, wherever it sits, listed under flagged ``cluster``.
 
     ``clusters`` maps each spectral cluster its members came from to how many; ``groups`` are the flagged
-    groups merged into it (spectral cluster ids, and -1, -2, ... for patterns found anywhere); ``evidence``
+    groups merged into it (spectral cluster ids, -1, -2, ... for patterns found anywhere, -101, -102, ... for their carriers
+    at one place); ``evidence``
     is the strongest group's. ``prototype`` (h, w, C) float32 in [0, 1] is that group's members' mean
     pattern; ``windows`` (size, 4) int: each member's top, left, height, width in image pixels, where known
     (a spectral cluster's region is the same window in every member).
@@ -88,7 +90,7 @@ def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray
     Spectral clustering groups samples by *where the model looks*: a few samples that carry the artifact can
     land in other clusters when the model also reads their object well, and a few that do not can land in
     the flagged one. The finding takes the carriers, wherever the spectral clustering put them."""
-    own = cluster_labels == cluster.id
+    own = cluster.members if cluster.members is not None else cluster_labels == cluster.id
     to_members, to_rest = cluster.distance_to_members, cluster.distance_to_rest
     if to_members is None or to_rest is None:
         return own
@@ -100,7 +102,7 @@ def carriers(cluster: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray
 
 
 def _group_members(group: ClusterEvidence, cluster_labels: np.ndarray) -> np.ndarray:
-    return group.members.copy() if group.members is not None else carriers(group, cluster_labels)
+    return group.members.copy() if group.anywhere and group.members is not None else carriers(group, cluster_labels)
 
 
 def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> Joined:
@@ -113,18 +115,10 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
     the members of a flagged spectral cluster that do not carry its pattern become a cluster of their own,
     not scored, and so do the non-carriers of a flagged cluster merged into another finding.
     """
-    merged: list[tuple[list[ClusterEvidence], np.ndarray]] = []
-    for group in sorted((s for s in scored if s.flagged), key=lambda s: -s.score):
-        members = _group_members(group, cluster_labels)
-        home = next((m for m in merged if (m[1] & members).sum() >= OVERLAP * min(m[1].sum(), members.sum())
-                     or same_pattern(m[0][0].prototype, group.prototype)
-                     or any(_cross_match(other, group) for other in m[0])), None)
-        if home is None:
-            merged.append(([group], members))
-        else:
-            home[0].append(group)
-            home[1][:] |= members
-    merged = [(groups, _carrying(groups, members)) for groups, members in merged]
+    flagged = sorted((s for s in scored if s.flagged), key=lambda s: -s.score)
+    carried = [_group_members(group, cluster_labels) for group in flagged]
+    found = [([flagged[i] for i in part], [carried[i] for i in part]) for part in _one_shortcut(flagged, carried)]
+    merged = [(groups, _carrying(groups, _voted(groups, carried))) for groups, carried in found]
     labels, taken = cluster_labels.copy(), np.zeros(len(cluster_labels), bool)
     next_id = int(cluster_labels.max()) + 1 if len(cluster_labels) else 0
     findings, homes = [], {}
@@ -145,10 +139,64 @@ def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
     must match that pattern too (best NCC >= ``CROSS_MATCH`` with one of its patterns), so that a
     region's looser pixel rule does not add samples that lack the pattern."""
     scores = [g.match_score for g in groups if g.match_score is not None]
-    carried = [g.members for g in groups if g.members is not None]
+    carried = [g.members for g in groups if g.anywhere and g.members is not None]
     if not scores or not carried:
         return members
     return np.any(carried, axis=0) | (members & (np.max(scores, axis=0) >= CROSS_MATCH))
+
+
+def _one_shortcut(flagged: list[ClusterEvidence], carried: list[np.ndarray]) -> list[list[int]]:
+    """The flagged groups (strongest first) partitioned into shortcuts, each part strongest first: two groups
+    are one shortcut when their carriers overlap by ``OVERLAP`` of the smaller, when their prototypes are
+    ``same_pattern`` or when they match each other's carriers (``_cross_match``), and so is everything
+    linked through a chain of such pairs (one logo in three size bands, the middle band matching both)."""
+    part = list(range(len(flagged)))
+
+    def root(i: int) -> int:
+        while part[i] != i:
+            i = part[i]
+        return i
+
+    for j in range(len(flagged)):
+        for i in range(j):
+            if root(i) == root(j):
+                continue
+            shared = (carried[i] & carried[j]).sum()
+            if (shared >= OVERLAP * min(carried[i].sum(), carried[j].sum())
+                    or same_pattern(flagged[i].prototype, flagged[j].prototype)
+                    or _cross_match(flagged[i], flagged[j])):
+                part[root(j)] = root(i)
+    roots = [root(i) for i in range(len(flagged))]
+    return [[i for i in range(len(flagged)) if roots[i] == r] for r in dict.fromkeys(roots)]
+
+
+def _voted(groups: list[ClusterEvidence], carried: list[np.ndarray]) -> np.ndarray:
+    """(N,) bool: a finding's members from its groups (strongest first) and each group's carriers.
+
+    Where several groups measured the same place (``_same_place``), a sample joins when the strongest of them
+    carries it or when two of them do: a weaker group's carrier test weighs its members' mean pattern, which
+    members without the pattern blur (a pattern's looser matches, a spectral cluster's strays), so its
+    carriers alone are not enough there. A group at a place of its own brings all its carriers."""
+    members = np.zeros_like(carried[0])
+    for i, group in enumerate(groups):
+        place = [j for j, other in enumerate(groups) if j != i and _same_place(other, group)]
+        if not any(j < i for j in place):
+            members |= carried[i]
+        else:
+            members |= carried[i] & np.any([carried[j] for j in place], axis=0)
+    return members
+
+
+def _same_place(a: ClusterEvidence, b: ClusterEvidence) -> bool:
+    """Whether two groups measured at one place each measured the same place: their windows' boxes overlap
+    by at least ``OVERLAP`` of their union."""
+    if a.anywhere or b.anywhere or a.windows is None or b.windows is None or not len(a.windows):
+        return False
+    (top_a, left_a, h_a, w_a), (top_b, left_b, h_b, w_b) = a.windows.box(0), b.windows.box(0)
+    rows = max(0, min(top_a + h_a, top_b + h_b) - max(top_a, top_b))
+    cols = max(0, min(left_a + w_a, left_b + w_b) - max(left_a, left_b))
+    shared = rows * cols
+    return shared >= OVERLAP * (h_a * w_a + h_b * w_b - shared)
 
 
 def _cross_match(a: ClusterEvidence, b: ClusterEvidence) -> bool:

@@ -17,6 +17,10 @@ REGION_MASS = 0.5  # share of the positive mean-map difference the region must h
 # the region: a frame, a line or a plate drawn the same way in every member grows to its whole extent.
 GROW_SPREAD = 0.32
 MIN_SPREAD = 0.01  # pixels that hardly vary in the rest of the class either (a flat background) never join
+# A grown region covering more than this share of the image is not kept (the ungrown region is measured
+# instead): an artifact is drawn onto a part of the image, while members agreeing almost everywhere are crops
+# of one scene, and masking or transplanting most of an image tests the scene, not something added to it.
+MAX_GROWN_AREA = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class ClusterPlan:
     at ``places``: random positions, as fractions of the room left in the recipient.
     """
 
-    cluster: int  # the spectral cluster's id; a pattern found anywhere: -1, -2, ...
+    cluster: int  # the spectral cluster's id; a pattern found anywhere: -1, -2, ...; its carriers at one place: -101, ...
     members: np.ndarray  # (N,) bool
     region: np.ndarray | None  # (h, w) bool, preprocessing resolution; None for a pattern found anywhere
     mask: np.ndarray  # (H, W) bool, image resolution: where the pattern is in the image (a pattern's seed)
@@ -150,7 +154,8 @@ def grow_region(plan: ClusterPlan, grey: np.ndarray) -> ClusterPlan:
     pixel joins when the members' median absolute deviation there is at most ``GROW_SPREAD`` of the rest's
     (medians: a few members without the pattern do not stop it) and the rest varies at all
     (``MIN_SPREAD``). The grown pixels are scaled back to the image; the preprocessing-resolution ``region``
-    (what the report outlines) is kept.
+    (what the report outlines) is kept. A region that would grow over more than ``MAX_GROWN_AREA`` of the
+    image is not grown.
     """
     from scipy import ndimage
 
@@ -165,6 +170,8 @@ def grow_region(plan: ClusterPlan, grey: np.ndarray) -> ClusterPlan:
     pieces, _ = ndimage.label(consistent | seed, structure=np.ones((3, 3), bool))
     touching = np.unique(pieces[seed])
     grown = plan.mask | resize_mask(np.isin(pieces, touching[touching > 0]), size)
+    if grown.mean() > MAX_GROWN_AREA:
+        return plan
     rows, cols = np.flatnonzero(grown.any(1)), np.flatnonzero(grown.any(0))
     top, left = int(rows[0]), int(cols[0])
     height, width = int(rows[-1]) + 1 - top, int(cols[-1]) + 1 - left

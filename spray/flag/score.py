@@ -3,6 +3,8 @@ weigh)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -12,6 +14,8 @@ from spray.flag.findings import ClusterEvidence
 from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, scan, second_pass
 from spray.flag.patterns import plan_patterns
 from spray.flag.plan import ClusterPlan, Windows, grow_region, plan_clusters
+
+IN_PLACE = -101  # ids of patterns' carriers measured at one place: -101, -102, ...
 
 
 def score_clusters(
@@ -26,7 +30,8 @@ def score_clusters(
     device: torch.device | str = "cpu",
 ) -> list[ClusterEvidence]:
     """Evidence, score and flag for every cluster of one class, by cluster id, then for every pattern found
-    anywhere in it (ids -1, -2, ...: ``spray.flag.patterns``).
+    anywhere in it (ids -1, -2, ...: ``spray.flag.patterns``), then for every pattern's carriers as a group at one
+    place (ids -101, -102, ...: ``IN_PLACE``).
 
     batches: the class's images, streamed twice (see ``PixelBatches``), so memory holds a batch and a few
     (N,) arrays per cluster, never the class; maps: (N, h, w) preprocessed relevance; cluster_labels: (N,)
@@ -44,7 +49,8 @@ def score_clusters(
     searched = scan(batches, n, size)
     grey = searched.searched[:, 0].numpy()
     plans = [grow_region(plan, grey) for plan in plans]
-    plans += plan_patterns(searched, maps, len(recipients), config)
+    patterns = plan_patterns(searched, maps, len(recipients), config)
+    plans += patterns + [grow_region(plan, grey) for plan in _in_place(patterns, maps, size, config)]
     first = first_pass(plans, batches, scorer, recipients, n, (*size, image.channels))
     scale = float(np.median(np.abs(first.logits))) or 1.0
     baseline = scorer(recipients) if len(recipients) else None
@@ -56,9 +62,25 @@ def score_clusters(
         measured = measure(plan, first.logits, pasted, tally, absolute, scale, baseline, image.channels >= 3)
         results[plan.cluster] = ClusterEvidence(
             plan.cluster, int(plan.members.sum()), weigh(measured, config.threshold), plan.region,
-            tally.to_members, tally.to_rest, plan.members if plan.anywhere else None, plan.windows,
+            tally.to_members, tally.to_rest, plan.members if plan.cluster < 0 else None, plan.windows,
             _prototype(prototype, plan.template, image.channels), plan.anywhere, plan.match_score)
     return [results[cluster] for cluster in sorted(results, key=lambda c: (c < 0, abs(c)))]
+
+
+def _in_place(patterns: list[ClusterPlan], maps: np.ndarray, size: tuple[int, int],
+              config: FlaggingConfig) -> list[ClusterPlan]:
+    """Each pattern's carriers once more, as a group at one place: the distinctive region of their maps,
+    grown at image resolution. A pattern found anywhere is measured at each carrier's best-matching window,
+    a piece of the pattern's size; a thin frame around the whole image is found by its corners or sides, and
+    masking or transplanting one corner of a frame tests too little of it."""
+    from spray.flag.plan import plan_clusters
+
+    out = []
+    for number, pattern in enumerate(patterns):
+        labels = pattern.members.astype(np.int64)
+        plans, _ = plan_clusters(maps, labels, len(pattern.donors[0]), size, config)
+        out += [replace(plan, cluster=IN_PLACE - number) for plan in plans if plan.cluster == 1]
+    return out
 
 
 def _prototype(pattern: np.ndarray, template: np.ndarray, channels: int) -> np.ndarray:

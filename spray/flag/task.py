@@ -45,10 +45,10 @@ from spray.flag.patterns import (
     SCALES,
     SEARCH_SIDE,
 )
-from spray.flag.plan import GROW_SPREAD, MIN_SPREAD, REGION_MASS
+from spray.flag.plan import GROW_SPREAD, MAX_GROWN_AREA, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
 
-STORE_VERSION = 5
+STORE_VERSION = 7
 """Revision of what a flag entry stores; bump it when that changes within a release."""
 
 
@@ -74,7 +74,8 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
     thresholds = (CONSISTENCY, NECESSITY, SUFFICIENCY, REGION_MASS, OVERLAP, SAME_PATTERN, CROSS_MATCH,
                   CARRIER_SPREAD, MIN_OVERLAP,
                   HOTSPOT_SIDE, SCALES, MATCH,
-                  MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD)
+                  MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD,
+                  MAX_GROWN_AREA)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
                      recipients_token)
 

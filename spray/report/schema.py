@@ -62,7 +62,8 @@ class Finding(_Open):
     size: int = Field(description="number of members")
     clusters: dict[str, int] = Field(description="spectral cluster id -> members it gave the finding")
     groups: list[int] = Field(description="flagged groups merged into the finding: spectral cluster ids, and -1, "
-                                          "-2, ... for patterns found anywhere")
+                                          "-2, ... for patterns found anywhere, -101, -102, ... for their carriers "
+                                          "measured at one place")
     anywhere: bool = Field(description="found at each member's own place (a pattern that moves), not at one place")
     position_spread: float | None = Field(description="mean distance of the members' pattern windows from their "
                                                       "mean position, as a share of the image diagonal")
