@@ -35,11 +35,15 @@ by normalised cross-correlation over positions and scales. A pattern's carriers 
 cluster, each at its own window: consistency of their windows' pixels (in colour, or in grey-level shape, so
 that a logo drawn in other colours stays one pattern), necessity by masking each carrier's own window,
 sufficiency by pasting carriers' windows at random places into other classes' images against windows of the
-rest of the class pasted at the same places.
+rest of the class pasted at the same places. Each pattern's carriers are also measured as a group at one
+place, with their own grown distinctive region: the search sees a frame as one of its corners, its carriers'
+region is the whole frame. A region that would grow over more than half of the image is not grown
+(``plan.MAX_GROWN_AREA``: members agreeing almost everywhere are crops of one scene).
 
-One shortcut, one finding. Flagged groups (clusters and patterns) that share their carriers are merged into
-one finding, listed under one flagged cluster with the spectral clusters its members came from
-(``spray.flag.findings``); samples of other clusters that carry a flagged cluster's region pattern join it.
+One shortcut, one finding. Flagged groups (clusters and patterns) that share their carriers or show one
+pattern are merged into one finding, listed under one flagged cluster with the spectral clusters its members
+came from (``spray.flag.findings``); samples of other clusters that carry a flagged cluster's region pattern
+join it.
 
 The thresholds were set from measurements on planted-artifact digit models (``benchmarks/planted_artifacts.py``:
 watermark, tag, stripe, frame; 15-35 % of one class; any corner; with and without BatchNorm): planted clusters
