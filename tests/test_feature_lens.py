@@ -9,20 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from audit_cases import tiny_config, write_config
+from audit_cases import audit_demo_case, tiny_config, write_config
 from scipy.ndimage import binary_dilation
 from torch import nn
 
 from spray.analysis.features import check_layer, leaf_layers
 from spray.cli import main
 from spray.config import config_from_dict
-from spray.demo import artifact_mask, load_demo, prepare_demo
+from spray.demo import artifact_mask
 from spray.errors import EXIT_MODEL, ConfigError, ModelError
 from spray.lrp import LRP
-from spray.pipeline import run_audit
 from spray.report.schema import validate_summary
 
 
@@ -103,26 +101,11 @@ def test_validate_names_a_layer_the_model_does_not_have(tiny_case, capsys):
 
 @pytest.mark.e2e
 def test_a_planted_artifact_separates_in_feature_space_and_its_explanation_lands_on_it(tmp_path):
-    demo = {"directory": str(tmp_path / "case"), "artifact": "tag", "position": "top-left", "target_class": 7,
-            "fraction": 0.2, "seed": 11, "variants": 1, "epochs": 4}  # a smaller, faster case than the demo's
-    raw = {
-        "demo": demo,
-        "model": {"factory": "spray.demo:build_model", "weights": str(tmp_path / "case" / "model.pt")},
-        "data": {"manifest": str(tmp_path / "case" / "images" / "manifest.csv"),
-                 "image": {"mode": "L", "size": [32, 32]}},
-        "audit": {"classes": [7]},
-        "attribution": {"batch_size": 256},
-        # the last convolution block's pooled output (64 x 4 x 4): where the network still knows where
-        "analysis": {"space": "features", "layer": "8"},
-        "embedding": {"methods": []},
-        "cache": {"directory": str(tmp_path / "cache")},
-        "output": str(tmp_path / "report"),
-    }
-    demo_config, config = load_demo(raw, base_dir=tmp_path)
-    prepare_demo(demo_config)
-    outcome = run_audit(config, progress=False)
+    demo = {"artifact": "tag", "position": "top-left", "target_class": 7, "fraction": 0.2, "seed": 11,
+            "variants": 1, "epochs": 4}  # a smaller, faster case than the demo's
+    # the last convolution block's pooled output (64 x 4 x 4): where the network still knows where
+    outcome, manifest = audit_demo_case(tmp_path, demo, [7], analysis={"space": "features", "layer": "8"})
     assert outcome.stages["features"] == {"computed": 1, "cached": 0} == outcome.stages["lens"]
-    manifest = pd.read_csv(tmp_path / "case" / "images" / "manifest.csv")
     planted = set(manifest.loc[manifest.artifact == 1, "path"])
     (result,) = outcome.classes
     spectral = {c.id: set(np.asarray(result.ids)[np.asarray(result.cluster_labels) == c.id]) for c in result.clusters}

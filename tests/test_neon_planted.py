@@ -9,41 +9,26 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from audit_cases import audit_demo_case
 from scipy.ndimage import binary_dilation
 
-from spray.demo import artifact_mask, load_demo, prepare_demo
-from spray.pipeline import run_audit
+from spray.config import FlaggingConfig
+from spray.demo import artifact_mask
 
 
 @pytest.mark.e2e
 def test_the_flagged_clusters_membership_map_lands_on_the_planted_watermark(tmp_path: Path) -> None:
-    demo = {"directory": str(tmp_path / "case"), "artifact": "watermark", "position": "bottom-right",
-            "target_class": 3, "fraction": 0.25, "seed": 0, "variants": 1, "epochs": 4}
-    raw = {
-        "demo": demo,
-        "model": {"factory": "spray.demo:build_model", "weights": str(tmp_path / "case" / "model.pt")},
-        "data": {"manifest": str(tmp_path / "case" / "images" / "manifest.csv"),
-                 "image": {"mode": "L", "size": [32, 32]}},
-        "audit": {"classes": [3]},
-        "attribution": {"batch_size": 256},
-        "embedding": {"methods": []},
-        "evaluation": {"enabled": False},
-        "cache": {"directory": str(tmp_path / "cache")},
-        "output": str(tmp_path / "report"),
-    }
-    demo_config, config = load_demo(raw, base_dir=tmp_path)
-    prepare_demo(demo_config)
-    outcome = run_audit(config, progress=False)
-    manifest = pd.read_csv(tmp_path / "case" / "images" / "manifest.csv")
+    demo = {"artifact": "watermark", "position": "bottom-right", "target_class": 3, "fraction": 0.25, "seed": 0,
+            "variants": 1, "epochs": 4}
+    outcome, manifest = audit_demo_case(tmp_path, demo, [3], evaluation={"enabled": False})
     planted = set(manifest.loc[manifest.artifact == 1, "path"])
     (result,) = outcome.classes
     (flagged,) = [c for c in result.clusters if c.flagged]
     assert len(set(flagged.members) & planted) >= 0.9 * len(flagged.members)
     # explained against a cluster big enough to be scored, not against a few samples left over
     sizes = {c.id: c.size for c in result.clusters}
-    assert flagged.neon is not None and sizes[flagged.neon.competitor] >= config.flagging.min_cluster_size
+    assert flagged.neon is not None and sizes[flagged.neon.competitor] >= FlaggingConfig().min_cluster_size
     positive = np.clip(flagged.neon.mean_map, 0, None)
     near = binary_dilation(artifact_mask("watermark", "bottom-right"), iterations=2)  # and 2 pixels around it
     assert positive[near].sum() / positive.sum() > 0.5 > near.mean() * 5
