@@ -72,9 +72,8 @@ def _in_place(patterns: list[ClusterPlan], maps: np.ndarray, size: tuple[int, in
     """Each pattern's carriers once more, as a group at one place: the distinctive region of their maps,
     grown at image resolution. A pattern found anywhere is measured at each carrier's best-matching window,
     a piece of the pattern's size; a thin frame around the whole image is found by its corners or sides, and
-    masking or transplanting one corner of a frame tests too little of it."""
-    from spray.flag.plan import plan_clusters
-
+    masking or transplanting one corner of a frame tests too little of it. Planned as the two clusters
+    "carriers" (1) and "the rest" (0), so that the carriers' donors are drawn as for any cluster."""
     out = []
     for number, pattern in enumerate(patterns):
         labels = pattern.members.astype(np.int64)
