@@ -16,6 +16,7 @@ from spray.data import Dataset, Sample, read_pixels
 from spray.faithfulness import read_evaluated
 from spray.flag import ClusterEvidence, Finding, read_flagged
 from spray.flag.findings import same_pattern
+from spray.flag.plan import resize_mask
 from spray.neon import ClusterMembership, cluster_memberships, positive_share_in_region
 from spray.results import (
     ClassFaithfulness,
@@ -83,11 +84,17 @@ def assemble_class(config: SprayConfig, dataset: Dataset, index: int, samples: l
 
 
 def finding_result(finding: Finding, ids: list[str], labels: np.ndarray, image: ImageConfig) -> FindingResult:
-    """A stored finding with its members' ids, where its windows lie (coverage) and how far they spread."""
+    """A stored finding with its members' ids, where its pattern lies (coverage: the prototype's pixels, a
+    frame as a frame, placed in each member's window) and how far the windows spread."""
     height, width = int(image.size[0]), int(image.size[1])
     coverage = np.zeros((height, width), np.float32)
+    prototype = np.asarray(finding.prototype)
+    pattern = np.isfinite(prototype).all(-1) if prototype.size else np.ones((1, 1), bool)
+    if not pattern.any():
+        pattern = np.ones_like(pattern)
     for top, left, h, w in finding.windows:
-        coverage[top : top + h, left : left + w] += 1
+        window = coverage[top : top + h, left : left + w]
+        window += resize_mask(pattern, (h, w))[: window.shape[0], : window.shape[1]]
     windows = finding.windows.astype(np.float64)
     spread = 0.0
     if len(windows):

@@ -83,7 +83,7 @@ class FindingResult(Judged):
     anywhere: bool  # found at each member's own place (a pattern that moves), not at one place
     evidence: Evidence  # of the strongest group
     prototype: np.ndarray  # (h, w, C) float32 in [0, 1]: the members' mean pattern
-    coverage: np.ndarray  # (H, W) float32 in [0, 1]: share of the members whose pattern window covers each pixel
+    coverage: np.ndarray  # (H, W) float32 in [0, 1]: share of the members whose pattern (in its window) covers each pixel
     position_spread: float  # mean distance of the members' window centres from their mean / image diagonal
 
     @property

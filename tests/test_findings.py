@@ -247,6 +247,19 @@ def test_the_report_and_summary_list_each_finding_with_its_clusters_pattern_and_
     assert entry["members"] == list(flagged.members) and np.asarray(entry["prototype"]).shape == (7, 7, 3)
 
 
+def test_a_findings_coverage_shows_its_pattern_a_frame_as_a_frame():
+    from spray.assemble import finding_result
+    from spray.flag import Finding
+
+    frame = np.full((32, 32, 1), np.nan, np.float32)
+    frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = 0.9, 0.9, 0.9, 0.9  # NaN: outside the pattern
+    finding = Finding(cluster=0, size=3, clusters={0: 3}, groups=(0,), anywhere=False, evidence=Evidence(score=1.2),
+                      prototype=frame, windows=np.tile([0, 0, 32, 32], (3, 1)))
+    result = finding_result(finding, ["a", "b", "c"], np.zeros(3, int), IMAGE)
+    assert result.coverage[0].min() == 1.0 and result.coverage[:, -1].min() == 1.0
+    assert result.coverage[2:-2, 2:-2].max() == 0.0  # the window is the whole image, the pattern only its edge
+
+
 def _audit_planted(folder, case):
     """Build a generated case (spray.planted: photo crops, a trained model) and audit every class."""
     import pandas as pd
