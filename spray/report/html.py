@@ -207,6 +207,13 @@ def _finding_view(finding: FindingResult, result: ClassResult) -> dict[str, Any]
     """One finding: its prototype, where its members carry it, the clusters it gathers and its evidence."""
     prototype = images.to_rgb_uint8(finding.prototype) if finding.prototype.size else np.zeros((1, 1, 3), np.uint8)
     factor = max(1, 96 // max(prototype.shape[:2]))
+    outside = ~np.isfinite(finding.prototype).all(-1) if finding.prototype.size else np.zeros((1, 1), bool)
+    prototype = np.repeat(np.repeat(prototype, factor, 0), factor, 1)
+    rows, cols = np.indices(prototype.shape[:2])
+    checker = np.where(((rows // 4 + cols // 4) % 2)[..., None] == 0, 236, 250).astype(np.uint8)
+    # pixels outside the pattern (a frame's inside, a logo's background where copies differ) read as empty
+    outside = np.repeat(np.repeat(outside, factor, 0), factor, 1)
+    prototype[outside] = np.broadcast_to(checker, prototype.shape)[outside]
     origins = ", ".join(f"{count} from cluster {cluster}" for cluster, count in sorted(finding.clusters.items()))
     return {
         "cluster": int(finding.cluster),
@@ -218,7 +225,7 @@ def _finding_view(finding: FindingResult, result: ClassResult) -> dict[str, Any]
         "position_spread": finding.position_spread,
         "n_groups": len(finding.groups),
         "origins": origins,
-        "prototype": images.png_data_uri(np.repeat(np.repeat(prototype, factor, 0), factor, 1)),
+        "prototype": images.png_data_uri(prototype),
         "coverage": images.map_tile(finding.coverage, target=128),
         "evidence": evidence_rows(finding.evidence),
     }
