@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spray.demo import load_demo, prepare_demo
+from spray.demo import case_config, load_demo, prepare_demo
 from spray.pipeline import run_audit
 
 ARTIFACTS = ("watermark", "tag", "stripe", "frame")
@@ -28,18 +28,7 @@ POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
 def audit_case(folder: Path, demo: dict, classes: list[int] | None) -> dict:
-    raw = {
-        "demo": {"directory": str(folder / "case"), **demo},
-        "model": {"factory": "spray.demo:build_model", "kwargs": {"batchnorm": demo["batchnorm"]},
-                  "weights": str(folder / "case" / "model.pt")},
-        "data": {"manifest": str(folder / "case" / "images" / "manifest.csv"),
-                 "image": {"mode": "L", "size": [32, 32]}},
-        "audit": {"classes": classes},
-        "attribution": {"batch_size": 128},
-        "embedding": {"methods": []},
-        "cache": {"directory": str(folder / "cache")},
-        "output": str(folder / "report"),
-    }
+    raw = case_config(folder, demo, classes, attribution={"batch_size": 128})
     started = time.perf_counter()
     demo_config, config = load_demo(raw, base_dir=folder)
     prepare_demo(demo_config)  # the case is built before the audit, as `python -m spray run` does

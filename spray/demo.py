@@ -53,6 +53,25 @@ class DemoConfig(BaseModel):
     seed: int = Field(default=0, description="seed of the images and of training")
 
 
+def case_config(folder: Path, demo: dict[str, Any], classes: list[int] | None, **sections: Any) -> dict[str, Any]:
+    """The config mapping that builds a demo-style case (``demo``: ``DemoConfig``'s settings) in
+    ``folder / "case"`` and audits ``classes`` of it (None: every class), cache and report in ``folder``; each
+    of ``sections`` replaces that section. For ``load_demo``; tests and benchmarks plant their cases with it."""
+    case = folder / "case"
+    return {
+        "demo": {"directory": str(case), **demo},
+        "model": {"factory": "spray.demo:build_model", "kwargs": {"batchnorm": bool(demo.get("batchnorm", False))},
+                  "weights": str(case / "model.pt")},
+        "data": {"manifest": str(case / "images" / "manifest.csv"), "image": {"mode": "L", "size": [32, 32]}},
+        "audit": {"classes": classes},
+        "attribution": {"batch_size": 256},
+        "embedding": {"methods": []},
+        "cache": {"directory": str(folder / "cache")},
+        "output": str(folder / "report"),
+        **sections,
+    }
+
+
 def load_demo(raw: dict[str, Any], base_dir: Path, source: Path | None = None) -> tuple[DemoConfig | None, SprayConfig]:
     """Split a config mapping into its ``demo`` section (None without one) and the audit config.
 

@@ -79,21 +79,10 @@ def audit_demo_case(folder: Path, demo: dict[str, Any], classes: list[int], **se
     ``classes`` of it, with ``sections`` over the defaults; returns the run's outcome and the case's manifest."""
     import pandas as pd
 
-    from spray.demo import load_demo, prepare_demo
+    from spray.demo import case_config, load_demo, prepare_demo
     from spray.pipeline import run_audit
 
-    raw = {
-        "demo": {"directory": str(folder / "case"), **demo},
-        "model": {"factory": "spray.demo:build_model", "weights": str(folder / "case" / "model.pt")},
-        "data": {"manifest": str(folder / "case" / "images" / "manifest.csv"),
-                 "image": {"mode": "L", "size": [32, 32]}},
-        "audit": {"classes": classes},
-        "attribution": {"batch_size": 256},
-        "embedding": {"methods": []},
-        "cache": {"directory": str(folder / "cache")},
-        "output": str(folder / "report"),
-        **sections,
-    }
+    raw = case_config(folder, demo, classes, **sections)
     demo_config, config = load_demo(raw, base_dir=folder)
     prepare_demo(demo_config)  # the case is built before the audit, as `python -m spray run` does
     return run_audit(config, progress=False), pd.read_csv(folder / "case" / "images" / "manifest.csv")

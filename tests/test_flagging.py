@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from spray.config import FlaggingConfig, ImageConfig
-from spray.demo import load_demo, prepare_demo
+from spray.demo import case_config, load_demo, prepare_demo
 from spray.flag import array_batches, distinctive_region, form_findings, score_clusters
 from spray.pipeline import run_audit
 
@@ -120,17 +120,7 @@ def test_samples_carrying_the_flagged_pattern_join_the_flagged_cluster():
 
 def audit(folder: Path, classes: list[int] | None, **demo) -> tuple[dict[str, bool], set[str], list]:
     """Build and audit a planted case; return (planted per id, flagged ids of the target class, other flags)."""
-    raw = {
-        "demo": {"directory": str(folder / "case"), **demo},
-        "model": {"factory": "spray.demo:build_model", "kwargs": {"batchnorm": demo.get("batchnorm", False)},
-                  "weights": str(folder / "case" / "model.pt")},
-        "data": {"manifest": str(folder / "case" / "images" / "manifest.csv"), "image": {"mode": "L", "size": [32, 32]}},
-        "audit": {"classes": classes},
-        "attribution": {"batch_size": 256, "shard_size": 1024},
-        "embedding": {"methods": []},
-        "cache": {"directory": str(folder / "cache")},
-        "output": str(folder / "report"),
-    }
+    raw = case_config(folder, demo, classes, attribution={"batch_size": 256, "shard_size": 1024})
     demo_config, config = load_demo(raw, base_dir=folder)
     prepare_demo(demo_config)  # the case is built before the audit, as `python -m spray run` does
     outcome = run_audit(config, progress=False)
