@@ -89,8 +89,9 @@ def _stacked_empty(like: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _epsilon_quotient_in_place(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    shift = z.new_tensor(epsilon)
-    denominator = torch.where(z >= 0, shift, -shift).add_(z)  # z + eps sign(z), as in _stabilize
+    # z + eps sign(z) in two passes (spray.lrp.ops.stabilize: a negative zero is shifted down, which
+    # changes nothing, since such an output's numerators are all zero)
+    denominator = torch.copysign(z.new_tensor(epsilon), z).add_(z)
     if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
         return relevance / denominator  # broadcast or promoted: not writable in place
     return torch.div(relevance, denominator, out=denominator)

@@ -27,9 +27,12 @@ _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1``: the denominator of the epsilon rule.
 
-    Same convention as zennit's ``Stabilizer`` (zero entries are shifted up), so the numbers agree.
+    Same convention as zennit's ``Stabilizer`` (zero entries are shifted up), so the numbers agree. The sign
+    is taken with ``copysign`` (one pass, where ``torch.where`` on a comparison takes several), which shifts a
+    negative zero down instead of up; an output is ``-0.0`` only when every term of its sum is a (signed)
+    zero, so its numerators are zero and what it passes is zero either way.
     """
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    return torch.copysign(z.new_tensor(epsilon), z).add_(z)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -250,12 +253,14 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = epsilon_quotient(relevance, z, ctx.stabilizer)
-        grads: list[Tensor | None] = []
-        for index, summand in enumerate(summands):
-            if not ctx.needs_input_grad[index + 1]:
-                grads.append(None)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)  # a fresh tensor: the last share is written into it
+        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 1]]
+        grads: list[Tensor | None] = [None] * len(summands)
+        for index in wanted:
+            summand = summands[index].to(s.dtype)
+            if index == wanted[-1] and summand.shape == s.shape:
+                grads[index] = s.mul_(summand)
                 continue
-            share = summand.to(s.dtype) * s
-            grads.append(share.sum_to_size(summand.shape) if share.shape != summand.shape else share)
+            share = summand * s
+            grads[index] = share.sum_to_size(summand.shape) if share.shape != summand.shape else share
         return (None, *grads)
