@@ -78,12 +78,52 @@ def memory_format_of(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+class _Scratch(threading.local):
+    """Per-thread scratch memory for the stacked quotients on CPU: one flat buffer per dtype, grown to the
+    largest stack asked for. The stack of a layer is read only by that layer's transposed product, and the
+    backward pass of a CPU graph runs its nodes one after another on the calling thread, so one buffer
+    serves every layer. A fresh tensor of that size would be new memory from the operating system on
+    every layer (glibc maps allocations above 32 MB afresh), whose first touch costs a page fault per
+    4 KB page (docs/benchmarks.md)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+    def take(self, shape: list[int], dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        flat = self.buffers.get(dtype)
+        if flat is None or flat.numel() < numel:
+            flat = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+        if memory_format == torch.channels_last:
+            batch, channels, height, width = shape
+            return flat[:numel].view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return flat[:numel].view(shape)
+
+    def release(self) -> None:
+        self.buffers.clear()
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch memory (:class:`_Scratch`); the next backward pass allocates it again."""
+    _scratch.release()
+
+
 def _stacked_empty(like: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """An uninitialised tensor like ``like`` (and in its memory format) with twice its size along ``dim``,
-    and its two halves (views)."""
+    and its two halves (views). On CPU a view of this thread's scratch memory, valid until the next
+    call: the caller hands it to one transposed product and drops it."""
     shape = list(like.shape)
     shape[dim] *= 2
-    stack = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+    memory_format = memory_format_of(like)
+    if like.device.type == "cpu":
+        stack = _scratch.take(shape, like.dtype, memory_format)
+    else:
+        stack = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
     first, second = stack.chunk(2, dim=dim)
     return stack, first, second
 
