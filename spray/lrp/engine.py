@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from spray.lrp.composites import Composite, resolve_composite
 from spray.lrp.graph import build_lrp_graph
+from spray.lrp.ops import outputs_kept
 from spray.lrp.rules import Bound
 
 # Largest float32 error of the channels-last format that spray accepts, as a fraction of max|R| against a
@@ -157,7 +158,7 @@ class LRP:
         inputs = x.detach().to(self.dtype).contiguous(memory_format=memory_format)
         inputs.requires_grad_(relevance is not None)
         try:
-            with torch.set_grad_enabled(relevance is not None):
+            with torch.set_grad_enabled(relevance is not None), outputs_kept():
                 self._module(inputs)
         finally:
             handle.remove()

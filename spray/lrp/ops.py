@@ -10,7 +10,9 @@ concatenation, dropout in eval mode) keep their ordinary gradient, which routes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, overload
 
 import torch
@@ -192,17 +194,39 @@ class LinearRelevance(torch.autograd.Function):
         return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
 
 
+_in_place = threading.local()
+
+
+@contextlib.contextmanager
+def outputs_kept() -> Iterator[None]:
+    """Within (on this thread): no activation overwrites a layer's output in place, so that a hook on the
+    layer sees the output as the layer computed it (:meth:`spray.lrp.LRP.at_layer`)."""
+    previous = getattr(_in_place, "allowed", True)
+    _in_place.allowed = False
+    try:
+        yield
+    finally:
+        _in_place.allowed = previous
+
+
 class PassRelevance(torch.autograd.Function):
-    """Forward: ``fn(x)``. Backward: the output relevance unchanged (element-wise activations)."""
+    """Forward: ``fn(x)``, or ``in_place(x)`` (writing into ``x``) where the graph builder found that nothing
+    else reads ``x`` (a layer output whose rule keeps nothing of it). Backward: the output relevance
+    unchanged (element-wise activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor],
+                in_place: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        if in_place is not None and getattr(_in_place, "allowed", True):
+            # a fresh activation-sized tensor per layer would be new memory (and page faults) on CPU
+            ctx.mark_dirty(x)
+            return in_place(x)
         out = fn(x)
         return out.to(x.dtype) if out.dtype != x.dtype else out
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        return relevance, None
+        return relevance, None, None
 
 
 class NormRelevance(torch.autograd.Function):

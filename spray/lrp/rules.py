@@ -80,6 +80,11 @@ class LinearRule(Rule):
         z = layer.forward(a, layer.weight, layer.bias)
         return z, (z if self.needs_output else None)
 
+    def keeps_output(self, layer: LinearLayer) -> bool:
+        """Whether :meth:`forward` may hand its output ``z`` itself to the backward pass (then nothing may
+        overwrite ``z`` in place)."""
+        return self.needs_output
+
     def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -195,6 +200,9 @@ class AlphaBeta(LinearRule):
         shared = self._splits(layer) and not torch.is_autocast_enabled(a.device.type)
         return z, (z if shared else None)
 
+    def keeps_output(self, layer: LinearLayer) -> bool:
+        return self._splits(layer)
+
     def _shared_quotients(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
         """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``z`` and one product giving
         ``z+ + eps`` (alpha and -beta are folded into the stacked weights of the transposed product).
@@ -265,8 +273,7 @@ class AlphaBeta(LinearRule):
         forward, back, bias = layer.derived(("alpha_beta_mixed", alpha, beta), build)
         inputs = torch.cat([a_pos, a_neg], dim=dim)
         quotients = layer.forward(inputs, forward, bias)  # [z+; z-], overwritten with [s+; s-]
-        shift = quotients.new_tensor(self.stabilizer)
-        quotients.add_(torch.where(quotients >= 0, shift, -shift))  # stabilize(), in place
+        quotients.add_(torch.copysign(quotients.new_tensor(self.stabilizer), quotients))  # stabilize()
         for half in quotients.chunk(2, dim=dim):
             torch.div(relevance, half, out=half)
         for_pos, for_neg = layer.backward(quotients, inputs, back).chunk(2, dim=dim)
