@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from spray.lrp.composites import Composite, resolve_composite
+from spray.lrp.fused import release_scratch
 from spray.lrp.graph import build_lrp_graph
 from spray.lrp.ops import outputs_kept
 from spray.lrp.rules import Bound
@@ -128,7 +129,10 @@ class LRP:
                 raise ValueError(f"targets must lie in [0, {output.shape[1]}), got {targets.tolist()}")
             explained = output.gather(1, targets[:, None]).detach()
             seed = torch.zeros_like(output).scatter_(1, targets[:, None], explained)
-            (relevance,) = torch.autograd.grad(output, inputs, seed)
+            try:
+                (relevance,) = torch.autograd.grad(output, inputs, seed)
+            finally:
+                release_scratch()  # held only during the backward pass, not between calls
         logits = output.detach().to(self.dtype)
         relevance = relevance.detach().to(self.dtype).contiguous()
         self.conservation = conservation(relevance, logits, targets)
