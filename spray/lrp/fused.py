@@ -5,11 +5,11 @@ by a stabilised denominator, a choice by the sign of ``z``, a scaling). Each ste
 eager one (the default) writes every step in place into one output buffer, one pass over a layer-sized
 tensor per step and no fresh allocation per step; the functional one is what ``torch.compile`` (inductor)
 fuses into one loop when ``SPRAY_LRP_COMPILE=1`` is set or :func:`enable_compile` is called. Compiling costs
-tens of seconds once per process (less with inductor's on-disk cache) and measures no faster than the
+tens of seconds once per process (less with inductor's on-disk cache) and measures barely faster than the
 in-place steps on CPU (docs/benchmarks.md), so it is off by default. Shapes are compiled dynamically, so
 layers of every size share one kernel. Where compiling fails (no C++ compiler, an unsupported platform) the
 eager form is used from then on, with one warning; the numbers are the same either way up to float
-rounding (fused multiply-adds).
+rounding (fused multiply-adds) and the sign given to a negative zero (``spray.lrp.ops.stabilize``).
 """
 
 from __future__ import annotations
