@@ -173,7 +173,10 @@ class LRP:
         if relevance is None:
             return plain, None
         seed = relevance(plain).to(output.dtype)
-        (explained,) = torch.autograd.grad(output, inputs, seed)
+        try:
+            (explained,) = torch.autograd.grad(output, inputs, seed)
+        finally:
+            release_scratch()
         return plain, explained.detach().to(self.dtype).contiguous()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process
