@@ -408,8 +408,8 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
 
 def _activations_in_place(gm: fx.GraphModule) -> None:
     """Let a ReLU overwrite its input where that input is the output of a Conv/Linear layer read by this
-    ReLU alone and not kept by the layer's rule for its backward pass (z+, flat, alpha-beta on inputs of
-    both signs): the forward pass then allocates one activation-sized tensor less per such layer."""
+    ReLU alone and not kept by the layer's rule for its backward pass (z+ and flat keep nothing of it): the
+    forward pass then allocates one activation-sized tensor less per such layer."""
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         wrapper = modules.get(str(node.target)) if node.op == "call_module" else None
