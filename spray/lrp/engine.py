@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from spray.lrp.composites import Composite, resolve_composite
+from spray.lrp.fused import release_scratch
 from spray.lrp.graph import build_lrp_graph
+from spray.lrp.ops import outputs_kept
 from spray.lrp.rules import Bound
 
 # Largest float32 error of the channels-last format that spray accepts, as a fraction of max|R| against a
@@ -127,7 +129,10 @@ class LRP:
                 raise ValueError(f"targets must lie in [0, {output.shape[1]}), got {targets.tolist()}")
             explained = output.gather(1, targets[:, None]).detach()
             seed = torch.zeros_like(output).scatter_(1, targets[:, None], explained)
-            (relevance,) = torch.autograd.grad(output, inputs, seed)
+            try:
+                (relevance,) = torch.autograd.grad(output, inputs, seed)
+            finally:
+                release_scratch()  # held only during the backward pass, not between calls
         logits = output.detach().to(self.dtype)
         relevance = relevance.detach().to(self.dtype).contiguous()
         self.conservation = conservation(relevance, logits, targets)
@@ -157,7 +162,7 @@ class LRP:
         inputs = x.detach().to(self.dtype).contiguous(memory_format=memory_format)
         inputs.requires_grad_(relevance is not None)
         try:
-            with torch.set_grad_enabled(relevance is not None):
+            with torch.set_grad_enabled(relevance is not None), outputs_kept():
                 self._module(inputs)
         finally:
             handle.remove()
@@ -168,7 +173,10 @@ class LRP:
         if relevance is None:
             return plain, None
         seed = relevance(plain).to(output.dtype)
-        (explained,) = torch.autograd.grad(output, inputs, seed)
+        try:
+            (explained,) = torch.autograd.grad(output, inputs, seed)
+        finally:
+            release_scratch()
         return plain, explained.detach().to(self.dtype).contiguous()
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Dask workers: the lock is per process

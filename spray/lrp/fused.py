@@ -5,11 +5,11 @@ by a stabilised denominator, a choice by the sign of ``z``, a scaling). Each ste
 eager one (the default) writes every step in place into one output buffer, one pass over a layer-sized
 tensor per step and no fresh allocation per step; the functional one is what ``torch.compile`` (inductor)
 fuses into one loop when ``SPRAY_LRP_COMPILE=1`` is set or :func:`enable_compile` is called. Compiling costs
-tens of seconds once per process (less with inductor's on-disk cache) and measures no faster than the
+tens of seconds once per process (less with inductor's on-disk cache) and measures barely faster than the
 in-place steps on CPU (docs/benchmarks.md), so it is off by default. Shapes are compiled dynamically, so
 layers of every size share one kernel. Where compiling fails (no C++ compiler, an unsupported platform) the
 eager form is used from then on, with one warning; the numbers are the same either way up to float
-rounding (fused multiply-adds).
+rounding (fused multiply-adds) and the sign given to a negative zero (``spray.lrp.ops.stabilize``).
 """
 
 from __future__ import annotations
@@ -78,19 +78,60 @@ def memory_format_of(t: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+class _Scratch(threading.local):
+    """Per-thread scratch memory for the stacked quotients on CPU: one flat buffer per dtype, grown to the
+    largest stack asked for. The stack of a layer is read only by that layer's transposed product, and the
+    backward pass of a CPU graph runs its nodes one after another on the calling thread, so one buffer
+    serves every layer. A fresh tensor of that size would be new memory from the operating system on
+    every layer (glibc maps allocations above 32 MB afresh), whose first touch costs a page fault per
+    4 KB page (docs/benchmarks.md)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[torch.dtype, Tensor] = {}
+
+    def take(self, shape: list[int], dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        flat = self.buffers.get(dtype)
+        if flat is None or flat.numel() < numel:
+            flat = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+        if memory_format == torch.channels_last:
+            batch, channels, height, width = shape
+            return flat[:numel].view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return flat[:numel].view(shape)
+
+    def release(self) -> None:
+        self.buffers.clear()
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch memory (:class:`_Scratch`); the next backward pass allocates it again."""
+    _scratch.release()
+
+
 def _stacked_empty(like: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     """An uninitialised tensor like ``like`` (and in its memory format) with twice its size along ``dim``,
-    and its two halves (views)."""
+    and its two halves (views). On CPU a view of this thread's scratch memory, valid until the next
+    call: the caller hands it to one transposed product and drops it."""
     shape = list(like.shape)
     shape[dim] *= 2
-    stack = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+    memory_format = memory_format_of(like)
+    if like.device.type == "cpu":
+        stack = _scratch.take(shape, like.dtype, memory_format)
+    else:
+        stack = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
     first, second = stack.chunk(2, dim=dim)
     return stack, first, second
 
 
 def _epsilon_quotient_in_place(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
-    shift = z.new_tensor(epsilon)
-    denominator = torch.where(z >= 0, shift, -shift).add_(z)  # z + eps sign(z), as in _stabilize
+    # z + eps sign(z) in two passes (spray.lrp.ops.stabilize: a negative zero is shifted down, which
+    # changes nothing, since such an output's numerators are all zero)
+    denominator = torch.copysign(z.new_tensor(epsilon), z).add_(z)
     if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
         return relevance / denominator  # broadcast or promoted: not writable in place
     return torch.div(relevance, denominator, out=denominator)

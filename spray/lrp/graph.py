@@ -129,14 +129,16 @@ class LRPLinear(nn.Module):
 
 
 class LRPPass(nn.Module):
-    """An element-wise layer whose backward pass leaves relevance unchanged."""
+    """An element-wise layer whose backward pass leaves relevance unchanged. ``overwrite``: the graph builder
+    found that nothing else reads ``x`` (then a ReLU is applied in place)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, x: Tensor) -> Tensor:
-        return PassRelevance.apply(x, self.module)
+    def forward(self, x: Tensor, overwrite: bool = False) -> Tensor:
+        in_place = torch.relu_ if overwrite and type(self.module) is nn.ReLU else None
+        return PassRelevance.apply(x, self.module, in_place)
 
 
 class LRPNorm(nn.Module):
@@ -399,8 +401,28 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
             _set_submodule(gm, name, wrapper)
     for bn_name, target in folded.items():
         rules[bn_name] = f"folded into {target}"
+    _activations_in_place(gm)
     gm.recompile()
     return gm, rules
+
+
+def _activations_in_place(gm: fx.GraphModule) -> None:
+    """Let a ReLU overwrite its input where that input is the output of a Conv/Linear layer read by this
+    ReLU alone and not kept by the layer's rule for its backward pass (z+ and flat keep nothing of it): the
+    forward pass then allocates one activation-sized tensor less per such layer."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        wrapper = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(wrapper, LRPPass) or type(wrapper.module) is not nn.ReLU or len(node.args) != 1:
+            continue
+        source = node.args[0]
+        producer = modules.get(str(source.target)) if isinstance(source, fx.Node) and source.op == "call_module" else None
+        if not (isinstance(producer, LRPLinear) and isinstance(source, fx.Node) and len(source.users) == 1
+                and not producer.rule.keeps_output(producer.layer)):
+            continue
+        # Per call, not per module: one module may be called at several places (a ResNet block's ReLU,
+        # also after the skip sum, whose output the sum keeps).
+        node.args = (source, True)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

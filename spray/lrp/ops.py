@@ -10,7 +10,9 @@ concatenation, dropout in eval mode) keep their ordinary gradient, which routes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, overload
 
 import torch
@@ -27,9 +29,12 @@ _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1``: the denominator of the epsilon rule.
 
-    Same convention as zennit's ``Stabilizer`` (zero entries are shifted up), so the numbers agree.
+    Same convention as zennit's ``Stabilizer`` (zero entries are shifted up), so the numbers agree. The sign
+    is taken with ``copysign`` (one pass, where ``torch.where`` on a comparison takes several), which shifts a
+    negative zero down instead of up; an output is ``-0.0`` only when every term of its sum is a (signed)
+    zero, so its numerators are zero and what it passes is zero either way.
     """
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
+    return torch.copysign(z.new_tensor(epsilon), z).add_(z)
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -189,17 +194,39 @@ class LinearRelevance(torch.autograd.Function):
         return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
 
 
+_in_place = threading.local()
+
+
+@contextlib.contextmanager
+def outputs_kept() -> Iterator[None]:
+    """Within (on this thread): no activation overwrites a layer's output in place, so that a hook on the
+    layer sees the output as the layer computed it (:meth:`spray.lrp.LRP.at_layer`)."""
+    previous = getattr(_in_place, "allowed", True)
+    _in_place.allowed = False
+    try:
+        yield
+    finally:
+        _in_place.allowed = previous
+
+
 class PassRelevance(torch.autograd.Function):
-    """Forward: ``fn(x)``. Backward: the output relevance unchanged (element-wise activations)."""
+    """Forward: ``fn(x)``, or ``in_place(x)`` (writing into ``x``) where the graph builder found that nothing
+    else reads ``x`` (a layer output whose rule keeps nothing of it). Backward: the output relevance
+    unchanged (element-wise activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor],
+                in_place: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        if in_place is not None and getattr(_in_place, "allowed", True):
+            # a fresh activation-sized tensor per layer would be new memory (and page faults) on CPU
+            ctx.mark_dirty(x)
+            return in_place(x)
         out = fn(x)
         return out.to(x.dtype) if out.dtype != x.dtype else out
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        return relevance, None
+        return relevance, None, None
 
 
 class NormRelevance(torch.autograd.Function):
@@ -250,12 +277,14 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = epsilon_quotient(relevance, z, ctx.stabilizer)
-        grads: list[Tensor | None] = []
-        for index, summand in enumerate(summands):
-            if not ctx.needs_input_grad[index + 1]:
-                grads.append(None)
+        s = epsilon_quotient(relevance, z, ctx.stabilizer)  # a fresh tensor: the last share is written into it
+        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 1]]
+        grads: list[Tensor | None] = [None] * len(summands)
+        for index in wanted:
+            summand = summands[index].to(s.dtype)
+            if index == wanted[-1] and summand.shape == s.shape:
+                grads[index] = s.mul_(summand)
                 continue
-            share = summand.to(s.dtype) * s
-            grads.append(share.sum_to_size(summand.shape) if share.shape != summand.shape else share)
+            share = summand * s
+            grads[index] = share.sum_to_size(summand.shape) if share.shape != summand.shape else share
         return (None, *grads)

@@ -80,6 +80,11 @@ class LinearRule(Rule):
         z = layer.forward(a, layer.weight, layer.bias)
         return z, (z if self.needs_output else None)
 
+    def keeps_output(self, layer: LinearLayer) -> bool:
+        """Whether :meth:`forward` may hand its output ``z`` itself to the backward pass (then nothing may
+        overwrite ``z`` in place)."""
+        return self.needs_output
+
     def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -192,8 +197,13 @@ class AlphaBeta(LinearRule):
         Not under autocast: in bf16/fp16 ``z - z+`` cancels to noise where ``|z-|`` is small against ``z+``;
         there both denominators are computed in the backward pass from their own products, in float32."""
         z = layer.forward(a, layer.weight, layer.bias)
-        shared = self._splits(layer) and not torch.is_autocast_enabled(a.device.type)
+        shared = self.keeps_output(layer) and not torch.is_autocast_enabled(a.device.type)
         return z, (z if shared else None)
+
+    def keeps_output(self, layer: LinearLayer) -> bool:
+        # z is kept for inputs of either sign: those of both signs (a first layer) use it alike
+        # (_mixed_signs_stacked)
+        return self.beta != 0 and layer.can_stack
 
     def _shared_quotients(self, layer: LinearLayer, a: Tensor, z: Tensor, relevance: Tensor) -> Tensor:
         """``[R / (z+ + eps), R / (z- - eps)]`` stacked on the channels, from ``z`` and one product giving
@@ -237,7 +247,7 @@ class AlphaBeta(LinearRule):
             return layer.backward_pair(s_pos, s_neg, a).mul_(a)
         a_pos, a_neg = a.clamp(min=0), a.clamp(max=0)
         if layer.can_stack:
-            return self._mixed_signs_stacked(layer, a_pos, a_neg, relevance)
+            return self._mixed_signs_stacked(layer, a_pos, a_neg, relevance, z)
         z_pos = layer.forward(a_pos, w_pos, b_pos) + layer.forward(a_neg, w_neg, None)
         z_neg = layer.forward(a_pos, w_neg, b_neg) + layer.forward(a_neg, w_pos, None)
         s_pos = relevance / stabilize(z_pos, self.stabilizer)
@@ -246,31 +256,54 @@ class AlphaBeta(LinearRule):
         negative = a_pos * layer.backward(s_neg, a, w_neg) + a_neg * layer.backward(s_neg, a, w_pos)
         return self.alpha * positive - self.beta * negative
 
-    def _mixed_signs_stacked(self, layer: LinearLayer, a_pos: Tensor, a_neg: Tensor, relevance: Tensor) -> Tensor:
+    def _mixed_signs_stacked(self, layer: LinearLayer, a_pos: Tensor, a_neg: Tensor, relevance: Tensor,
+                             z: Tensor | None = None) -> Tensor:
         """Inputs of both signs (e.g. a first layer on normalised images) with one forward and one
-        transposed product instead of four each: ``[z+; z-]`` is the product of ``[a+, a-]`` (stacked on
-        the input channels) with ``[[w+, w-]; [w-, w+]]`` and bias ``[b+; b-]``, and the transposed
-        product of ``[s+; s-]`` with ``[[alpha w+, alpha w-]; [-beta w-, -beta w+]]`` gives the factors
-        of ``a+`` and ``a-``."""
+        transposed product instead of four each. With the layer's output ``z`` (kept by :meth:`forward`)
+        the forward product is ``z+ + eps``, of ``[a+, a-]`` (stacked on the input channels) with
+        ``[w+, w-]`` and bias ``b+ + eps``, and ``z- - eps = min(z - (z+ + eps), -eps)`` as for inputs
+        >= 0 (:meth:`_shared_quotients`); without it (under autocast) ``[z+; z-]`` is one product with
+        ``[[w+, w-]; [w-, w+]]`` and bias ``[b+; b-]``, twice the output channels. The transposed product
+        of ``[s+; s-]`` with ``[[alpha w+, alpha w-]; [-beta w-, -beta w+]]`` gives the factors of ``a+``
+        and ``a-``."""
         dim = 1 if layer.is_conv else -1
         alpha, beta = self.alpha, self.beta
-
-        def build() -> tuple[Tensor, Tensor, Tensor | None]:
-            w_pos, w_neg, _ = layer.split_weight()
-            forward = torch.cat([torch.cat([w_pos, w_neg], dim=1), torch.cat([w_neg, w_pos], dim=1)])
-            back = torch.cat([torch.cat([w_pos, w_neg], dim=1) * alpha, torch.cat([w_neg, w_pos], dim=1) * -beta])
-            bias = None if layer.bias is None else torch.cat([layer.bias.clamp(min=0), layer.bias.clamp(max=0)])
-            return forward, back, bias
-
-        forward, back, bias = layer.derived(("alpha_beta_mixed", alpha, beta), build)
         inputs = torch.cat([a_pos, a_neg], dim=dim)
-        quotients = layer.forward(inputs, forward, bias)  # [z+; z-], overwritten with [s+; s-]
-        shift = quotients.new_tensor(self.stabilizer)
-        quotients.add_(torch.where(quotients >= 0, shift, -shift))  # stabilize(), in place
-        for half in quotients.chunk(2, dim=dim):
-            torch.div(relevance, half, out=half)
+        if z is not None:
+            def build_pos() -> tuple[Tensor, Tensor]:
+                w_pos, w_neg, _ = layer.split_weight()
+                return (torch.cat([w_pos, w_neg], dim=1),
+                        _shifted_bias(_positive(layer.bias), self.stabilizer, layer.weight))
+
+            weight_pos, bias_pos = layer.derived(("alpha_beta_mixed_pos", self.stabilizer), build_pos)
+            shifted_pos = layer.forward(inputs, weight_pos, bias_pos)
+            quotients = alpha_beta_quotients(z, shifted_pos, relevance, self.stabilizer, dim)
+            del shifted_pos
+        else:
+            quotients = self._mixed_quotients(layer, inputs, relevance)
+        back = layer.derived(("alpha_beta_mixed_back", alpha, beta), lambda: torch.cat([
+            torch.cat([layer.split_weight()[0], layer.split_weight()[1]], dim=1) * alpha,
+            torch.cat([layer.split_weight()[1], layer.split_weight()[0]], dim=1) * -beta]))
         for_pos, for_neg = layer.backward(quotients, inputs, back).chunk(2, dim=dim)
         return (for_pos * a_pos).add_(for_neg * a_neg)
+
+    def _mixed_quotients(self, layer: LinearLayer, inputs: Tensor, relevance: Tensor) -> Tensor:
+        """``[R / stabilize(z+); R / stabilize(z-)]`` from one product of ``[a+, a-]`` with twice the
+        output channels (see :meth:`_mixed_signs_stacked`)."""
+        dim = 1 if layer.is_conv else -1
+
+        def build() -> tuple[Tensor, Tensor | None]:
+            w_pos, w_neg, _ = layer.split_weight()
+            forward = torch.cat([torch.cat([w_pos, w_neg], dim=1), torch.cat([w_neg, w_pos], dim=1)])
+            bias = None if layer.bias is None else torch.cat([layer.bias.clamp(min=0), layer.bias.clamp(max=0)])
+            return forward, bias
+
+        forward, bias = layer.derived("alpha_beta_mixed", build)
+        quotients = layer.forward(inputs, forward, bias)  # [z+; z-], overwritten with [s+; s-]
+        quotients.add_(torch.copysign(quotients.new_tensor(self.stabilizer), quotients))  # stabilize()
+        for half in quotients.chunk(2, dim=dim):
+            torch.div(relevance, half, out=half)
+        return quotients
 
 
 class Gamma(LinearRule):

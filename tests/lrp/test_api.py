@@ -215,3 +215,18 @@ def test_a_pickled_engine_leaves_its_weight_caches_behind_and_explains_alike() -
     fresh = pickle.loads(pickle.dumps(LRP(model, "epsilon_gamma_box", low=-3.0, high=3.0)))
     assert len(pickle.dumps(lrp)) < 1.2 * len(pickle.dumps(fresh))
     torch.testing.assert_close(pickle.loads(pickle.dumps(lrp))(x, targets)[1], relevance)
+
+
+def test_a_layer_output_is_what_the_layer_computed_although_its_relu_runs_in_place() -> None:
+    """Under z+ a conv keeps nothing of its output, so the ReLU after it overwrites that output in place;
+    ``at_layer`` still sees the conv's output with its negative values, as the plain model computes it."""
+    model, x = golden_models.make("plain")
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    captured: list[torch.Tensor] = []
+    handle = dict(model.named_modules())[names[1]].register_forward_hook(lambda m, i, out: captured.append(out))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    output, _ = LRP(model, "epsilon_plus_flat").at_layer(x, names[1])
+    assert (output < 0).any()
+    torch.testing.assert_close(output, captured[0], rtol=1e-4, atol=1e-5 * float(captured[0].abs().max()))

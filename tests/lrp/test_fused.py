@@ -82,3 +82,14 @@ def test_the_fused_steps_compute_what_the_rules_compute_in_place(composite, make
         monkeypatch.setattr(step, "eager", step.fn)
     _, functional = LRP(model, composite, **bounds)(x, targets)
     torch.testing.assert_close(functional, in_place, rtol=1e-4, atol=1e-6 * float(in_place.abs().max()))
+
+
+def test_the_scratch_memory_of_the_stacked_quotients_is_not_held_between_calls():
+    """gamma and alpha-beta write their stacked quotients into per-thread scratch memory during the backward
+    pass; a call (and a layer's relevance through ``at_layer``) returns it, so an idle engine holds none."""
+    model, x = nets.VGG16(width=0.125, hidden=32), torch.randn(2, 3, 32, 32)
+    lrp = LRP(nets.init_weights(model).eval(), "epsilon_gamma_box", low=-3.0, high=3.0)
+    lrp(x, torch.tensor([0, 1]))
+    assert fused._scratch.buffers == {}
+    lrp.at_layer(x, "features.2", lambda out: out)
+    assert fused._scratch.buffers == {}
