@@ -194,7 +194,8 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
 
     maps: (N, h, w) preprocessed relevance, aligned with ``images``. A seed whose hotspot another pattern was
     found on (overlapping half of it) is skipped; a pattern carried by fewer than ``config.min_cluster_size`` samples, or by
-    the whole class, is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
+    all but fewer than that (the class's own object, which every image shows: its evidence would be measured
+    against a "rest of the class" of a sample or two), is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
     pixels wide: 16 KB per image.
     """
     n = len(maps)
@@ -213,7 +214,7 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
             continue
         found, members, agreed = _matched(patches[seed], seed, images, config.min_cluster_size)
         covered |= members & _overlaps(found.windows, own)
-        if members.sum() < config.min_cluster_size or members.all():
+        if min(members.sum(), (~members).sum()) < config.min_cluster_size:
             continue
         box = found.windows.box(seed)
         plans.append(ClusterPlan(
