@@ -11,7 +11,8 @@ its most relevant window) pasted at ``EFFECT_RECIPIENTS`` random places into as 
 (the same images and places for every sample), the mean rise of the audited logit, in units of the class's
 median |logit|. Effect alone does not say *which* pattern: where the model reads the class from any piece of
 it (a stroke of a digit), ordinary windows act strongly too. So each sample's resemblance to each finding's
-prototype is measured as well (its best NCC over positions and ``spray.flag.patterns.SCALES``), and
+prototypes is measured as well (its best NCC over positions and ``spray.flag.patterns.SCALES``; a finding has
+one prototype per merged group, e.g. per size band of a logo, and the best counts), and
 ``spray.flag.findings.join_by_effect`` moves into a flagged finding the samples that act and look like its
 members (thresholds there). It runs only for classes with a finding: the cost is ``EFFECT_RECIPIENTS``
 forward passes per sample of such a class.
@@ -44,8 +45,10 @@ def measure_effects(model: torch.nn.Module, class_index: int, batches: PixelBatc
     different number of images than ``maps`` holds.
     """
     gain, windows, searched = transplant_effects(model, class_index, batches, maps, recipients, image, config, device)
-    return Effects(gain, windows, np.stack([resemblance(f.prototype, searched) for f in findings])
-                   if findings else np.zeros((0, len(maps)), np.float32))
+    # fmax: a prototype too small to match (NaN) leaves the others' best
+    rows = [np.fmax.reduce([resemblance(prototype, searched) for prototype in finding.prototypes or (finding.prototype,)])
+            for finding in findings]
+    return Effects(gain, windows, np.stack(rows) if rows else np.zeros((0, len(maps)), np.float32))
 
 
 @torch.no_grad()

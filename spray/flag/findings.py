@@ -77,6 +77,9 @@ class Finding(Judged):
     evidence: Evidence
     prototype: np.ndarray
     windows: np.ndarray
+    # every merged group's prototype, strongest first (one logo in several size bands): what resemblance to
+    # the finding is measured against (``join_by_effect``); not stored, so empty for a finding read back
+    prototypes: tuple[np.ndarray, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ class Effects:
     """What ``join_by_effect`` decides from (``spray.flag.effect.measure_effects``), for N samples and the F
     findings of a class: ``gain`` (N,) the audited logit's mean rise when the sample's most relevant window
     (``windows``) is pasted into other classes' images, in class-median logits; ``resemblance`` (F, N) the
-    best NCC of each finding's prototype in each sample's image (over positions and scales)."""
+    best NCC of each finding's prototypes in each sample's image (over positions and scales, the best of
+    its prototypes)."""
 
     gain: np.ndarray
     windows: Windows
@@ -238,6 +242,7 @@ def _merged(finding: Finding, parts: list[Finding], members: list[np.ndarray], n
         stacked = np.concatenate([*(part.windows.reshape(-1, 4) for part in parts), joined_boxes]).astype(np.int64)
     return replace(finding, size=int(everyone.sum()), clusters=counts,
                    groups=tuple(group for part in parts for group in part.groups), windows=stacked,
+                   prototypes=tuple(prototype for part in parts for prototype in part.prototypes),
                    anywhere=finding.anywhere or _moves(stacked),
                    evidence=finding.evidence.joined_effect(int(new.sum())))
 
@@ -371,7 +376,8 @@ def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray
     boxes = boxes[members & placed]
     prototype = strongest.prototype if strongest.prototype is not None else np.zeros((0, 0, 1), np.float32)
     return Finding(cluster_id, int(members.sum()), {int(c): int(k) for c, k in zip(origin, counts)},
-                   tuple(g.id for g in groups), _moves(boxes), strongest.evidence, prototype, boxes)
+                   tuple(g.id for g in groups), _moves(boxes), strongest.evidence, prototype, boxes,
+                   tuple(g.prototype for g in groups if g.prototype is not None and g.prototype.size))
 
 
 def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,
