@@ -13,8 +13,8 @@ median |logit|. Effect alone does not say *which* pattern: where the model reads
 it (a stroke of a digit), ordinary windows act strongly too. So each sample's resemblance to each finding's
 prototypes is measured as well (its best NCC over positions and ``spray.flag.patterns.SCALES``; a finding has
 one prototype per merged group, e.g. per size band of a logo, and the best counts), and
-``spray.flag.findings.join_by_effect`` moves into a flagged finding the samples that act and look like its
-members (thresholds there). It runs only for classes with a finding: the cost is ``EFFECT_RECIPIENTS``
+``spray.flag.findings.join_by_effect`` moves into a flagged finding the samples that act like its members and
+look more like its pattern than nearly all images of other classes do (thresholds there). It runs only for classes with a finding: the cost is ``EFFECT_RECIPIENTS``
 forward passes per sample of such a class.
 """
 
@@ -45,10 +45,18 @@ def measure_effects(model: torch.nn.Module, class_index: int, batches: PixelBatc
     different number of images than ``maps`` holds.
     """
     gain, windows, searched = transplant_effects(model, class_index, batches, maps, recipients, image, config, device)
-    # fmax: a prototype too small to match (NaN) leaves the others' best
-    rows = [np.fmax.reduce([resemblance(prototype, searched) for prototype in finding.prototypes or (finding.prototype,)])
-            for finding in findings]
-    return Effects(gain, windows, np.stack(rows) if rows else np.zeros((0, len(maps)), np.float32))
+    others = SearchImages(shrink(grey(recipients), searched.factor), searched.factor, searched.size) \
+        if len(recipients) else None
+    rows, elsewhere = [], []
+    for finding in findings:
+        prototypes = finding.prototypes or (finding.prototype,)
+        # fmax: a prototype too small to match (NaN) leaves the others' best
+        rows.append(np.fmax.reduce([resemblance(prototype, searched) for prototype in prototypes]))
+        elsewhere.append(np.fmax.reduce([resemblance(prototype, others) for prototype in prototypes])
+                         if others is not None else np.zeros(0, np.float32))
+    empty = np.zeros((0, len(maps)), np.float32)
+    return Effects(gain, windows, np.stack(rows) if rows else empty,
+                   np.stack(elsewhere) if elsewhere else np.zeros((0, len(recipients)), np.float32))
 
 
 @torch.no_grad()

@@ -29,10 +29,11 @@ CROSS_MATCH = 0.7
 CARRIER_SPREAD = 2.0
 # join_by_effect: a sample in no finding joins one when the effect of its most relevant window
 # (spray.flag.effect) lies at least JOIN_EFFECT of the way from the median of the samples in no finding to the
-# median of the finding's members, and its resemblance to the finding's prototype at least JOIN_RESEMBLANCE of
-# the way; only where the members' median effect exceeds the others' by MIN_EFFECT_GAP (class-median logits).
+# median of the finding's members, and its resemblance to the finding's prototypes exceeds that of
+# JOIN_RESEMBLANCE of the other classes' images (which do not carry the pattern: a null distribution); only
+# where the members' median effect exceeds the others' by MIN_EFFECT_GAP (class-median logits).
 JOIN_EFFECT = 0.5
-JOIN_RESEMBLANCE = 0.25
+JOIN_RESEMBLANCE = 0.99
 MIN_EFFECT_GAP = 0.3
 MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prototype are not compared
 
@@ -84,15 +85,16 @@ class Finding(Judged):
 
 @dataclass(frozen=True)
 class Effects:
-    """What ``join_by_effect`` decides from (``spray.flag.effect.measure_effects``), for N samples and the F
-    findings of a class: ``gain`` (N,) the audited logit's mean rise when the sample's most relevant window
-    (``windows``) is pasted into other classes' images, in class-median logits; ``resemblance`` (F, N) the
-    best NCC of each finding's prototypes in each sample's image (over positions and scales, the best of
-    its prototypes)."""
+    """What ``join_by_effect`` decides from (``spray.flag.effect.measure_effects``), for N samples, the F
+    findings of a class and M images of other classes: ``gain`` (N,) the audited logit's mean rise when the
+    sample's most relevant window (``windows``) is pasted into other classes' images, in class-median logits;
+    ``resemblance`` (F, N) the best NCC of each finding's prototypes in each sample's image (over positions
+    and scales, the best of its prototypes), ``elsewhere`` (F, M) the same in the other classes' images."""
 
     gain: np.ndarray
     windows: Windows
     resemblance: np.ndarray
+    elsewhere: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def join_by_effect(joined: Joined, effects: Effects) -> Joined:
 
     A sample *passes* a finding when its effect lies at least ``JOIN_EFFECT`` of the way from the median over
     the samples in no finding to the median over the finding's members, and its resemblance to the finding's
-    prototype at least ``JOIN_RESEMBLANCE`` of the way (medians likewise); no sample passes a finding whose
+    prototypes exceeds that of the share ``JOIN_RESEMBLANCE`` of the other classes' images (the
+    ``JOIN_RESEMBLANCE`` quantile of ``effects.elsewhere``); no sample passes a finding whose
     members' median effect exceeds the others' by less than ``MIN_EFFECT_GAP`` (a frame's corner pasted
     elsewhere does little). Effect alone would take pieces of a class that the model reads anywhere (a stroke
     of a digit); resemblance alone misses copies at other sizes. A finding most of whose members pass a
@@ -177,7 +180,8 @@ def join_by_effect(joined: Joined, effects: Effects) -> Joined:
     if not findings or not free.any() or not np.isfinite(effects.gain).all():
         return joined
     members = [joined.labels == finding.cluster for finding in findings]
-    passes = [_passes(effects.gain, resemblance, free, own) for resemblance, own in zip(effects.resemblance, members)]
+    passes = [_passes(effects.gain, resemblance, elsewhere, free, own)
+              for resemblance, elsewhere, own in zip(effects.resemblance, effects.elsewhere, members)]
     into = list(range(len(findings)))
     for j in range(len(findings)):
         into[j] = next((i for i in range(j) if into[i] == i and passes[i][members[j]].mean() >= 0.5), j)
@@ -201,13 +205,15 @@ def join_by_effect(joined: Joined, effects: Effects) -> Joined:
     return Joined(labels, [replace(c, size=int((labels == c.id).sum())) for c in clusters.values()], out)
 
 
-def _passes(gain: np.ndarray, resemblance: np.ndarray, free: np.ndarray, members: np.ndarray) -> np.ndarray:
+def _passes(gain: np.ndarray, resemblance: np.ndarray, elsewhere: np.ndarray, free: np.ndarray,
+            members: np.ndarray) -> np.ndarray:
     """(N,) bool: the samples that act and look like the finding of ``members`` (``join_by_effect``)."""
     rest, own = float(np.median(gain[free])), float(np.median(gain[members]))
-    if own - rest < MIN_EFFECT_GAP or not np.isfinite(resemblance).all():
+    if own - rest < MIN_EFFECT_GAP or not len(elsewhere) or not np.isfinite(resemblance).all() \
+            or not np.isfinite(elsewhere).all():
         return np.zeros(len(gain), bool)
     return (_share_of_the_way(gain, free, members) >= JOIN_EFFECT) & \
-        (_share_of_the_way(resemblance, free, members) >= JOIN_RESEMBLANCE)
+        (resemblance > np.quantile(elsewhere, JOIN_RESEMBLANCE))
 
 
 def _share_of_the_way(values: np.ndarray, rest: np.ndarray, members: np.ndarray) -> np.ndarray:

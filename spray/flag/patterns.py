@@ -138,8 +138,12 @@ def _ncc_map(x: torch.Tensor, template: torch.Tensor, mask: torch.Tensor) -> tor
     weights = mask[None, None]
     sums = F.conv2d(x, weights)
     squares = F.conv2d(x * x, weights)
-    variance = (squares - sums * sums / count).clamp_min(1e-8)
-    return (F.conv2d(x, centred[None, None]) / (variance.sqrt() * centred.norm().clamp_min(1e-8)))[:, 0]
+    variance = squares - sums * sums / count
+    # A window flatter than MIN_CONTRAST holds no pattern: its NCC would be that of rounding noise (the
+    # difference of two large sums), anywhere in [-1, 1] or beyond. It matches nothing.
+    flat = variance < count * MIN_CONTRAST**2
+    score = F.conv2d(x, centred[None, None]) / (variance.clamp_min(1e-12).sqrt() * centred.norm().clamp_min(1e-8))
+    return score.masked_fill(flat, 0.0).clamp(-1.0, 1.0)[:, 0]
 
 
 @torch.no_grad()
