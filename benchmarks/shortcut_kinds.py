@@ -11,6 +11,12 @@ planted ones, and the number of flagged clusters it came out as (one shortcut sh
 in classes without an artifact. Each case
 draws its class photos, target classes and corner from ``--seed``, so nothing is tuned to one draw.
 
+A planted artifact is a Clever Hans shortcut only when the model learned to use it: its ``flip_rate`` (the
+share of held-out images of other classes that the model assigns to the artifact's class once the artifact
+is drawn in) is printed per case, and the summary counts precision and recall over the artifacts the model
+uses (``flip_rate >= USED``, half of the other classes' images turned) apart from those it hardly does (which
+spray should not flag: a flag says the model relies on the pattern).
+
     python benchmarks/shortcut_kinds.py [--seed 1] [--only border,two] [--json results.json]
 """
 
@@ -33,6 +39,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from spray.config import config_from_dict
 from spray.pipeline import run_audit
 from spray.planted import CORNERS, Artifact, Case, build_case, is_built
+
+USED = 0.5  # flip rate from which a planted artifact counts as a shortcut the model uses
 
 
 def cases(seed: int) -> list[tuple[str, Case]]:
@@ -126,6 +134,10 @@ def _flagged(result) -> list:
     return [cluster for cluster in result.clusters if cluster.flagged]
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
 def cluster_evidence(outcome, manifest: pd.DataFrame) -> list[dict]:
     """Every scored cluster's evidence and planted share: what the thresholds are measured on."""
     planted = manifest.set_index("path").artifact
@@ -136,7 +148,10 @@ def cluster_evidence(outcome, manifest: pd.DataFrame) -> list[dict]:
                 continue
             found.append({"class": result.class_index, "cluster": cluster.id, "size": cluster.size,
                           "planted": round(float((planted.loc[cluster.members] > 0).mean()), 2) if cluster.members else 0.0,
-                          **{line.name: round(float(line.value), 3) for line in cluster.evidence.lines}})
+                          **{line.name: round(float(line.value), 3) for line in cluster.evidence.lines},
+                          "flip": _rounded(cluster.evidence.transplant_flip_rate),
+                          "flip_control": _rounded(cluster.evidence.transplant_flip_rate_control),
+                          "joined_by_effect": cluster.evidence.joined_by_effect})
     return found
 
 
@@ -169,9 +184,12 @@ def main() -> int:
         print(table.drop(columns="clusters").to_string(index=False))
     planted = table[table.artifact != "none"]
     clean = table[table.artifact == "none"]
-    good = (planted.precision.fillna(0) >= 0.9) & (planted.recall >= 0.9)
-    print(f"\nplanted artifacts with precision and recall >= 0.9: {good.sum()}/{len(planted)}; "
-          f"found as one flagged cluster: {(planted.flagged_clusters == 1).sum()}/{len(planted)}; "
+    used = planted[planted.flip_rate >= USED]
+    good = (used.precision.fillna(0) >= 0.9) & (used.recall >= 0.9)
+    unused = planted[planted.flip_rate < USED]
+    print(f"\nplanted artifacts the model uses (flip rate >= {USED}) with precision and recall >= 0.9: "
+          f"{good.sum()}/{len(used)}; found as one flagged cluster: {(used.flagged_clusters == 1).sum()}/{len(used)}; "
+          f"artifacts it hardly uses: {len(unused)}, flagged: {(unused.flagged_clusters > 0).sum()}; "
           f"clean cases with a flag: {(clean.flags_elsewhere.str.len() > 0).sum()}/{len(clean)}; "
           f"planted cases with a flag in a class without an artifact: "
           f"{(planted.flags_elsewhere.str.len() > 0).sum()}/{len(planted)}")

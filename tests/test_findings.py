@@ -311,3 +311,142 @@ def test_classes_made_of_two_different_photos_are_not_flagged(tmp_path):
 
     outcome, _ = _audit_planted(tmp_path, Case(model="resnet", subgroups=True, seed=455, photos="scikit-learn"))
     assert not [r.class_index for r in outcome.classes if r.flagged]
+
+
+class _AnySizeRingReader(torch.nn.Module):
+    """Class 0's logit: how strongly a ring appears anywhere at either of two sizes (5 or 7 px: the 5 x 5 ring
+    enlarged with nearest-neighbour sampling, so the copies differ pixel by pixel), and the centre."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for side in SIDES:
+            ring = _ring(side) - _ring(side).mean()
+            self.register_buffer(f"kernel{side}", torch.from_numpy(ring / np.abs(ring).sum())[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ring = torch.stack([F.conv2d(x[:, :1], getattr(self, f"kernel{side}")).amax((1, 2, 3))
+                            for side in SIDES], 1).amax(1) * 8
+        centre = x[:, 0, 18:30, 18:30].mean((1, 2))
+        return torch.stack([3 * ring + centre, 1 - ring], 1)
+
+
+SIDES = (5, 7)
+LARGE = ImageConfig(mode="L", size=(48, 48), mean=[0.0], std=[1.0])
+
+
+def _ring(side: int) -> np.ndarray:
+    index = np.arange(side) * 5 // side
+    return RING[np.ix_(index, index)]
+
+
+def _scaled_ring_class(n: int = 90, carriers: int = 28, seed: int = 0):
+    """48 x 48 grey crops of one of scikit-learn's photos with (24, 24) maps on the centre (recipients: crops
+    of the other photo); the first ``carriers`` carry a ring of side 5 or 7 px (half each) on a dark plate at a
+    random place, and their maps put relevance there."""
+    from spray.planted import bundled_photos, photo_crops
+
+    rng = np.random.default_rng(seed)
+    photos = bundled_photos(scikit_learn_only=True)
+    pixels = photo_crops(photos[0], n, 48, rng).mean(-1, keepdims=True)
+    maps = rng.uniform(0, 0.05, size=(n, 24, 24)).astype(np.float32)
+    maps[:, 9:15, 9:15] += 0.3
+    labels = rng.integers(0, 3, n)
+    for i in range(carriers):
+        side = SIDES[i % 2]
+        top, left = (int(v) for v in rng.integers(1, 48 - side - 2, 2))
+        pixels[i, top : top + side + 2, left : left + side + 2] = 0.05
+        pixels[i, top + 1 : top + side + 1, left + 1 : left + side + 1, 0] = np.where(_ring(side) > 0, 0.95, 0.05)
+        centre = (top + 1 + side // 2) // 2, (left + 1 + side // 2) // 2
+        maps[i, centre[0] - 1 : centre[0] + 2, centre[1] - 1 : centre[1] + 2] += 1.0
+    recipients = photo_crops(photos[1], 40, 48, rng).mean(-1, keepdims=True)
+    return pixels, maps, labels, recipients
+
+
+def test_copies_of_a_pattern_that_pixels_miss_join_its_findings_by_what_they_do_to_the_model():
+    from spray.flag import join_by_effect, measure_effects
+
+    pixels, maps, labels, recipients = _scaled_ring_class()
+    planted = np.arange(len(pixels)) < 28
+    model, config = _AnySizeRingReader(), FlaggingConfig(min_cluster_size=5)
+    scored = score_clusters(model, 0, array_batches(pixels), maps, labels, recipients, LARGE, config)
+    joined = form_findings(labels, scored)
+    before = np.isin(joined.labels, [f.cluster for f in joined.findings])
+    assert joined.findings and (before & planted).sum() < planted.sum()  # pixels match most copies, not all
+    effects = measure_effects(model, 0, array_batches(pixels), maps, recipients, LARGE, config, joined.findings)
+    assert effects.gain[planted].min() > effects.gain[~planted].max()  # any ring raises the class, nothing else does
+    after = join_by_effect(joined, effects)
+    members = np.isin(after.labels, [f.cluster for f in after.findings])
+    precision, recall = _precision_recall(members, planted)
+    assert precision == 1.0 and recall >= 0.95 and members.sum() > before.sum()
+    for finding in after.findings:
+        assert finding.size == (after.labels == finding.cluster).sum() == len(finding.windows)
+    assert sum(f.evidence.joined_by_effect for f in after.findings) == members.sum() - before.sum()
+
+
+def _effects(gain: np.ndarray, resemblance: np.ndarray):
+    from spray.flag import Effects
+    from spray.flag.plan import Windows
+
+    elsewhere = np.linspace(0.3, 0.7, 100)[None]  # other classes' images: up to 0.7 by chance
+    return Effects(gain.astype(np.float32), Windows.fixed(len(gain), 0, 0, 4, 4), resemblance[None].astype(np.float32),
+                   elsewhere)
+
+
+def test_a_sample_joins_by_effect_only_when_it_also_looks_like_the_pattern():
+    from spray.flag import join_by_effect
+    from spray.flag.findings import JOIN_EFFECT
+
+    labels = np.repeat([0, 1], 20)  # cluster 0 flagged; cluster 1: 10 ordinary samples, 5 copies, 5 look-alikes
+    joined = form_findings(labels, [_flagged(0, 1.3), ClusterEvidence(1, 20, Evidence(score=0.2), None)])
+    gain = np.r_[np.full(20, 1.0), np.full(10, 0.1), np.full(5, 0.9), np.full(5, 0.9)]
+    resemblance = np.r_[np.full(20, 1.0), np.full(10, 0.5), np.full(5, 0.8), np.full(5, 0.5)]
+    assert JOIN_EFFECT <= 0.8  # the copies act and look like the pattern; the look-alikes only act like it
+    after = join_by_effect(joined, _effects(gain, resemblance))
+    assert (after.labels[30:35] == 0).all() and (after.labels[35:] == 1).all() and (after.labels[20:30] == 1).all()
+    (finding,) = after.findings
+    assert finding.size == 25 and finding.clusters == {0: 20, 1: 5} and finding.evidence.joined_by_effect == 5
+    by_id = {c.id: c for c in after.clusters}
+    assert by_id[0].size == 25 and by_id[0].evidence.joined_by_effect == 5 and by_id[1].size == 15
+
+
+def test_a_finding_whose_pattern_does_little_elsewhere_takes_no_one_by_effect():
+    from spray.flag import join_by_effect
+
+    labels = np.repeat([0, 1], 20)  # a frame: its corner pasted at another place adds nothing
+    joined = form_findings(labels, [_flagged(0, 1.3), ClusterEvidence(1, 20, Evidence(score=0.2), None)])
+    gain = np.r_[np.full(20, 0.15), np.linspace(-0.2, 0.4, 20)]
+    after = join_by_effect(joined, _effects(gain, np.r_[np.full(20, 1.0), np.full(20, 0.95)]))
+    assert (after.labels == labels).all() and after.findings[0].evidence.joined_by_effect == 0
+
+
+def test_two_findings_whose_members_act_and_look_alike_are_one_finding():
+    from spray.flag import Effects, join_by_effect
+    from spray.flag.plan import Windows
+
+    labels = np.repeat([0, 1, 2], [10, 10, 20])  # one logo in two size bands, flagged apart; cluster 2 clean
+    joined = form_findings(labels, [_flagged(0, 1.3), _flagged(1, 1.1), ClusterEvidence(2, 20, Evidence(score=0.2), None)])
+    assert len(joined.findings) == 2
+    gain = np.repeat([1.0, 0.9, 0.1], [10, 10, 20])
+    resemblance = np.stack([np.repeat([1.0, 0.7, 0.4], [10, 10, 20]), np.repeat([0.7, 1.0, 0.4], [10, 10, 20])])
+    elsewhere = np.tile(np.linspace(0.3, 0.6, 50), (2, 1))
+    after = join_by_effect(joined, Effects(gain, Windows.fixed(40, 0, 0, 4, 4), resemblance, elsewhere))
+    (finding,) = after.findings
+    assert finding.cluster == 0 and finding.size == 20 and finding.groups == (0, 1)
+    assert finding.clusters == {0: 10, 1: 10}
+    by_id = {c.id: c for c in after.clusters}
+    assert by_id[1].size == 0 and not by_id[1].flagged and "merged into it" in by_id[1].evidence.not_scored
+    assert (after.labels[:20] == 0).all() and (after.labels[20:] == 2).all()
+
+
+def test_a_pattern_that_all_but_a_few_images_of_the_class_show_is_not_a_candidate():
+    from spray.flag.passes import scan
+    from spray.flag.patterns import plan_patterns
+
+    # the class's own object in every image but two: its evidence would be measured against two samples
+    pixels, maps, _labels, recipients = _moving_ring_class(n=40, carriers=38)
+    config = FlaggingConfig(min_cluster_size=5)
+    plans = plan_patterns(scan(array_batches(pixels), 40, (32, 32)), maps, len(recipients), config)
+    assert all(5 <= plan.members.sum() <= 35 for plan in plans)
+    pixels, maps, _labels, recipients = _moving_ring_class(n=40, carriers=30)
+    plans = plan_patterns(scan(array_batches(pixels), 40, (32, 32)), maps, len(recipients), config)
+    assert any(plan.members[:30].mean() >= 0.9 for plan in plans)  # with ten images without it, it is

@@ -49,16 +49,16 @@ def test_a_line_that_is_not_a_number_is_the_weakest_and_named():
 
 
 def test_the_stored_evidence_lists_measurements_lines_weakest_and_thresholds_in_order():
-    data = weigh(measured(), flag_threshold=1.0).joined(carriers=3, spectral_size=40).to_dict()
+    data = weigh(measured(), flag_threshold=1.0).joined(carriers=3, spectral_size=40).joined_effect(2).to_dict()
     assert list(data) == [
         "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "consistency_colour",
         "consistency_shape", "masking_drop",
         "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
         "transplant_flip_rate_control", "sufficiency", "weakest_evidence", "thresholds", "joined_by_pattern",
-        "spectral_size",
+        "joined_by_effect", "spectral_size",
     ]
     assert data["thresholds"] == {"consistency": CONSISTENCY, "necessity": NECESSITY, "sufficiency": SUFFICIENCY}
-    assert data["joined_by_pattern"] == 3 and data["spectral_size"] == 40
+    assert data["joined_by_pattern"] == 3 and data["spectral_size"] == 40 and data["joined_by_effect"] == 2
     assert Evidence(not_scored="smaller than flagging.min_cluster_size").to_dict() == {
         "not_scored": "smaller than flagging.min_cluster_size"}
 

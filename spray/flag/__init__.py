@@ -43,7 +43,9 @@ region is the whole frame. A region that would grow over more than half of the i
 One shortcut, one finding. Flagged groups (clusters and patterns) that share their carriers or show one
 pattern are merged into one finding, listed under one flagged cluster with the spectral clusters its members
 came from (``spray.flag.findings``); samples of other clusters that carry a flagged cluster's region pattern
-join it.
+join it. So do the samples whose most relevant window acts on the model as the finding's members' do
+(``spray.flag.effect``): pasted into other classes' images, it raises the class as much, though its pixels
+differ (a logo at another size, in another colour).
 
 The thresholds were set from measurements on planted-artifact digit models (``benchmarks/planted_artifacts.py``:
 watermark, tag, stripe, frame; 15-35 % of one class; any corner; with and without BatchNorm): planted clusters
@@ -53,8 +55,8 @@ and pasting strokes adds some evidence), so they guard against a shared pattern 
 
 The stage in modules: ``plan`` (regions, masks, donors), ``passes`` (the two passes over the class's
 images), ``patterns`` (the search for patterns found anywhere), ``evidence`` (the typed ``Evidence`` and ``weigh``,
-the pure function that gives the verdict), ``score`` (``score_clusters``), ``findings`` (``form_findings``)
-and ``task`` (the cached task and its entry). ``evidence``, ``plan`` and ``findings`` import no torch; the names of the other modules load on first use, so that the
+the pure function that gives the verdict), ``score`` (``score_clusters``), ``findings`` (``form_findings``,
+``join_by_effect``), ``effect`` (``transplant_effects``) and ``task`` (the cached task and its entry). ``evidence``, ``plan`` and ``findings`` import no torch; the names of the other modules load on first use, so that the
 report and ``spray.results`` read ``Evidence`` without loading torch.
 """
 
@@ -74,7 +76,15 @@ from spray.flag.evidence import (
     weakest_evidence,
     weigh,
 )
-from spray.flag.findings import OVERLAP, ClusterEvidence, Finding, Joined, form_findings
+from spray.flag.findings import (
+    OVERLAP,
+    ClusterEvidence,
+    Effects,
+    Finding,
+    Joined,
+    form_findings,
+    join_by_effect,
+)
 from spray.flag.plan import (
     REGION_MASS,
     ClusterPlan,
@@ -85,13 +95,14 @@ from spray.flag.plan import (
 )
 
 if TYPE_CHECKING:
+    from spray.flag.effect import measure_effects, transplant_effects
     from spray.flag.passes import LogitScorer, PixelBatches, array_batches
     from spray.flag.score import measure, score_clusters
     from spray.flag.task import STORE_VERSION, Flagged, FlagTask, flag_task, read_flagged, store_key
 
 _LAZY = {
     "LogitScorer": "passes", "PixelBatches": "passes", "array_batches": "passes",
-    "measure": "score", "score_clusters": "score",
+    "measure": "score", "score_clusters": "score", "transplant_effects": "effect", "measure_effects": "effect",
     "STORE_VERSION": "task", "FlagTask": "task", "Flagged": "task", "flag_task": "task", "read_flagged": "task",
     "store_key": "task",
 }
@@ -105,6 +116,7 @@ __all__ = [
     "SUFFICIENCY",
     "ClusterEvidence",
     "ClusterPlan",
+    "Effects",
     "Evidence",
     "Finding",
     "FlagTask",
@@ -120,12 +132,15 @@ __all__ = [
     "distinctive_region",
     "flag_task",
     "form_findings",
+    "join_by_effect",
     "measure",
+    "measure_effects",
     "plan_clusters",
     "read_flagged",
     "score_clusters",
     "store_key",
     "to_image_mask",
+    "transplant_effects",
     "weakest_evidence",
     "weigh",
 ]

@@ -26,7 +26,7 @@ _ORDER = (
     "consistency_shape", "masking_drop",
     "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
     "transplant_flip_rate_control", "sufficiency", "not_scored", "weakest_evidence", "joined_by_pattern",
-    "spectral_size",
+    "joined_by_effect", "spectral_size",
 )
 
 
@@ -86,7 +86,8 @@ class Evidence:
     score 0 and no flag. A scored cluster has its three ``Line``s, the measurements behind them, the name of
     the weakest line and ``score`` = that line's ratio; ``not_scored`` then says which line could not be
     measured, if any. ``joined_by_pattern`` and ``spectral_size`` are set on flagged clusters once pattern
-    carriers have joined them (``spray.flag.form_findings``).
+    carriers have joined them (``spray.flag.form_findings``), ``joined_by_effect`` once the samples whose
+    most relevant window acts like the pattern have (``spray.flag.join_by_effect``).
     """
 
     score: float = 0.0
@@ -108,6 +109,7 @@ class Evidence:
     transplant_flip_rate: float | None = None
     transplant_flip_rate_control: float | None = None
     joined_by_pattern: int | None = None  # samples of other clusters that joined for carrying the pattern
+    joined_by_effect: int | None = None  # samples that joined because their hotspot acts like the pattern
     spectral_size: int | None = None  # members the spectral clustering gave the cluster, before they joined
 
     @property
@@ -165,6 +167,10 @@ class Evidence:
         """This evidence with ``carriers`` samples joined by pattern to the ``spectral_size`` it had."""
         return replace(self, joined_by_pattern=int(carriers), spectral_size=int(spectral_size))
 
+    def joined_effect(self, samples: int) -> Evidence:
+        """This evidence with ``samples`` joined by the effect of their most relevant window."""
+        return replace(self, joined_by_effect=int(samples))
+
 
 class Judged:
     """What carries an ``evidence`` (a cluster, a finding): its score and flag are the evidence's."""
@@ -186,7 +192,7 @@ def _number(value: Any) -> float:
 
 
 def _typed(key: str, value: Any) -> float | int:
-    return int(value) if key in ("joined_by_pattern", "spectral_size") else _number(value)
+    return int(value) if key in ("joined_by_pattern", "joined_by_effect", "spectral_size") else _number(value)
 
 
 def not_scored(reason: str) -> Evidence:

@@ -27,6 +27,14 @@ SAME_PATTERN = 0.85  # prototypes matching this well (NCC, spray.flag.patterns.M
 # this: a logo at sizes beyond one pattern's scale band matches the other band's copies well, if not at MATCH.
 CROSS_MATCH = 0.7
 CARRIER_SPREAD = 2.0
+# join_by_effect: a sample in no finding joins one when the effect of its most relevant window
+# (spray.flag.effect) lies at least JOIN_EFFECT of the way from the median of the samples in no finding to the
+# median of the finding's members, and its resemblance to the finding's prototypes exceeds that of
+# JOIN_RESEMBLANCE of the other classes' images (which do not carry the pattern: a null distribution); only
+# where the members' median effect exceeds the others' by MIN_EFFECT_GAP (class-median logits).
+JOIN_EFFECT = 0.5
+JOIN_RESEMBLANCE = 0.99
+MIN_EFFECT_GAP = 0.3
 MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prototype are not compared
 
 
@@ -70,6 +78,23 @@ class Finding(Judged):
     evidence: Evidence
     prototype: np.ndarray
     windows: np.ndarray
+    # every merged group's prototype, strongest first (one logo in several size bands): what resemblance to
+    # the finding is measured against (``join_by_effect``); not stored, so empty for a finding read back
+    prototypes: tuple[np.ndarray, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What ``join_by_effect`` decides from (``spray.flag.effect.measure_effects``), for N samples, the F
+    findings of a class and M images of other classes: ``gain`` (N,) the audited logit's mean rise when the
+    sample's most relevant window (``windows``) is pasted into other classes' images, in class-median logits;
+    ``resemblance`` (F, N) the best NCC of each finding's prototypes in each sample's image (over positions
+    and scales, the best of its prototypes), ``elsewhere`` (F, M) the same in the other classes' images."""
+
+    gain: np.ndarray
+    windows: Windows
+    resemblance: np.ndarray
+    elsewhere: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,108 @@ def form_findings(cluster_labels: np.ndarray, scored: list[ClusterEvidence]) -> 
         findings.append(_finding(cluster_id, groups, members, cluster_labels))
         homes[cluster_id] = (groups, members)
     return Joined(labels, _clusters(scored, labels, cluster_labels, homes, next_id), findings)
+
+
+def join_by_effect(joined: Joined, effects: Effects) -> Joined:
+    """``joined`` with the samples that act like a finding's pattern and look like it moved into it, and the
+    findings whose members do merged into the stronger one.
+
+    A sample *passes* a finding when its effect lies at least ``JOIN_EFFECT`` of the way from the median over
+    the samples in no finding to the median over the finding's members, and its resemblance to the finding's
+    prototypes exceeds that of the share ``JOIN_RESEMBLANCE`` of the other classes' images (the
+    ``JOIN_RESEMBLANCE`` quantile of ``effects.elsewhere``); no sample passes a finding whose
+    members' median effect exceeds the others' by less than ``MIN_EFFECT_GAP`` (a frame's corner pasted
+    elsewhere does little). Effect alone would take pieces of a class that the model reads anywhere (a stroke
+    of a digit); resemblance alone misses copies at other sizes. A finding most of whose members pass a
+    stronger one is the same shortcut (one logo in two size bands) and merges into it; then each sample in no
+    finding that passes a finding joins it (the strongest such). The joined samples' windows join the
+    finding's; the finding's and its flagged cluster's evidence count them (``joined_by_effect``), and a merged
+    finding's cluster is left empty with a note. Unchanged without findings or where an effect is not finite.
+    """
+    findings = joined.findings
+    free = ~np.isin(joined.labels, [finding.cluster for finding in findings])
+    if not findings or not free.any() or not np.isfinite(effects.gain).all():
+        return joined
+    members = [joined.labels == finding.cluster for finding in findings]
+    passes = [_passes(effects.gain, resemblance, elsewhere, free, own)
+              for resemblance, elsewhere, own in zip(effects.resemblance, effects.elsewhere, members)]
+    into = list(range(len(findings)))
+    for j in range(len(findings)):
+        into[j] = next((i for i in range(j) if into[i] == i and passes[i][members[j]].mean() >= 0.5), j)
+    labels, eligible, new = joined.labels.copy(), free.copy(), [np.zeros_like(free) for _ in findings]
+    for k, passed in enumerate(passes):
+        new[into[k]] |= eligible & passed
+        eligible &= ~passed
+    out, clusters = [], {c.id: c for c in joined.clusters}
+    for i, finding in enumerate(findings):
+        if into[i] != i:
+            clusters[finding.cluster] = ClusterEvidence(finding.cluster, 0, not_scored(
+                f"its members act and look like those of flagged cluster {findings[into[i]].cluster}: merged into it"), None)
+            continue
+        merged = [k for k in range(len(findings)) if into[k] == i]
+        kept = np.any([members[k] for k in merged], axis=0)
+        labels[kept | new[i]] = finding.cluster
+        out.append(_merged(finding, [findings[k] for k in merged], [members[k] for k in merged], new[i],
+                           joined.labels, effects.windows))
+        clusters[finding.cluster] = replace(clusters[finding.cluster],
+                                            evidence=clusters[finding.cluster].evidence.joined_effect(int(new[i].sum())))
+    return Joined(labels, [replace(c, size=int((labels == c.id).sum())) for c in clusters.values()], out)
+
+
+def _passes(gain: np.ndarray, resemblance: np.ndarray, elsewhere: np.ndarray, free: np.ndarray,
+            members: np.ndarray) -> np.ndarray:
+    """(N,) bool: the samples that act and look like the finding of ``members`` (``join_by_effect``)."""
+    rest, own = float(np.median(gain[free])), float(np.median(gain[members]))
+    if own - rest < MIN_EFFECT_GAP or not len(elsewhere) or not np.isfinite(resemblance).all() \
+            or not np.isfinite(elsewhere).all():
+        return np.zeros(len(gain), bool)
+    return (_share_of_the_way(gain, free, members) >= JOIN_EFFECT) & \
+        (resemblance > np.quantile(elsewhere, JOIN_RESEMBLANCE))
+
+
+def _share_of_the_way(values: np.ndarray, rest: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(N,) how far each value lies from the median over ``rest`` to the median over ``members`` (0 at the
+    first, 1 at the second); -inf everywhere when the members' median is not above the rest's."""
+    low, high = float(np.median(values[rest])), float(np.median(values[members])) if members.any() else -np.inf
+    if not high > low:
+        return np.full(len(values), -np.inf)
+    return (values - low) / (high - low)
+
+
+def _merged(finding: Finding, parts: list[Finding], members: list[np.ndarray], new: np.ndarray, labels: np.ndarray,
+            windows: Windows) -> Finding:
+    """The finding of ``parts`` (itself first; their ``members`` (N,) bool each) with the samples of ``new``
+    (N,) bool joined: sizes, groups, the clusters they came from, their windows in sample order (where each
+    part had a window per member), the strongest part's evidence with the count joined by effect."""
+    counts: dict[int, int] = {}
+    for part in parts:
+        for origin, count in part.clusters.items():
+            counts[origin] = counts.get(origin, 0) + count
+    for origin, count in zip(*np.unique(labels[new], return_counts=True)):
+        counts[int(origin)] = counts.get(int(origin), 0) + int(count)
+    everyone = np.any([*members, new], axis=0)
+    if all(len(part.windows) == own.sum() for part, own in zip(parts, members)):
+        boxes = np.zeros((len(everyone), 4), np.int64)
+        for part, own in zip(parts, members):
+            boxes[own] = part.windows
+        boxes[new] = np.stack([windows.top, windows.left, windows.height, windows.width], 1)[new]
+        stacked = boxes[everyone]
+    else:
+        joined_boxes = np.stack([windows.top, windows.left, windows.height, windows.width], 1)[new]
+        stacked = np.concatenate([*(part.windows.reshape(-1, 4) for part in parts), joined_boxes]).astype(np.int64)
+    return replace(finding, size=int(everyone.sum()), clusters=counts,
+                   groups=tuple(group for part in parts for group in part.groups), windows=stacked,
+                   prototypes=tuple(prototype for part in parts for prototype in part.prototypes),
+                   anywhere=finding.anywhere or _moves(stacked),
+                   evidence=finding.evidence.joined_effect(int(new.sum())))
+
+
+def _moves(boxes: np.ndarray) -> bool:
+    """Whether windows (n, 4) move: two centres lie farther apart than a window's mean side."""
+    if not len(boxes):
+        return False
+    centres = boxes[:, :2] + boxes[:, 2:] / 2
+    return bool((np.ptp(centres, axis=0) > boxes[:, 2:].mean(0)).any())
 
 
 def _carrying(groups: list[ClusterEvidence], members: np.ndarray) -> np.ndarray:
@@ -254,12 +381,9 @@ def _finding(cluster_id: int, groups: list[ClusterEvidence], members: np.ndarray
         placed |= here
     boxes = boxes[members & placed]
     prototype = strongest.prototype if strongest.prototype is not None else np.zeros((0, 0, 1), np.float32)
-    moves = False
-    if len(boxes):
-        centres = boxes[:, :2] + boxes[:, 2:] / 2
-        moves = bool((np.ptp(centres, axis=0) > boxes[:, 2:].mean(0)).any())
     return Finding(cluster_id, int(members.sum()), {int(c): int(k) for c, k in zip(origin, counts)},
-                   tuple(g.id for g in groups), bool(moves), strongest.evidence, prototype, boxes)
+                   tuple(g.id for g in groups), _moves(boxes), strongest.evidence, prototype, boxes,
+                   tuple(g.prototype for g in groups if g.prototype is not None and g.prototype.size))
 
 
 def _clusters(scored: list[ClusterEvidence], labels: np.ndarray, cluster_labels: np.ndarray,

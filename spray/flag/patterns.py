@@ -138,8 +138,12 @@ def _ncc_map(x: torch.Tensor, template: torch.Tensor, mask: torch.Tensor) -> tor
     weights = mask[None, None]
     sums = F.conv2d(x, weights)
     squares = F.conv2d(x * x, weights)
-    variance = (squares - sums * sums / count).clamp_min(1e-8)
-    return (F.conv2d(x, centred[None, None]) / (variance.sqrt() * centred.norm().clamp_min(1e-8)))[:, 0]
+    variance = squares - sums * sums / count
+    # A window flatter than MIN_CONTRAST holds no pattern: its NCC would be that of rounding noise (the
+    # difference of two large sums), anywhere in [-1, 1] or beyond. It matches nothing.
+    flat = variance < count * MIN_CONTRAST**2
+    score = F.conv2d(x, centred[None, None]) / (variance.clamp_min(1e-12).sqrt() * centred.norm().clamp_min(1e-8))
+    return score.masked_fill(flat, 0.0).clamp(-1.0, 1.0)[:, 0]
 
 
 @torch.no_grad()
@@ -194,7 +198,8 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
 
     maps: (N, h, w) preprocessed relevance, aligned with ``images``. A seed whose hotspot another pattern was
     found on (overlapping half of it) is skipped; a pattern carried by fewer than ``config.min_cluster_size`` samples, or by
-    the whole class, is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
+    all but fewer than that (the class's own object, which every image shows: its evidence would be measured
+    against a "rest of the class" of a sample or two), is not a candidate. The search holds the class's grey images at most ``SEARCH_SIDE``
     pixels wide: 16 KB per image.
     """
     n = len(maps)
@@ -213,7 +218,7 @@ def plan_patterns(images: SearchImages, maps: np.ndarray, n_recipients: int,
             continue
         found, members, agreed = _matched(patches[seed], seed, images, config.min_cluster_size)
         covered |= members & _overlaps(found.windows, own)
-        if members.sum() < config.min_cluster_size or members.all():
+        if min(members.sum(), (~members).sum()) < config.min_cluster_size:
             continue
         box = found.windows.box(seed)
         plans.append(ClusterPlan(

@@ -23,10 +23,14 @@ from spray.cache import Entry, cached, entry_key
 from spray.config import FlaggingConfig, ImageConfig, ModelConfig
 from spray.data import Sample, iter_pixel_batches, load_pixels
 from spray.errors import RunError
+from spray.flag.effect import EFFECT_RECIPIENTS
 from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
 from spray.flag.findings import (
     CARRIER_SPREAD,
     CROSS_MATCH,
+    JOIN_EFFECT,
+    JOIN_RESEMBLANCE,
+    MIN_EFFECT_GAP,
     MIN_OVERLAP,
     OVERLAP,
     SAME_PATTERN,
@@ -48,7 +52,7 @@ from spray.flag.patterns import (
 from spray.flag.plan import GROW_SPREAD, MAX_GROWN_AREA, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
 
-STORE_VERSION = 7
+STORE_VERSION = 10
 """Revision of what a flag entry stores; bump it when that changes within a release."""
 
 
@@ -75,7 +79,7 @@ def store_key(flagging: FlaggingConfig, image: ImageConfig, analyse_key: str, pr
                   CARRIER_SPREAD, MIN_OVERLAP,
                   HOTSPOT_SIDE, SCALES, MATCH,
                   MIN_RECUR, SEARCH_SIDE, MAX_PATTERNS, MIN_CONTRAST, MIN_SIDE, GROW_SPREAD, MIN_SPREAD,
-                  MAX_GROWN_AREA)
+                  MAX_GROWN_AREA, EFFECT_RECIPIENTS, JOIN_EFFECT, JOIN_RESEMBLANCE, MIN_EFFECT_GAP)
     return entry_key("flag", STORE_VERSION, thresholds, flagging, analyse_key, pre_key, model_token, image,
                      recipients_token)
 
@@ -122,11 +126,16 @@ def _flag(pre: Entry, analysis: Entry, task: FlagTask) -> tuple[dict[str, np.nda
     members = [by_id[i] for i in pre_meta["ids"]]
     recipients, _, _ = load_pixels(list(task.recipients), task.image)
     maps = pre_arrays["maps"]
+    model, device = load_model(task.model), resolve_device(task.device)
     # looked up on the package, where the public name lives, so that a replacement set there is used
-    scored = spray.flag.score_clusters(load_model(task.model), task.class_index, _batches(members, task), maps,
-                                       analysis_arrays["labels"], recipients, task.image, task.flagging,
-                                       resolve_device(task.device))
-    return _stored(spray.flag.form_findings(analysis_arrays["labels"], scored), maps.shape[1:])
+    scored = spray.flag.score_clusters(model, task.class_index, _batches(members, task), maps,
+                                       analysis_arrays["labels"], recipients, task.image, task.flagging, device)
+    joined = spray.flag.form_findings(analysis_arrays["labels"], scored)
+    if joined.findings:
+        effects = spray.flag.measure_effects(model, task.class_index, _batches(members, task), maps, recipients,
+                                             task.image, task.flagging, joined.findings, device)
+        joined = spray.flag.join_by_effect(joined, effects)
+    return _stored(joined, maps.shape[1:])
 
 
 def _batches(members: list[Sample], task: FlagTask) -> PixelBatches:

@@ -83,6 +83,10 @@ EVIDENCE: dict[str, Term] = {
     "joined_by_pattern": Term(
         "Joined by pattern", "Samples of other clusters whose pixels in the region match this cluster's pattern, "
         "moved into it after flagging.", "samples"),
+    "joined_by_effect": Term(
+        "Joined by effect", "Samples whose most relevant window, pasted into other classes' images, raises this "
+        "class as the members' does and looks like their pattern (a copy at another size or in another colour), "
+        "moved into it after flagging.", "samples"),
     "spectral_size": Term("Size before joining", "Members the spectral clustering gave this cluster.", "samples"),
 }
 
