@@ -85,8 +85,8 @@ EVIDENCE: dict[str, Term] = {
         "moved into it after flagging.", "samples"),
     "joined_by_effect": Term(
         "Joined by effect", "Samples whose most relevant window, pasted into other classes' images, raises this "
-        "class as the members' does and looks like their pattern (a copy at another size or in another colour), "
-        "moved into it after flagging.", "samples"),
+        "class about as much as the members' does, and that look more like their pattern than other classes' "
+        "images do (a copy at another size or in another colour), moved into it after flagging.", "samples"),
     "spectral_size": Term("Size before joining", "Members the spectral clustering gave this cluster.", "samples"),
 }
 
