@@ -56,7 +56,7 @@ and pasting strokes adds some evidence), so they guard against a shared pattern 
 The stage in modules: ``plan`` (regions, masks, donors), ``passes`` (the two passes over the class's
 images), ``patterns`` (the search for patterns found anywhere), ``evidence`` (the typed ``Evidence`` and ``weigh``,
 the pure function that gives the verdict), ``score`` (``score_clusters``), ``findings`` (``form_findings``,
-``join_by_effect``), ``effect`` (``transplant_effects``) and ``task`` (the cached task and its entry). ``evidence``, ``plan`` and ``findings`` import no torch; the names of the other modules load on first use, so that the
+``join_by_effect``), ``effect`` (``measure_effects``) and ``task`` (the cached task and its entry). ``evidence``, ``plan`` and ``findings`` import no torch; the names of the other modules load on first use, so that the
 report and ``spray.results`` read ``Evidence`` without loading torch.
 """
 

@@ -54,8 +54,7 @@ def measure_effects(model: torch.nn.Module, class_index: int, batches: PixelBatc
         rows.append(np.fmax.reduce([resemblance(prototype, searched) for prototype in prototypes]))
         elsewhere.append(np.fmax.reduce([resemblance(prototype, others) for prototype in prototypes])
                          if others is not None else np.zeros(0, np.float32))
-    empty = np.zeros((0, len(maps)), np.float32)
-    return Effects(gain, windows, np.stack(rows) if rows else empty,
+    return Effects(gain, windows, np.stack(rows) if rows else np.zeros((0, len(maps)), np.float32),
                    np.stack(elsewhere) if elsewhere else np.zeros((0, len(recipients)), np.float32))
 
 

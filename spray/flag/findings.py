@@ -212,17 +212,8 @@ def _passes(gain: np.ndarray, resemblance: np.ndarray, elsewhere: np.ndarray, fr
     if own - rest < MIN_EFFECT_GAP or not len(elsewhere) or not np.isfinite(resemblance).all() \
             or not np.isfinite(elsewhere).all():
         return np.zeros(len(gain), bool)
-    return (_share_of_the_way(gain, free, members) >= JOIN_EFFECT) & \
-        (resemblance > np.quantile(elsewhere, JOIN_RESEMBLANCE))
-
-
-def _share_of_the_way(values: np.ndarray, rest: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """(N,) how far each value lies from the median over ``rest`` to the median over ``members`` (0 at the
-    first, 1 at the second); -inf everywhere when the members' median is not above the rest's."""
-    low, high = float(np.median(values[rest])), float(np.median(values[members])) if members.any() else -np.inf
-    if not high > low:
-        return np.full(len(values), -np.inf)
-    return (values - low) / (high - low)
+    # own - rest >= MIN_EFFECT_GAP > 0: the share of the way from the rest's median to the members'
+    return ((gain - rest) / (own - rest) >= JOIN_EFFECT) & (resemblance > np.quantile(elsewhere, JOIN_RESEMBLANCE))
 
 
 def _merged(finding: Finding, parts: list[Finding], members: list[np.ndarray], new: np.ndarray, labels: np.ndarray,
