@@ -8,8 +8,9 @@ over those members):
   over the preprocessed maps and the final labels, with ``flagging.min_cluster_size`` as the smallest
   competitor, as the audit computes it; each map cell spread evenly over the image pixels it was
   area-averaged from) on the artifact's pixels, and within 2 px of them (``+2px``, city-block distance);
-  ``neon absent``: the share of its positive terms that say "less relevance here than the competitor" rather
-  than "more" (``neon_terms``), and ``neon present``: the "more" terms' share on the artifact;
+  ``neon present``: the same share of the part of the membership map from what the member has (cells where
+  its heatmap exceeds the boundary point to a competitor: ``spray.neon``, what the report shows), ``neon
+  absent``: the share of the member's positive relevance from what it lacks instead;
 - ``lrp``: the same share of the member's own LRP heatmap (channel-summed, image resolution), the reference:
   how much of the model's own evidence is on the artifact;
 - ``neon mean``, ``lrp mean``: the same shares of the cluster's mean membership map and mean heatmap (what the
@@ -69,7 +70,7 @@ from spray.demo import build_case as build_demo  # noqa: E402
 from spray.flag import read_flagged  # noqa: E402
 from spray.flag.plan import REGION_MASS, to_image_mask  # noqa: E402
 from spray.model import model_token  # noqa: E402
-from spray.neon import cluster_memberships, competitor_evidence, explain_membership  # noqa: E402
+from spray.neon import cluster_memberships  # noqa: E402
 from spray.pipeline import compute_entries  # noqa: E402
 from spray.planted import ARTIFACT_MASKS, Case, build_case, is_built, plant_case, read_artifact_masks  # noqa: E402
 
@@ -199,29 +200,6 @@ def mass_region(values: np.ndarray, max_fraction: float) -> np.ndarray:
     return region.reshape(values.shape)
 
 
-def neon_terms(maps: np.ndarray, labels: np.ndarray, min_competitor_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """NEON's positive contributions split by what they say, each ``(N, h, w)``: ``present``, a cell where the
-    sample has *more* relevance than the midpoint to a competitor and its own cluster's mean has more (the
-    pattern is here); ``absent``, a cell where it has *less* and its own cluster's mean has less (the
-    relevance the competitors put here went elsewhere). Same centroids and beta as ``cluster_memberships``;
-    the terms (per competitor ``k``: ``R_k / h_k (x_i - m_ik) w_ik``) sum to its relevance."""
-    points = maps.reshape(len(maps), -1).astype(np.float64)
-    clusters, assigned = np.unique(labels, return_inverse=True)
-    centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
-    rivals = np.bincount(assigned) >= min_competitor_size
-    membership = explain_membership(points, centroids, assigned, competitors=rivals)
-    evidence = competitor_evidence(points, centroids, assigned, rivals)
-    usable = np.isfinite(evidence) & (evidence != 0)
-    weight = np.where(usable, membership.competitor_relevance / np.where(usable, evidence, 1), 0)  # (N, K)
-    own = centroids[assigned][:, None]  # (N, 1, D)
-    deviation = points[:, None] - (own + centroids[None]) / 2  # (N, K, D): x - m_k
-    terms = weight[..., None] * deviation * 2 * (own - centroids[None])
-    assert np.allclose(terms.sum(1), membership.relevance, atol=1e-8 * max(1.0, np.abs(membership.relevance).max()))
-    positive = np.clip(terms, 0, None)
-    present, absent = (np.where(side, positive, 0).sum(1).reshape(maps.shape) for side in (deviation > 0, deviation < 0))
-    return present, absent
-
-
 def upsampled(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A (h, w) map of area-averaged cells at image resolution (H, W): each cell's value spread evenly over
     its pixels (so a share of relevance is the same at both resolutions)."""
@@ -252,8 +230,8 @@ def measure(audited: Audited, min_competitor_size: int | None = None) -> list[di
             _, own_maps = lens_neon(tasks["lens"], flagged.labels)
             present = absent = None
         else:
-            _, own_maps = cluster_memberships(maps, flagged.labels, min_competitor_size=competitor_size)
-            present, absent = neon_terms(maps, flagged.labels, competitor_size)
+            _, own_maps, present = cluster_memberships(maps, flagged.labels, min_competitor_size=competitor_size)
+            absent = own_maps - present
         lookup = relevance_lookup(tasks["shards"], dataset.by_class()[index], config.attribution.shard_size)
         number = audited.targets[index]
         carriers = np.array([audited.artifact[i] == number for i in ids])
@@ -298,7 +276,8 @@ def _cluster_measures(audited: Audited, ids: list[str], members: np.ndarray, car
         add("neon", positive_share(neon, mask))
         add("neon +2px", positive_share(neon, near))
         if present is not None and absent is not None:
-            add("neon absent", float(absent[row].sum() / max(absent[row].sum() + present[row].sum(), 1e-30)))
+            has, lacks = np.clip(present[row], 0, None).sum(), np.clip(absent[row], 0, None).sum()
+            add("neon absent", float(lacks / max(has + lacks, 1e-30)))
             add("neon present", positive_share(upsampled(present[row], size), mask))
             add("neon present +2px", positive_share(upsampled(present[row], size), near))
         add("lrp", positive_share(heatmap, mask))
@@ -422,6 +401,9 @@ def _summary(table: pd.DataFrame) -> None:
         print(f"\n{'NEON over the heatmaps' if not lens else f'NEON through the lens at layer {lens!r}'}, {len(rows)} flagged clusters "
               f"(medians of the per-cluster medians): positive share on the artifact {median('neon'):.2f} "
               f"({median('neon +2px'):.2f} within {DILATION} px), > 0.5 in {(rows.neon > 0.5).sum()}/{len(rows)}; "
+              f"of what the members have (the report's map) {median('neon present'):.2f} "
+              f"({median('neon present +2px'):.2f}), > 0.5 in {(rows['neon present'] > 0.5).sum() if 'neon present' in rows else 0}/"
+              f"{len(rows)}, the rest of the positive relevance from what they lack {median('neon absent'):.2f}; "
               f"LRP's {median('lrp'):.2f} ({median('lrp +2px'):.2f}); flag region P/R/IoU {median('region P'):.2f}/"
               f"{median('region R'):.2f}/{median('region IoU'):.2f}, windows {median('window P'):.2f}/"
               f"{median('window R'):.2f}/{median('window IoU'):.2f}; NEON region (mean map) "

@@ -110,21 +110,25 @@ def finding_result(finding: Finding, ids: list[str], labels: np.ndarray, image: 
 def _neon(maps: np.ndarray, labels: np.ndarray,
           min_competitor_size: int) -> tuple[dict[int, ClusterMembership], np.ndarray]:
     """NEON of the final clusters (after joining) over the preprocessed maps: per cluster id, and per sample
-    ``(N, h, w)`` its own membership map; clusters too small to be scored are no competitors. No clusters (an
-    empty class): nothing."""
+    ``(N, h, w)`` the part of its own membership map from what it has (``spray.neon``: what a prototype's tile
+    shows); clusters too small to be scored are no competitors. No clusters (an empty class): nothing."""
     if not len(maps):
         return {}, np.zeros_like(maps)
-    memberships, per_sample = cluster_memberships(maps, labels, min_competitor_size=min_competitor_size)
-    return {m.cluster: m for m in memberships}, per_sample.astype(np.float32)
+    memberships, _, present = cluster_memberships(maps, labels, min_competitor_size=min_competitor_size)
+    return {m.cluster: m for m in memberships}, present.astype(np.float32)
 
 
 def _cluster_neon(membership: ClusterMembership | None, region: np.ndarray | None,
                   layer: str | None) -> ClusterNeon | None:
     if membership is None or membership.competitor < 0:
         return None
+    present = membership.present_map
     return ClusterNeon(competitor=membership.competitor, mean_logit=membership.mean_logit,
                        mean_map=membership.mean_map.astype(np.float32),
-                       positive_share_in_region=positive_share_in_region(membership.mean_map, region), layer=layer)
+                       positive_share_in_region=positive_share_in_region(membership.mean_map, region), layer=layer,
+                       present_map=None if present is None else present.astype(np.float32),
+                       present_share=membership.present_share,
+                       present_share_in_region=None if present is None else positive_share_in_region(present, region))
 
 
 def _class_faithfulness(entry: Entry, ids: list[str]) -> ClassFaithfulness | None:

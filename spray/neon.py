@@ -23,6 +23,13 @@ root point ``m_k = (mu_c + mu_k) / 2`` on the decision boundary between ``c`` an
 
 Since ``sum_i (x_i - m_ik) w_ik = h_k`` exactly, relevance is conserved: ``sum_i R_i = f_c`` for every sample
 (except a sample exactly on a boundary, ``h_k = 0``, whose ``R_k`` has no direction and is dropped).
+
+Each term says one of two things. Where ``x_i > m_ik`` the sample *has* more of feature ``i`` than the boundary
+point (with ``w_ik > 0``: a trait its cluster has and the competitor lacks, such as a watermark's relevance);
+where ``x_i < m_ik`` it *lacks* it (with ``w_ik < 0``: relevance the competitor puts there and the members do
+not). Over heatmaps normalised per sample both kinds are positive evidence for the same fact, relevance drawn
+to an artifact is missing elsewhere, so the report shows the first kind, ``present``, as what the members
+have, and names the share of the second. ``present + absent = relevance`` per sample.
 The sum over ``k`` is done with two ``(N, K) @ (K, D)`` products (no ``(N, K, D)`` tensor), because
 ``(x_i - m_ik) w_ik = 2 x_i (mu_ci - mu_ki) - (mu_ci^2 - mu_ki^2)``.
 """
@@ -45,6 +52,8 @@ class Membership:
       centroid), the cluster each sample is most nearly confused with.
     - ``competitor_relevance (N, K)``: ``R_k``, the logit split over competitors (0 for the own cluster).
     - ``beta``: the soft min's stiffness used (per squared-distance unit).
+    - ``present (N, D)``: the part of ``relevance`` from the terms where the sample's feature exceeds the
+      boundary point (``x_i > m_ik``): what the sample has; ``relevance - present`` is what it lacks.
     """
 
     logit: np.ndarray
@@ -52,6 +61,7 @@ class Membership:
     competitor: np.ndarray
     competitor_relevance: np.ndarray
     beta: float
+    present: np.ndarray
 
 
 def default_beta(evidence: np.ndarray) -> float:
@@ -98,13 +108,13 @@ def explain_membership(points: np.ndarray, centroids: np.ndarray, assigned: np.n
     parts = [_explain_batch(torch.from_numpy(points[start : start + batch_size]), mu,
                             torch.from_numpy(assigned[start : start + batch_size]), beta, rivals)
              for start in range(0, len(points), batch_size)]
-    logit, relevance, competitor, shares = (torch.cat(column).numpy() for column in zip(*parts))
+    logit, relevance, competitor, shares, present = (torch.cat(column).numpy() for column in zip(*parts))
     return Membership(logit=logit, relevance=relevance, competitor=competitor, competitor_relevance=shares,
-                      beta=float(beta))
+                      beta=float(beta), present=present)
 
 
 def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor, beta: float,
-                   rivals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   rivals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     evidence = _evidence(x, mu, assigned, rivals)  # (B, K), inf at the own cluster and at non-competitors
     # soft min over competitors: -1/beta log sum exp(-beta h); an inf (own cluster, non-competitor) adds exp(-inf) = 0
     logit = -torch.logsumexp(-beta * evidence, dim=1) / beta
@@ -120,7 +130,17 @@ def _explain_batch(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor, be
     total = a.sum(1, keepdim=True)
     relevance = 2 * x * (total * own - a @ mu) - (total * own**2 - a @ mu**2)
     competitor = torch.where(finite, evidence, torch.full_like(evidence, torch.inf)).argmin(1)
-    return logit, relevance, competitor, shares
+    return logit, relevance, competitor, shares, _present(x, mu, own, a)
+
+
+def _present(x: torch.Tensor, mu: torch.Tensor, own: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """(B, D) the midpoint-rule terms where x_i > m_ik, summed over the competitors ``k`` (a loop over the
+    clusters, not the samples: a (B, K, D) tensor would not fit for large B)."""
+    present = torch.zeros_like(x)
+    for k in torch.nonzero(a.ne(0).any(0)).flatten().tolist():
+        above = (x - (own + mu[k]) / 2).clamp(min=0)  # x - m_k where positive
+        present += a[:, k : k + 1] * above * 2 * (own - mu[k])
+    return present
 
 
 def _evidence(x: torch.Tensor, mu: torch.Tensor, assigned: torch.Tensor, rivals: torch.Tensor) -> torch.Tensor:
@@ -180,6 +200,9 @@ class ClusterMembership:
     - ``mean_logit``: the members' mean cluster logit (squared-distance units of the maps).
     - ``mean_map (h, w)``: the members' mean membership relevance: positive where the members' heatmaps
       differ from the competitors' means in the direction of their own cluster's mean.
+    - ``present_map (h, w)``: the part of ``mean_map`` from what the members have (``Membership.present``);
+      ``mean_map - present_map`` is from what they lack. None where the terms were not split (the
+      deep-feature lens carries them through the network together).
     """
 
     cluster: int
@@ -187,6 +210,18 @@ class ClusterMembership:
     competitor: int
     mean_logit: float
     mean_map: np.ndarray
+    present_map: np.ndarray | None = None
+
+    @property
+    def present_share(self) -> float | None:
+        """Share of the positive relevance of the members' mean map that comes from what they have: the
+        positive part of ``present_map`` over that of ``present_map`` and of ``mean_map - present_map``
+        together (NaN when neither has any; None without ``present_map``)."""
+        if self.present_map is None:
+            return None
+        has = float(np.clip(self.present_map, 0, None).sum())
+        lacks = float(np.clip(self.mean_map - self.present_map, 0, None).sum())
+        return has / (has + lacks) if has + lacks > 0 else float("nan")
 
 
 def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None,
@@ -196,7 +231,7 @@ def explain_clusters(maps: np.ndarray, labels: np.ndarray, *, beta: float | None
 
 
 def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *, beta: float | None = None,
-                        min_competitor_size: int = 1) -> tuple[list[ClusterMembership], np.ndarray]:
+                        min_competitor_size: int = 1) -> tuple[list[ClusterMembership], np.ndarray, np.ndarray]:
     """NEON explanation of every cluster of a class's heatmaps, and of every sample's membership.
 
     ``maps (N, h, w)``: the preprocessed heatmaps the clusters were formed from; ``labels (N,)``: each map's
@@ -211,7 +246,8 @@ def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *, beta: float | N
     ``flagging.min_cluster_size``, the size below which a cluster is not scored either. A cluster with no
     competitor left (a class of one cluster) gets competitor ``-1``, a zero logit and zero maps.
 
-    Returns the clusters (by label) and ``(N, h, w)``: each sample's membership relevance in its own cluster.
+    Returns the clusters (by label), ``(N, h, w)`` each sample's membership relevance in its own cluster, and
+    ``(N, h, w)`` the part of it from what the sample has (``Membership.present``).
     """
     maps = np.asarray(maps, dtype=np.float64)
     if maps.ndim != 3:
@@ -227,6 +263,7 @@ def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *, beta: float | N
     # clusters with a competitor other than themselves; the others keep zero maps
     explained = np.array([np.delete(rivals, k).any() for k in range(len(clusters))], bool)
     relevance = np.zeros((len(maps), maps[0].size if len(maps) else 0))
+    present = np.zeros_like(relevance)
     logit, competitor = np.zeros(len(maps)), np.full(len(maps), -1)
     rows = explained[assigned]
     if rows.any():
@@ -234,17 +271,20 @@ def cluster_memberships(maps: np.ndarray, labels: np.ndarray, *, beta: float | N
         centroids = np.stack([points[assigned == k].mean(0) for k in range(len(clusters))])
         membership = explain_membership(points[rows], centroids, assigned[rows], beta=beta, competitors=rivals)
         relevance[rows], logit[rows], competitor[rows] = membership.relevance, membership.logit, membership.competitor
+        present[rows] = membership.present
     out = []
     for k, cluster in enumerate(clusters):
         members = assigned == k
         if not explained[k]:
-            out.append(ClusterMembership(int(cluster), int(sizes[k]), -1, 0.0, np.zeros(maps.shape[1:])))
+            out.append(ClusterMembership(int(cluster), int(sizes[k]), -1, 0.0, np.zeros(maps.shape[1:]),
+                                         np.zeros(maps.shape[1:])))
             continue
         nearest = int(np.bincount(competitor[members], minlength=len(clusters)).argmax())
         out.append(ClusterMembership(
             cluster=int(cluster), size=int(sizes[k]), competitor=int(clusters[nearest]),
-            mean_logit=float(logit[members].mean()), mean_map=relevance[members].mean(0).reshape(maps.shape[1:])))
-    return out, relevance.reshape(maps.shape)
+            mean_logit=float(logit[members].mean()), mean_map=relevance[members].mean(0).reshape(maps.shape[1:]),
+            present_map=present[members].mean(0).reshape(maps.shape[1:])))
+    return out, relevance.reshape(maps.shape), present.reshape(maps.shape)
 
 
 def positive_share_in_region(relevance: np.ndarray, region: np.ndarray | None) -> float | None:

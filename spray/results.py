@@ -33,6 +33,10 @@ class ClusterNeon:
     mean_map: np.ndarray  # (h, w) the members' mean membership relevance
     positive_share_in_region: float | None  # share of mean_map's positive relevance inside the region; None: no region
     layer: str | None = None  # None: over the heatmap grid; the deep-feature lens's layer (spray.analysis.features)
+    # the part of mean_map from what the members have (spray.neon); None where not split (the lens)
+    present_map: np.ndarray | None = None
+    present_share: float | None = None  # share of mean_map's positive relevance from what the members have
+    present_share_in_region: float | None = None  # share of present_map's positive relevance inside the region
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class ClusterResult(Judged):
     prototype_heatmaps: list[np.ndarray]  # (H, W) float32 each, channel-summed input relevance
     members_shown: list[Thumbnail] = field(default_factory=list)  # flagged clusters: every member (capped)
     neon: ClusterNeon | None = None  # what sets it apart from its nearest cluster; None with a single cluster
-    prototype_neon_maps: list[np.ndarray] = field(default_factory=list)  # (h, w) each prototype's membership map
+    # (h, w) each prototype's membership map (the part from what it has, where neon.present_map is set)
+    prototype_neon_maps: list[np.ndarray] = field(default_factory=list)
     faithfulness: FaithfulnessSummary | None = None  # over its sampled members; None when none was sampled
 
     @property

@@ -43,6 +43,7 @@ class LineRatios:
     consistency: float = math.nan
     necessity: float = math.nan
     sufficiency: float = math.nan
+    decision: float = math.nan
     transplant_flip_rate: float = math.nan
 
     @classmethod
@@ -52,7 +53,7 @@ class LineRatios:
 
         flips = evidence.transplant_flip_rate
         return cls(ratio(evidence.consistency), ratio(evidence.necessity), ratio(evidence.sufficiency),
-                   math.nan if flips is None else float(flips))
+                   ratio(evidence.decision), math.nan if flips is None else float(flips))
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class Timeline:
 
 CSV_COLUMNS = ("class", "name", "checkpoint", "weights", "n_clusters", "accuracy", "max_score", "n_flagged",
                "pattern", "first_flagged", "cluster", "size", "score", "flagged", "matched_by", "consistency",
-               "necessity", "sufficiency", "transplant_flip_rate")
+               "necessity", "sufficiency", "decision", "transplant_flip_rate")
 
 
 def _cell(value: float | int | None) -> str:

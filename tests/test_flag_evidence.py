@@ -6,11 +6,22 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
-from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence, Measured, Transplant, weigh
+from spray.flag import (
+    CONSISTENCY,
+    DECISION,
+    NECESSITY,
+    SUFFICIENCY,
+    Evidence,
+    Measured,
+    Transplant,
+    decision_bound,
+    weigh,
+)
 
-PASTED = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.4, flip_rate_control=0.02)
+PASTED = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.4, flip_rate_control=0.02, flip_excess_bound=0.33)
 
 
 def measured(consistency: float = 0.95, drop: float = 0.6, drop_rest: float = 0.2,
@@ -23,7 +34,7 @@ def measured(consistency: float = 0.95, drop: float = 0.6, drop_rest: float = 0.
 def test_a_cluster_is_flagged_when_every_line_passes_and_its_score_is_the_weakest_ratio():
     evidence = weigh(measured(), flag_threshold=1.0)
     assert evidence.necessity.value == pytest.approx(0.4) and evidence.sufficiency.value == pytest.approx(0.4)
-    assert [line.threshold for line in evidence.lines] == [CONSISTENCY, NECESSITY, SUFFICIENCY]
+    assert [line.threshold for line in evidence.lines] == [CONSISTENCY, NECESSITY, SUFFICIENCY, DECISION]
     assert evidence.weakest == "consistency" and evidence.weakest_line is evidence.consistency
     assert evidence.score == pytest.approx(0.95 / CONSISTENCY) and evidence.flagged
     assert all(line.passed for line in evidence.lines) and evidence.not_scored is None
@@ -35,9 +46,31 @@ def test_one_failing_line_sets_the_score_below_one_and_no_flag():
     assert evidence.score == pytest.approx(0.05 / NECESSITY) and not evidence.flagged
 
 
+def test_a_region_that_raises_the_logit_but_turns_hardly_more_images_than_chance_is_not_flagged():
+    # a patch of sky shared by the crops of one photo: 6 of 200 images turned against the control's 4
+    turned, control = np.zeros(200, bool), np.zeros(200, bool)
+    turned[:6], control[3:7] = True, True
+    chance = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.03, flip_rate_control=0.02,
+                        flip_excess_bound=decision_bound(turned, control))
+    evidence = weigh(measured(transplant=chance), flag_threshold=1.0)
+    assert evidence.sufficiency.passed and evidence.decision.value < 0
+    assert evidence.weakest == "decision" and not evidence.flagged
+
+
+def test_the_decision_bound_is_the_paired_excess_of_turned_images_less_its_uncertainty():
+    turned, control = np.zeros(200, bool), np.zeros(200, bool)
+    turned[:12] = True  # 12 more images turned, none fewer: 0.06 - 1.645 * sqrt((0.06 - 0.0036) / 200)
+    assert decision_bound(turned, control) == pytest.approx(0.06 - 1.645 * np.sqrt(0.0564 / 200))
+    assert decision_bound(turned, control) > DECISION
+    assert decision_bound(turned, turned) == 0.0  # the same images turned: no excess, no spread
+    assert decision_bound(np.zeros(0, bool), np.zeros(0, bool)) == 0.0
+    with pytest.raises(ValueError, match="paired by recipient"):
+        decision_bound(turned, control[:10])
+
+
 def test_without_images_of_other_classes_sufficiency_is_zero_and_says_why():
     evidence = weigh(measured(transplant=None), flag_threshold=1.0)
-    assert evidence.sufficiency.value == 0.0 and evidence.score == 0.0 and not evidence.flagged
+    assert evidence.sufficiency.value == 0.0 and evidence.decision.value == 0.0 and evidence.score == 0.0 and not evidence.flagged
     assert evidence.not_scored == "no images of other classes to transplant the region into"
     assert evidence.transplant_gain is None and "transplant_gain" not in evidence.to_dict()
 
@@ -54,10 +87,11 @@ def test_the_stored_evidence_lists_measurements_lines_weakest_and_thresholds_in_
         "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "consistency_colour",
         "consistency_shape", "masking_drop",
         "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
-        "transplant_flip_rate_control", "sufficiency", "weakest_evidence", "thresholds", "joined_by_pattern",
-        "joined_by_effect", "spectral_size",
+        "transplant_flip_rate_control", "sufficiency", "decision", "weakest_evidence", "thresholds",
+        "joined_by_pattern", "joined_by_effect", "spectral_size",
     ]
-    assert data["thresholds"] == {"consistency": CONSISTENCY, "necessity": NECESSITY, "sufficiency": SUFFICIENCY}
+    assert data["thresholds"] == {"consistency": CONSISTENCY, "necessity": NECESSITY, "sufficiency": SUFFICIENCY,
+                                  "decision": DECISION}
     assert data["joined_by_pattern"] == 3 and data["spectral_size"] == 40 and data["joined_by_effect"] == 2
     assert Evidence(not_scored="smaller than flagging.min_cluster_size").to_dict() == {
         "not_scored": "smaller than flagging.min_cluster_size"}

@@ -26,6 +26,20 @@ def test_hand_computed_example():
     np.testing.assert_allclose(competitor_evidence(POINT, CENTROIDS, np.array([0])), [[np.inf, 2.0, 12.0]])
 
 
+def test_what_a_sample_has_and_what_it_lacks_split_its_relevance_by_hand():
+    # (0.5, 0.5) is in cluster 0 (at the origin) only for lacking what clusters 1 and 2 have: both of its terms
+    # have x_i below the boundary point (0.5 < 1 for k = 1, 0.5 < 2 for k = 2), so nothing of it is "present"
+    lacking = explain_membership(POINT, CENTROIDS, np.array([0]), beta=1.0)
+    assert lacking.present[0] == pytest.approx([0.0, 0.0], abs=1e-12)
+    # (1.5, 0.5) in cluster 1 at (2, 0): against k = 0, w = (4, 0), m = (1, 0), term (2, 0), present;
+    # against k = 2, w = (4, -8), m = (1, 2), terms (2, 12): the first present, the second lacks cluster 2's y
+    having = explain_membership(np.array([[1.5, 0.5]]), CENTROIDS, np.array([1]), beta=1.0)
+    logit = -math.log(math.exp(-2) + math.exp(-14))
+    r0, r2 = logit / (1 + math.exp(-12)), logit / (1 + math.exp(12))
+    assert having.relevance[0] == pytest.approx([r0 + 2 * r2 / 14, 12 * r2 / 14], abs=1e-12)
+    assert having.present[0] == pytest.approx([r0 + 2 * r2 / 14, 0.0], abs=1e-12)
+
+
 def test_stiff_soft_min_tends_to_the_hard_min():
     result = explain_membership(POINT, CENTROIDS, np.array([0]), beta=1e3)
     assert result.logit[0] == pytest.approx(2.0, abs=1e-9)
@@ -53,6 +67,7 @@ def test_batches_do_not_change_the_result():
     whole = explain_membership(points, centroids, assigned, beta=0.5)
     batched = explain_membership(points, centroids, assigned, beta=0.5, batch_size=5)
     np.testing.assert_allclose(batched.relevance, whole.relevance, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(batched.present, whole.present, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(batched.competitor, whole.competitor)
 
 
@@ -112,6 +127,12 @@ def test_each_cluster_is_explained_against_its_nearest_competitor():
     assert positive[:2, :2].sum() / positive.sum() > 0.75
     centre = np.clip(explained[9].mean_map, 0, None)
     assert centre[3:5, 3:5].sum() / centre.sum() > 0.75
+    # what the members have is the corner alone; what they lack (cluster 9's centre) is the rest
+    has = np.clip(corner.present_map, 0, None)
+    assert has[:2, :2].sum() / has.sum() > 0.99
+    assert corner.present_share == pytest.approx(has.sum() / (has.sum() + np.clip(corner.mean_map - corner.present_map,
+                                                                                   0, None).sum()))
+    assert 0.5 < corner.present_share < 1.0
 
 
 def test_a_class_with_one_cluster_has_no_competitor():
@@ -161,9 +182,10 @@ def test_a_cluster_whose_rivals_are_all_too_small_has_no_competitor():
 
     maps, labels = _corner_class(remnant=2)
     keep = labels != 0
-    clusters, per_sample = cluster_memberships(maps[keep], labels[keep], min_competitor_size=5)
+    clusters, per_sample, present = cluster_memberships(maps[keep], labels[keep], min_competitor_size=5)
     by_id = {c.cluster: c for c in clusters}
     assert by_id[1].competitor == -1 and by_id[1].mean_logit == 0.0 and not per_sample[labels[keep] == 1].any()
+    assert not present[labels[keep] == 1].any()
     assert by_id[2].competitor == 1 and by_id[2].mean_logit != 0.0
 
 

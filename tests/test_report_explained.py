@@ -17,7 +17,7 @@ from audit_cases import make_tiny_case, tiny_config, write_config
 from spray.cli import main
 from spray.config import load_config
 from spray.errors import EXIT_OK
-from spray.flag import CONSISTENCY, NECESSITY, SUFFICIENCY, Measured, Transplant, weigh
+from spray.flag import CONSISTENCY, DECISION, NECESSITY, SUFFICIENCY, Measured, Transplant, weigh
 from spray.pipeline import PathShower
 from spray.report import write_report
 from spray.report.explain import EVIDENCE
@@ -47,15 +47,16 @@ def test_every_evidence_line_the_audit_writes_has_a_name_and_a_meaning(tiny_repo
     summary = json.loads((tiny_report / "summary.json").read_text())
     written = set().union(*(_evidence_keys(cluster["evidence"])
                             for result in summary["classes"] for cluster in result["clusters"]))
-    assert {"consistency", "necessity", "sufficiency"} <= written
+    assert {"consistency", "necessity", "sufficiency", "decision"} <= written
     assert written <= set(EVIDENCE), f"add {sorted(written - set(EVIDENCE))} to spray/report/explain.py"
     page = html.unescape((tiny_report / "index.html").read_text())
     for key in ("consistency", "necessity", "masking_drop_rest", "transplant_gain_control"):
         assert EVIDENCE[key].name in page and EVIDENCE[key].meaning.split(":")[0] in page
     assert "× median logit" in page  # units next to the values
-    assert (f"Score = the weakest of consistency / {CONSISTENCY:g}, necessity / {NECESSITY:g} and sufficiency / "
-            f"{SUFFICIENCY:g}") in page
-    assert re.search(r"score <b>[0-9.]+</b>\s*<span class=\"muted\">= (consistency|necessity|sufficiency) ", page)
+    assert (f"Score = the weakest of consistency / {CONSISTENCY:g}, necessity / {NECESSITY:g}, sufficiency / "
+            f"{SUFFICIENCY:g} and decision / {DECISION:g}") in page
+    assert re.search(r"score <b>[0-9.]+</b>\s*<span class=\"muted\">= (consistency|necessity|sufficiency|decision) ",
+                     page)
     assert "What conservation means" in page
     assert "For this run's composite (epsilon_plus_flat), 90 % of the images" in page
 
@@ -120,7 +121,7 @@ def test_clean_classes_are_collapsed_and_flagged_ones_open(tmp_path):
 def test_every_line_the_evidence_can_hold_has_a_name_and_a_meaning():
     measured = Measured(region_area=0.1, relevance_in_region=0.5, relevance_in_region_rest=0.1, consistency=0.9,
                         consistency_colour=0.9, consistency_shape=0.7, masking_drop=0.4, masking_drop_rest=0.1,
-                        transplant=Transplant(0.3, 0.1, 0.2, 0.01))
+                        transplant=Transplant(0.3, 0.1, 0.2, 0.01, 0.14))
     everything = dataclasses.replace(weigh(measured, 1.0).joined(carriers=2, spectral_size=30), not_scored="why")
     keys = set(everything.to_dict()) - {"thresholds"}
-    assert len(keys) == 18 and keys <= set(EVIDENCE), f"add {sorted(keys - set(EVIDENCE))} to spray/report/explain.py"
+    assert len(keys) == 19 and keys <= set(EVIDENCE), f"add {sorted(keys - set(EVIDENCE))} to spray/report/explain.py"

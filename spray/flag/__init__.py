@@ -5,7 +5,7 @@ that a reviewer can check in the report. For each cluster we locate its *distinc
 set of pixels that holds half of the positive difference between the cluster's mean relevance map and the
 rest of the class's (capped at ``flagging.region_fraction`` of the image), grown at image resolution over
 the touching pixels at which the members agree (``plan.grow_region``: a thin frame found in part by the
-downsized heatmaps is measured whole). Three measurements on that region:
+downsized heatmaps is measured whole). Four measurements on that region:
 
 consistency
     Do the members show the *same pattern* there? ``1 - spread_members / spread_rest`` (medians over the
@@ -21,11 +21,15 @@ necessity
 sufficiency
     Does it *carry* the class by itself? The members' region is pasted into images of other classes; the
     mean rise of the audited logit (same units) minus the rise when the region is pasted from the rest of the
-    class instead (a control for "any piece of this class adds some evidence"). The share of images that
-    then turn into the audited class is reported next to it.
+    class instead (a control for "any piece of this class adds some evidence").
+decision
+    Does it *change the model's decisions*? The share of those images that then turn into the audited class
+    minus the share the control turns, at the lower end of a one-sided 95 % interval (paired by image,
+    ``evidence.decision_bound``). A part of a scene that the crops of one photo share (a patch of sky) can
+    raise the logit a little when pasted, as a piece of any object would; a shortcut turns images.
 
-A cluster is flagged when all three pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
-``SUFFICIENCY``). Its score is the weakest of the three ratios measured / threshold, so ``score >= 1``
+A cluster is flagged when all four pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
+``SUFFICIENCY``, ``DECISION``). Its score is the weakest of the four ratios measured / threshold, so ``score >= 1``
 exactly when the cluster is flagged, and the report shows which line of evidence is the weakest.
 
 Patterns that move. A shortcut that sits at a different place in each image spreads over several clusters
@@ -67,12 +71,14 @@ from typing import TYPE_CHECKING, Any
 
 from spray.flag.evidence import (
     CONSISTENCY,
+    DECISION,
     NECESSITY,
     SUFFICIENCY,
     Evidence,
     Line,
     Measured,
     Transplant,
+    decision_bound,
     weakest_evidence,
     weigh,
 )
@@ -109,6 +115,7 @@ _LAZY = {
 
 __all__ = [
     "CONSISTENCY",
+    "DECISION",
     "NECESSITY",
     "OVERLAP",
     "REGION_MASS",
@@ -129,6 +136,7 @@ __all__ = [
     "Transplant",
     "Windows",
     "array_batches",
+    "decision_bound",
     "distinctive_region",
     "flag_task",
     "form_findings",

@@ -13,10 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
+
 CONSISTENCY = 0.9  # members' region pixels at most a tenth as spread as the rest of the class's
 NECESSITY = 0.3  # masking costs members 0.3 median logits more than the rest of the class
 SUFFICIENCY = 0.15  # pasting the members' region raises the class 0.15 median logits more than the control
-LINE_NAMES = ("consistency", "necessity", "sufficiency")
+# pasting the members' region turns at least 1 % more of the other classes' images into the class than the
+# control does, at the lower end of a one-sided 95 % interval (``decision_bound``)
+DECISION = 0.01
+DECISION_Z = 1.645  # the one-sided 95 % quantile of the normal distribution
+LINE_NAMES = ("consistency", "necessity", "sufficiency", "decision")
 NO_RECIPIENTS = "no images of other classes to transplant the region into"
 
 # The keys of ``Evidence.to_dict`` in the order summary.json and the report list them (``thresholds`` follows
@@ -25,7 +31,7 @@ _ORDER = (
     "region_area", "relevance_in_region", "relevance_in_region_rest", "consistency", "consistency_colour",
     "consistency_shape", "masking_drop",
     "masking_drop_rest", "necessity", "transplant_gain", "transplant_gain_control", "transplant_flip_rate",
-    "transplant_flip_rate_control", "sufficiency", "not_scored", "weakest_evidence", "joined_by_pattern",
+    "transplant_flip_rate_control", "sufficiency", "decision", "not_scored", "weakest_evidence", "joined_by_pattern",
     "joined_by_effect", "spectral_size",
 )
 
@@ -57,6 +63,9 @@ class Transplant:
     gain_control: float  # the same with the region pasted from the rest of the class
     flip_rate: float  # share of recipients that then are predicted as the audited class
     flip_rate_control: float
+    # lower end of a one-sided 95 % interval of flip_rate - flip_rate_control, paired by recipient
+    # (``decision_bound``)
+    flip_excess_bound: float
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class Evidence:
     """The evidence of one cluster and its verdict (the meaning of each measurement: ``spray.flag``).
 
     A cluster that was not scored (too small, the whole class, repeated images) has only ``not_scored``,
-    score 0 and no flag. A scored cluster has its three ``Line``s, the measurements behind them, the name of
+    score 0 and no flag. A scored cluster has its four ``Line``s, the measurements behind them, the name of
     the weakest line and ``score`` = that line's ratio; ``not_scored`` then says which line could not be
     measured, if any. ``joined_by_pattern`` and ``spectral_size`` are set on flagged clusters once pattern
     carriers have joined them (``spray.flag.form_findings``), ``joined_by_effect`` once the samples whose
@@ -95,6 +104,7 @@ class Evidence:
     consistency: Line | None = None
     necessity: Line | None = None
     sufficiency: Line | None = None
+    decision: Line | None = None
     weakest: str | None = None  # the name of the line with the lowest ratio
     not_scored: str | None = None
     region_area: float | None = None
@@ -114,8 +124,9 @@ class Evidence:
 
     @property
     def lines(self) -> tuple[Line, ...]:
-        """The recorded lines of evidence, in the order consistency, necessity, sufficiency."""
-        return tuple(line for line in (self.consistency, self.necessity, self.sufficiency) if line is not None)
+        """The recorded lines of evidence, in the order consistency, necessity, sufficiency, decision."""
+        return tuple(line for line in (self.consistency, self.necessity, self.sufficiency, self.decision)
+                     if line is not None)
 
     @property
     def weakest_line(self) -> Line | None:
@@ -213,18 +224,46 @@ def weakest_evidence(ratios: dict[str, float]) -> tuple[str, float]:
     return weakest, float(ratios[weakest])
 
 
+def decision_bound(turned: np.ndarray, turned_control: np.ndarray) -> float:
+    """The lower end of a one-sided 95 % interval of how many more recipients the members' region turns
+    into the class than the control region does, as a share of the recipients.
+
+    turned, turned_control: (M,) per recipient (an image of another class, the same one in both), whether it
+    is predicted as the class after the members' region, or the control's, is pasted in (and was not before).
+    The paired differences d = turned - turned_control in {-1, 0, 1} give mean(d) - ``DECISION_Z`` * sd(d) /
+    sqrt(M) (normal approximation of the paired difference of two shares). A few more turned images than the
+    control's are chance on a few hundred recipients: a region the model reads as one more part of the class
+    (a patch of sky shared by the crops of one photo) raises the logit a little and changes hardly any
+    decision. 0 without recipients.
+    """
+    turned, turned_control = np.asarray(turned, bool), np.asarray(turned_control, bool)
+    if turned.shape != turned_control.shape or turned.ndim != 1:
+        raise ValueError(f"turned {turned.shape} and turned_control {turned_control.shape} must be (M,) each, "
+                         "paired by recipient")
+    count = len(turned)
+    if count == 0:
+        return 0.0
+    more, fewer = int((turned & ~turned_control).sum()), int((turned_control & ~turned).sum())
+    mean = (more - fewer) / count
+    variance = max((more + fewer) / count - mean * mean, 0.0)
+    return mean - DECISION_Z * math.sqrt(variance / count)
+
+
 def weigh(measured: Measured, flag_threshold: float) -> Evidence:
-    """The evidence of one scored cluster: its three lines against ``CONSISTENCY``, ``NECESSITY`` and
-    ``SUFFICIENCY``, the weakest, the score (the weakest ratio) and the flag (score >= ``flag_threshold``).
+    """The evidence of one scored cluster: its four lines against ``CONSISTENCY``, ``NECESSITY``,
+    ``SUFFICIENCY`` and ``DECISION``, the weakest, the score (the weakest ratio) and the flag (score >=
+    ``flag_threshold``).
 
     Necessity is the members' masking drop minus the rest's; sufficiency the transplant gain minus its
-    control, and 0 without images of other classes (so nothing is flagged then).
+    control; decision the transplant's excess of turned images over its control beyond chance
+    (``decision_bound``); both 0 without images of other classes (so nothing is flagged then).
     """
     transplant = measured.transplant
     lines = (
         Line("consistency", measured.consistency, CONSISTENCY),
         Line("necessity", measured.masking_drop - measured.masking_drop_rest, NECESSITY),
         Line("sufficiency", transplant.gain - transplant.gain_control if transplant else 0.0, SUFFICIENCY),
+        Line("decision", transplant.flip_excess_bound if transplant else 0.0, DECISION),
     )
     ratios = {line.name: line.ratio for line in lines}
     weakest, score = weakest_evidence(ratios)
@@ -233,7 +272,7 @@ def weigh(measured: Measured, flag_threshold: float) -> Evidence:
         reason = f"the {weakest} evidence is not a finite number (NaN or inf)"
     return Evidence(
         score=score, flagged=score >= flag_threshold, consistency=lines[0], necessity=lines[1],
-        sufficiency=lines[2], weakest=weakest, not_scored=reason, region_area=measured.region_area,
+        sufficiency=lines[2], decision=lines[3], weakest=weakest, not_scored=reason, region_area=measured.region_area,
         relevance_in_region=measured.relevance_in_region,
         relevance_in_region_rest=measured.relevance_in_region_rest,
         consistency_colour=measured.consistency_colour, consistency_shape=measured.consistency_shape,

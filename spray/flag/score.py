@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from spray.config import FlaggingConfig, ImageConfig
-from spray.flag.evidence import Measured, Transplant, not_scored, weigh
+from spray.flag.evidence import Measured, Transplant, decision_bound, not_scored, weigh
 from spray.flag.findings import ClusterEvidence
 from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, scan, second_pass
 from spray.flag.patterns import plan_patterns
@@ -116,8 +116,9 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
     if baseline is not None:
         recipient_logits, is_class = baseline
         gains = [float(((group.logits - recipient_logits) / scale).mean()) for group in pasted]
-        flips = [float((group.is_class & ~is_class).mean()) for group in pasted]
-        transplant = Transplant(gains[0], gains[1], flips[0], flips[1])
+        turned = [group.is_class & ~is_class for group in pasted]
+        transplant = Transplant(gains[0], gains[1], float(turned[0].mean()), float(turned[1].mean()),
+                                decision_bound(turned[0], turned[1]))
     return Measured(
         region_area=float(plan.mask.mean()), relevance_in_region=float(in_region[members].mean()),
         relevance_in_region_rest=float(in_region[~members].mean()), consistency=colour if shape is None else max(colour, shape),

@@ -53,6 +53,12 @@ EVIDENCE: dict[str, Term] = {
         "than pasting the same region from the rest of the class.",
         MEDIAN_LOGITS,
     ),
+    "decision": Term(
+        "Decision (turns images into the class)",
+        "How many more images of other classes the model predicts as this class after the members' region is "
+        "pasted in than after the control region is, at the lower end of a one-sided 95 % interval: a "
+        "shortcut changes decisions, a piece of the scene that only raises the logit a little does not.",
+        SHARE),
     "region_area": Term("Region size", "Share of the image covered by the cluster's distinctive region.", SHARE),
     "relevance_in_region": Term(
         "Relevance in the region (members)", "Share of the members' |relevance| that falls inside the region.",
@@ -91,8 +97,8 @@ EVIDENCE: dict[str, Term] = {
 }
 
 SCORE = (
-    "Score = the weakest of consistency / {consistency}, necessity / {necessity} and sufficiency / "
-    "{sufficiency}; a cluster is flagged when its score reaches {threshold} (flagging.threshold), i.e. when "
+    "Score = the weakest of consistency / {consistency}, necessity / {necessity}, sufficiency / "
+    "{sufficiency} and decision / {decision}; a cluster is flagged when its score reaches {threshold} (flagging.threshold), i.e. when "
     "every line of evidence passes its threshold."
 )
 
@@ -146,6 +152,15 @@ NEON_CLUSTER = (
     "the others', over the heatmap's cells; red cells make the members this cluster, blue ones pull them towards "
     "cluster {competitor}. Mean of the members' maps; mean logit {logit}."
 )
+NEON_PRESENT = (
+    "What sets this cluster apart from cluster {competitor}, its nearest: NEON (neuralized k-means explained by "
+    "LRP) splits each member's membership logit, how much nearer its heatmap lies to this cluster's mean than to "
+    "the others', over the heatmap's cells. Shown is what the members have: red cells hold more relevance in "
+    "their heatmaps than the boundary to the competitor and make them this cluster, blue ones pull them towards "
+    "cluster {competitor}. {lacks} of the positive relevance says instead what they lack (relevance the "
+    "competitor puts elsewhere; heatmaps are normalised, so relevance drawn to one place is missing in others) "
+    "and is not shown. Mean of the members' maps; mean logit {logit}."
+)
 NEON_PROTOTYPE = "Third tile: the prototype's own NEON membership map, where its heatmap makes it a member."
 NEON_LENS = (
     "What sets this cluster apart from cluster {competitor}, its nearest, at layer {layer}: the clusters were formed "
@@ -172,6 +187,12 @@ def neon_text(competitor: int, logit: str, layer: str | None = None) -> str:
     if layer is not None:
         return NEON_LENS.format(competitor=competitor, logit=logit, layer=repr(layer))
     return NEON_CLUSTER.format(competitor=competitor, logit=logit)
+
+
+def neon_present_text(competitor: int, logit: str, present_share: float | None) -> str:
+    """The one-line explanation of a cluster's NEON map of what its members have."""
+    lacks = "None" if present_share is None or present_share != present_share else f"{1 - present_share:.0%}"
+    return NEON_PRESENT.format(competitor=competitor, logit=logit, lacks=lacks)
 
 
 def faithfulness_text(n: int, patch: int, perturbation: str) -> str:

@@ -20,7 +20,7 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from spray.errors import RunError
-from spray.flag.evidence import CONSISTENCY, NECESSITY, SUFFICIENCY, Evidence
+from spray.flag.evidence import CONSISTENCY, DECISION, NECESSITY, SUFFICIENCY, Evidence
 from spray.report import explain, figures, images
 from spray.report.summary import (
     class_order_key,
@@ -136,14 +136,17 @@ def _evidence_row(key: str, value: float | int | str, threshold: float | None, w
     }
 
 
+_COUNTS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
 def score_formula(evidence: Evidence) -> str:
-    """How a cluster's score was formed, e.g. ``'= necessity 0.31 / threshold 0.15, the weakest of the three
+    """How a cluster's score was formed, e.g. ``'= necessity 0.31 / threshold 0.15, the weakest of the four
     ratios'``; '' when the cluster was not scored."""
     line = evidence.weakest_line
     if line is None:
         return ""
     return (f"= {explain.term(line.name).name.split(' (')[0].lower()} {format_number(line.value)} "
-            f"/ threshold {format_number(line.threshold)}, the weakest of the three ratios")
+            f"/ threshold {format_number(line.threshold)}, the weakest of the {_COUNTS[len(evidence.lines)]} ratios")
 
 
 def _prototype_views(cluster: ClusterResult) -> list[dict[str, Any]]:
@@ -237,6 +240,12 @@ def _neon_view(cluster: ClusterResult, has_region: bool) -> dict[str, Any]:
     if neon is None:
         return {"neon_map": None, "neon_text": explain.NEON_SINGLE, "neon_competitor": None, "neon_share": None,
                 "neon_prototype_text": ""}
+    if neon.present_map is not None:  # what the members have (spray.neon), the share from what they lack named
+        return {"neon_map": images.map_tile(neon.present_map, cluster.region if has_region else None),
+                "neon_text": explain.neon_present_text(neon.competitor, format_number(neon.mean_logit),
+                                                       neon.present_share),
+                "neon_competitor": neon.competitor, "neon_share": neon.present_share_in_region,
+                "neon_prototype_text": explain.NEON_PROTOTYPE}
     return {"neon_map": images.map_tile(neon.mean_map, cluster.region if has_region else None),
             "neon_text": explain.neon_text(neon.competitor, format_number(neon.mean_logit), neon.layer),
             "neon_competitor": neon.competitor, "neon_share": neon.positive_share_in_region,
@@ -494,7 +503,8 @@ def _conservation_range(config: dict[str, Any]) -> str:
 def _score_text(config: dict[str, Any]) -> str:
     threshold = (config.get("flagging") or {}).get("threshold", 1.0) if isinstance(config, dict) else 1.0
     return explain.SCORE.format(consistency=format_number(CONSISTENCY), necessity=format_number(NECESSITY),
-                                sufficiency=format_number(SUFFICIENCY), threshold=format_number(threshold))
+                                sufficiency=format_number(SUFFICIENCY), decision=format_number(DECISION),
+                                threshold=format_number(threshold))
 
 
 def _environment() -> Environment:

@@ -32,6 +32,13 @@ class Neon(_Open):
         default=None, description="null: NEON over the preprocessed heatmaps; a layer name: the deep-feature lens "
         "(analysis.space features), membership at that layer's activations (mean_logit in their squared-distance "
         "units) propagated to the input by LRP")
+    present_share: float | None = Field(
+        default=None, description="share of the mean membership map's positive relevance that comes from what the "
+        "members have (cells where their heatmaps exceed the boundary point to a competitor), the rest from what "
+        "they lack; null where not split (the deep-feature lens)")
+    present_share_in_region: float | None = Field(
+        default=None, description="share of the positive relevance of what the members have inside the cluster's "
+        "distinctive region; null without a region or where not split")
 
 
 class Faithfulness(_Open):
@@ -178,9 +185,10 @@ class TimelineStep(_Open):
 
 
 class TimelineLines(_Open):
-    consistency: float | None = Field(description="measured / threshold; the lowest of the three is the score")
+    consistency: float | None = Field(description="measured / threshold; the lowest of the four is the score")
     necessity: float | None = Field(description="measured / threshold")
     sufficiency: float | None = Field(description="measured / threshold")
+    decision: float | None = Field(description="measured / threshold")
     transplant_flip_rate: float | None = Field(description="share of transplanted images of other classes "
                                                            "that turned into the class")
 

@@ -7,7 +7,8 @@ from ``spray.report.schema``)::
                   "flagged": bool,
                   "clusters": [{"id": ..., "size": ..., "members": [sample ids], "score": ...,
                                 "flagged": true|false, "evidence": {...},
-                                "neon": {"competitor", "mean_logit", "positive_share_in_region", "layer"} | null,
+                                "neon": {"competitor", "mean_logit", "positive_share_in_region", "layer",
+                                         "present_share", "present_share_in_region"} | null,
                                 "faithfulness": {"aopc_morf", "aopc_random", "aopc_gain", "n"} | null}],
                   "findings": [{"cluster": ..., "size": ..., "clusters": {spectral id: members}, "groups": [...],
                                 "anywhere": bool, "position_spread": ..., "score": ..., "members": [sample ids],
@@ -157,13 +158,16 @@ def finding_summary(finding: FindingResult) -> dict[str, Any]:
 
 
 def neon_summary(neon: ClusterNeon | None) -> dict[str, Any] | None:
-    """A cluster's ``neon`` entry: its nearest competitor cluster, the members' mean membership logit and
-    the share of the mean membership map's positive relevance inside the cluster's region (null without
-    one); null for a class with a single cluster."""
+    """A cluster's ``neon`` entry: its nearest competitor cluster, the members' mean membership logit, the
+    share of the mean membership map's positive relevance inside the cluster's region (null without one),
+    the share of that positive relevance from what the members have, and the share of the latter inside the
+    region (both null with the deep-feature lens); null for a class with a single cluster."""
     if neon is None:
         return None
     return {"competitor": int(neon.competitor), "mean_logit": to_jsonable(neon.mean_logit),
-            "positive_share_in_region": to_jsonable(neon.positive_share_in_region), "layer": neon.layer}
+            "positive_share_in_region": to_jsonable(neon.positive_share_in_region), "layer": neon.layer,
+            "present_share": to_jsonable(neon.present_share),
+            "present_share_in_region": to_jsonable(neon.present_share_in_region)}
 
 
 def faithfulness_summary(faithfulness: FaithfulnessSummary | None) -> dict[str, Any] | None:

@@ -129,18 +129,19 @@ def _synthetic_cluster(rng: np.random.Generator, class_name: str, cluster_id: in
 
 
 def _synthetic_evidence(rng: np.random.Generator, flagged: bool, region: np.ndarray | None) -> Evidence:
-    """Evidence shaped like spray.flag's: three lines, each with a threshold; the score is the weakest ratio
+    """Evidence shaped like spray.flag's: four lines, each with a threshold; the score is the weakest ratio
     measured / threshold, so a cluster is flagged exactly when the score reaches 1."""
     lines = (
         Line("consistency", float(rng.uniform(0.9, 0.98) if flagged else rng.uniform(0.2, 0.7)), 0.85),
         Line("necessity", float(rng.uniform(0.4, 0.8) if flagged else rng.uniform(-0.05, 0.15)), 0.2),
         Line("sufficiency", float(rng.uniform(0.4, 0.9) if flagged else rng.uniform(-0.05, 0.1)), 0.2),
+        Line("decision", float(rng.uniform(0.3, 0.8) if flagged else rng.uniform(-0.05, 0.005)), 0.01),
     )
     weakest, score = weakest_evidence({line.name: line.ratio for line in lines})
     masking_rest = float(rng.uniform(0.0, 0.1))
     return Evidence(
         score=score, flagged=flagged, consistency=lines[0], necessity=lines[1], sufficiency=lines[2],
-        weakest=weakest, region_area=float(region.mean()) if region is not None else None,
+        decision=lines[3], weakest=weakest, region_area=float(region.mean()) if region is not None else None,
         relevance_in_region=float(rng.uniform(0.55, 0.8) if flagged else rng.uniform(0.1, 0.3)),
         masking_drop=lines[1].value + masking_rest, masking_drop_rest=masking_rest,
         transplant_flip_rate=float(rng.uniform(0.6, 0.9) if flagged else rng.uniform(0.0, 0.05)),
