@@ -17,11 +17,11 @@ from spray.flag import (
     Evidence,
     Measured,
     Transplant,
-    decision_bound,
+    decision_statistic,
     weigh,
 )
 
-PASTED = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.4, flip_rate_control=0.02, flip_excess_bound=0.33)
+PASTED = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.4, flip_rate_control=0.02, flip_statistic=5.6)
 
 
 def measured(consistency: float = 0.95, drop: float = 0.6, drop_rest: float = 0.2,
@@ -47,25 +47,28 @@ def test_one_failing_line_sets_the_score_below_one_and_no_flag():
 
 
 def test_a_region_that_raises_the_logit_but_turns_hardly_more_images_than_chance_is_not_flagged():
-    # a patch of sky shared by the crops of one photo: 6 of 200 images turned against the control's 4
+    # a patch of sky shared by the crops of one photo: 6 of 200 images turned against the control's 4, 3 by it alone
+    # against 1 by the control alone
     turned, control = np.zeros(200, bool), np.zeros(200, bool)
     turned[:6], control[3:7] = True, True
     chance = Transplant(gain=0.5, gain_control=0.1, flip_rate=0.03, flip_rate_control=0.02,
-                        flip_excess_bound=decision_bound(turned, control))
+                        flip_statistic=decision_statistic(turned, control))
     evidence = weigh(measured(transplant=chance), flag_threshold=1.0)
-    assert evidence.sufficiency.passed and evidence.decision.value < 0
+    assert evidence.sufficiency.passed and evidence.decision.value == pytest.approx((3 - 1 - 1) / np.sqrt(4))
     assert evidence.weakest == "decision" and not evidence.flagged
 
 
-def test_the_decision_bound_is_the_paired_excess_of_turned_images_less_its_uncertainty():
-    turned, control = np.zeros(200, bool), np.zeros(200, bool)
-    turned[:12] = True  # 12 more images turned, none fewer: 0.06 - 1.645 * sqrt((0.06 - 0.0036) / 200)
-    assert decision_bound(turned, control) == pytest.approx(0.06 - 1.645 * np.sqrt(0.0564 / 200))
-    assert decision_bound(turned, control) > DECISION
-    assert decision_bound(turned, turned) == 0.0  # the same images turned: no excess, no spread
-    assert decision_bound(np.zeros(0, bool), np.zeros(0, bool)) == 0.0
+def test_the_decision_is_mcnemars_statistic_over_the_images_turned_by_one_region_and_not_the_other():
+    turned, control = np.zeros(100, bool), np.zeros(100, bool)
+    turned[:6] = True  # 6 images turned by the members' region only: (6 - 0 - 1) / sqrt(6)
+    assert decision_statistic(turned, control) == pytest.approx(5 / np.sqrt(6)) and 5 / np.sqrt(6) > DECISION
+    control[:6] = True  # the same images turned by both: nothing beyond the control
+    assert decision_statistic(turned, control) == 0.0
+    turned[:] = False
+    assert decision_statistic(turned, control) == pytest.approx(-7 / np.sqrt(6))  # the control turns more
+    assert decision_statistic(np.zeros(0, bool), np.zeros(0, bool)) == 0.0
     with pytest.raises(ValueError, match="paired by recipient"):
-        decision_bound(turned, control[:10])
+        decision_statistic(turned, control[:10])
 
 
 def test_without_images_of_other_classes_sufficiency_is_zero_and_says_why():

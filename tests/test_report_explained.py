@@ -121,7 +121,7 @@ def test_clean_classes_are_collapsed_and_flagged_ones_open(tmp_path):
 def test_every_line_the_evidence_can_hold_has_a_name_and_a_meaning():
     measured = Measured(region_area=0.1, relevance_in_region=0.5, relevance_in_region_rest=0.1, consistency=0.9,
                         consistency_colour=0.9, consistency_shape=0.7, masking_drop=0.4, masking_drop_rest=0.1,
-                        transplant=Transplant(0.3, 0.1, 0.2, 0.01, 0.14))
+                        transplant=Transplant(0.3, 0.1, 0.2, 0.01, 4.2))
     everything = dataclasses.replace(weigh(measured, 1.0).joined(carriers=2, spectral_size=30), not_scored="why")
     keys = set(everything.to_dict()) - {"thresholds"}
     assert len(keys) == 19 and keys <= set(EVIDENCE), f"add {sorted(keys - set(EVIDENCE))} to spray/report/explain.py"

@@ -23,9 +23,9 @@ sufficiency
     mean rise of the audited logit (same units) minus the rise when the region is pasted from the rest of the
     class instead (a control for "any piece of this class adds some evidence").
 decision
-    Does it *change the model's decisions*? The share of those images that then turn into the audited class
-    minus the share the control turns, at the lower end of a one-sided 95 % interval (paired by image,
-    ``evidence.decision_bound``). A part of a scene that the crops of one photo share (a patch of sky) can
+    Does it *change the model's decisions*? Of those images, how many more turn into the audited class than
+    with the control's region, beyond chance: McNemar's statistic over the images turned by one and not the
+    other (``evidence.decision_statistic``), in standard errors. A part of a scene that the crops of one photo share (a patch of sky) can
     raise the logit a little when pasted, as a piece of any object would; a shortcut turns images.
 
 A cluster is flagged when all four pass their documented thresholds (``CONSISTENCY``, ``NECESSITY``,
@@ -78,7 +78,7 @@ from spray.flag.evidence import (
     Line,
     Measured,
     Transplant,
-    decision_bound,
+    decision_statistic,
     weakest_evidence,
     weigh,
 )
@@ -136,7 +136,7 @@ __all__ = [
     "Transplant",
     "Windows",
     "array_batches",
-    "decision_bound",
+    "decision_statistic",
     "distinctive_region",
     "flag_task",
     "form_findings",

@@ -18,10 +18,9 @@ import numpy as np
 CONSISTENCY = 0.9  # members' region pixels at most a tenth as spread as the rest of the class's
 NECESSITY = 0.3  # masking costs members 0.3 median logits more than the rest of the class
 SUFFICIENCY = 0.15  # pasting the members' region raises the class 0.15 median logits more than the control
-# pasting the members' region turns at least 1 % more of the other classes' images into the class than the
-# control does, at the lower end of a one-sided 95 % interval (``decision_bound``)
-DECISION = 0.01
-DECISION_Z = 1.645  # the one-sided 95 % quantile of the normal distribution
+# pasting the members' region turns more of the other classes' images into the class than the control does,
+# beyond chance: McNemar's statistic (``decision_statistic``) at the one-sided 95 % quantile of the normal
+DECISION = 1.645
 LINE_NAMES = ("consistency", "necessity", "sufficiency", "decision")
 NO_RECIPIENTS = "no images of other classes to transplant the region into"
 
@@ -63,9 +62,8 @@ class Transplant:
     gain_control: float  # the same with the region pasted from the rest of the class
     flip_rate: float  # share of recipients that then are predicted as the audited class
     flip_rate_control: float
-    # lower end of a one-sided 95 % interval of flip_rate - flip_rate_control, paired by recipient
-    # (``decision_bound``)
-    flip_excess_bound: float
+    # McNemar's statistic of the turned images against the control's, paired by recipient (``decision_statistic``)
+    flip_statistic: float
 
 
 @dataclass(frozen=True)
@@ -224,29 +222,28 @@ def weakest_evidence(ratios: dict[str, float]) -> tuple[str, float]:
     return weakest, float(ratios[weakest])
 
 
-def decision_bound(turned: np.ndarray, turned_control: np.ndarray) -> float:
-    """The lower end of a one-sided 95 % interval of how many more recipients the members' region turns
-    into the class than the control region does, as a share of the recipients.
+def decision_statistic(turned: np.ndarray, turned_control: np.ndarray) -> float:
+    """How far beyond chance the members' region turns more recipients into the class than the control
+    region does: McNemar's statistic with continuity correction, ``(b - c - 1) / sqrt(b + c)``, in standard
+    errors.
 
     turned, turned_control: (M,) per recipient (an image of another class, the same one in both), whether it
     is predicted as the class after the members' region, or the control's, is pasted in (and was not before).
-    The paired differences d = turned - turned_control in {-1, 0, 1} give mean(d) - ``DECISION_Z`` * sd(d) /
-    sqrt(M) (normal approximation of the paired difference of two shares). A few more turned images than the
+    ``b`` counts the recipients only the members' region turns, ``c`` those only the control turns; under
+    "the region turns images no more often than the control" b is a fair coin's share of b + c, so a value
+    of at least ``DECISION`` (1.645) has a one-sided chance below 5 %. A few more turned images than the
     control's are chance on a few hundred recipients: a region the model reads as one more part of the class
     (a patch of sky shared by the crops of one photo) raises the logit a little and changes hardly any
-    decision. 0 without recipients.
+    decision. 0 when no recipient is turned by one and not the other.
     """
     turned, turned_control = np.asarray(turned, bool), np.asarray(turned_control, bool)
     if turned.shape != turned_control.shape or turned.ndim != 1:
         raise ValueError(f"turned {turned.shape} and turned_control {turned_control.shape} must be (M,) each, "
                          "paired by recipient")
-    count = len(turned)
-    if count == 0:
-        return 0.0
     more, fewer = int((turned & ~turned_control).sum()), int((turned_control & ~turned).sum())
-    mean = (more - fewer) / count
-    variance = max((more + fewer) / count - mean * mean, 0.0)
-    return mean - DECISION_Z * math.sqrt(variance / count)
+    if more + fewer == 0:
+        return 0.0
+    return (more - fewer - 1) / math.sqrt(more + fewer)
 
 
 def weigh(measured: Measured, flag_threshold: float) -> Evidence:
@@ -255,15 +252,15 @@ def weigh(measured: Measured, flag_threshold: float) -> Evidence:
     ``flag_threshold``).
 
     Necessity is the members' masking drop minus the rest's; sufficiency the transplant gain minus its
-    control; decision the transplant's excess of turned images over its control beyond chance
-    (``decision_bound``); both 0 without images of other classes (so nothing is flagged then).
+    control; decision how far beyond chance the transplant turns more images than its control
+    (``decision_statistic``); both 0 without images of other classes (so nothing is flagged then).
     """
     transplant = measured.transplant
     lines = (
         Line("consistency", measured.consistency, CONSISTENCY),
         Line("necessity", measured.masking_drop - measured.masking_drop_rest, NECESSITY),
         Line("sufficiency", transplant.gain - transplant.gain_control if transplant else 0.0, SUFFICIENCY),
-        Line("decision", transplant.flip_excess_bound if transplant else 0.0, DECISION),
+        Line("decision", transplant.flip_statistic if transplant else 0.0, DECISION),
     )
     ratios = {line.name: line.ratio for line in lines}
     weakest, score = weakest_evidence(ratios)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from spray.config import FlaggingConfig, ImageConfig
-from spray.flag.evidence import Measured, Transplant, decision_bound, not_scored, weigh
+from spray.flag.evidence import Measured, Transplant, decision_statistic, not_scored, weigh
 from spray.flag.findings import ClusterEvidence
 from spray.flag.passes import LogitScorer, Pasted, PixelBatches, SecondPass, first_pass, scan, second_pass
 from spray.flag.patterns import plan_patterns
@@ -118,7 +118,7 @@ def measure(plan: ClusterPlan, logits: np.ndarray, pasted: tuple[Pasted, Pasted]
         gains = [float(((group.logits - recipient_logits) / scale).mean()) for group in pasted]
         turned = [group.is_class & ~is_class for group in pasted]
         transplant = Transplant(gains[0], gains[1], float(turned[0].mean()), float(turned[1].mean()),
-                                decision_bound(turned[0], turned[1]))
+                                decision_statistic(turned[0], turned[1]))
     return Measured(
         region_area=float(plan.mask.mean()), relevance_in_region=float(in_region[members].mean()),
         relevance_in_region_rest=float(in_region[~members].mean()), consistency=colour if shape is None else max(colour, shape),

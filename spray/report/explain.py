@@ -55,10 +55,10 @@ EVIDENCE: dict[str, Term] = {
     ),
     "decision": Term(
         "Decision (turns images into the class)",
-        "How many more images of other classes the model predicts as this class after the members' region is "
-        "pasted in than after the control region is, at the lower end of a one-sided 95 % interval: a "
-        "shortcut changes decisions, a piece of the scene that only raises the logit a little does not.",
-        SHARE),
+        "How far beyond chance pasting the members' region turns more images of other classes into this class "
+        "than pasting the control region does (McNemar's statistic over the images turned by one and not the "
+        "other): a shortcut changes decisions, a piece of the scene that only raises the logit a little does not.",
+        "standard errors"),
     "region_area": Term("Region size", "Share of the image covered by the cluster's distinctive region.", SHARE),
     "relevance_in_region": Term(
         "Relevance in the region (members)", "Share of the members' |relevance| that falls inside the region.",

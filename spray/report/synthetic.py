@@ -135,7 +135,7 @@ def _synthetic_evidence(rng: np.random.Generator, flagged: bool, region: np.ndar
         Line("consistency", float(rng.uniform(0.9, 0.98) if flagged else rng.uniform(0.2, 0.7)), 0.85),
         Line("necessity", float(rng.uniform(0.4, 0.8) if flagged else rng.uniform(-0.05, 0.15)), 0.2),
         Line("sufficiency", float(rng.uniform(0.4, 0.9) if flagged else rng.uniform(-0.05, 0.1)), 0.2),
-        Line("decision", float(rng.uniform(0.3, 0.8) if flagged else rng.uniform(-0.05, 0.005)), 0.01),
+        Line("decision", float(rng.uniform(3.0, 9.0) if flagged else rng.uniform(-1.0, 1.0)), 1.645),
     )
     weakest, score = weakest_evidence({line.name: line.ratio for line in lines})
     masking_rest = float(rng.uniform(0.0, 0.1))
