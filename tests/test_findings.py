@@ -416,6 +416,30 @@ def test_a_sample_joins_by_effect_only_when_it_also_looks_like_the_pattern():
     assert by_id[0].size == 25 and by_id[0].evidence.joined_by_effect == 5 and by_id[1].size == 15
 
 
+def test_copies_join_when_they_look_like_the_pattern_more_than_the_class_samples_that_do_not_act_like_it():
+    from spray.flag import Effects, join_by_effect
+    from spray.flag.findings import MIN_NULL
+    from spray.flag.plan import Windows
+
+    # cluster 0 flagged; cluster 1: 30 ordinary samples and 6 copies at another size. The other classes'
+    # images hold look-alikes (up to 0.9, e.g. photos with rings in them), the class's own samples do not
+    labels = np.repeat([0, 1], [20, 36])
+    joined = form_findings(labels, [_flagged(0, 1.3), ClusterEvidence(1, 36, Evidence(score=0.2), None)])
+    gain = np.r_[np.full(20, 1.0), np.full(30, 0.1), np.full(6, 0.9)]
+    resemblance = np.r_[np.full(20, 1.0), np.linspace(0.3, 0.6, 30), np.full(6, 0.7)]
+    assert MIN_NULL <= 30  # the 30 ordinary samples are a null
+    effects = Effects(gain.astype(np.float32), Windows.fixed(len(gain), 0, 0, 4, 4),
+                      resemblance[None].astype(np.float32), np.linspace(0.3, 0.9, 100)[None])
+    after = join_by_effect(joined, effects)
+    assert (after.labels[50:] == 0).all() and (after.labels[20:50] == 1).all()
+    # with fewer samples that do not act like it than MIN_NULL, only the other classes' images are the null
+    kept = np.r_[np.arange(30), np.arange(50, 56)]  # 10 ordinary samples and the 6 copies
+    few = form_findings(labels[kept], [_flagged(0, 1.3), ClusterEvidence(1, 16, Evidence(score=0.2), None)])
+    short = Effects(gain[kept].astype(np.float32), Windows.fixed(len(kept), 0, 0, 4, 4),
+                    resemblance[None, kept].astype(np.float32), np.linspace(0.3, 0.9, 100)[None])
+    assert (join_by_effect(few, short).labels[20:] == 1).all()
+
+
 def test_a_finding_whose_pattern_does_little_elsewhere_takes_no_one_by_effect():
     from spray.flag import join_by_effect
 

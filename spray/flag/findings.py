@@ -30,11 +30,13 @@ CARRIER_SPREAD = 2.0
 # join_by_effect: a sample in no finding joins one when the effect of its most relevant window
 # (spray.flag.effect) lies at least JOIN_EFFECT of the way from the median of the samples in no finding to the
 # median of the finding's members, and its resemblance to the finding's prototypes exceeds that of
-# JOIN_RESEMBLANCE of the other classes' images (which do not carry the pattern: a null distribution); only
-# where the members' median effect exceeds the others' by MIN_EFFECT_GAP (class-median logits).
+# JOIN_RESEMBLANCE of the other classes' images or of the class's own samples in no finding whose windows do
+# not act like it (neither carries the pattern: two null distributions, either may hold look-alikes the other
+# lacks); only where the members' median effect exceeds the others' by MIN_EFFECT_GAP (class-median logits).
 JOIN_EFFECT = 0.5
 JOIN_RESEMBLANCE = 0.99
 MIN_EFFECT_GAP = 0.3
+MIN_NULL = 20  # the class's own samples that do not act like the pattern serve as a null from this many on
 MIN_OVERLAP = 0.75  # same_pattern: shifts that overlap less of the smaller prototype are not compared
 
 
@@ -166,7 +168,8 @@ def join_by_effect(joined: Joined, effects: Effects) -> Joined:
     A sample *passes* a finding when its effect lies at least ``JOIN_EFFECT`` of the way from the median over
     the samples in no finding to the median over the finding's members, and its resemblance to the finding's
     prototypes exceeds that of the share ``JOIN_RESEMBLANCE`` of the other classes' images (the
-    ``JOIN_RESEMBLANCE`` quantile of ``effects.elsewhere``); no sample passes a finding whose
+    ``JOIN_RESEMBLANCE`` quantile of ``effects.elsewhere``) or of the class's samples in no finding whose
+    effect falls short (from ``MIN_NULL`` of them on); no sample passes a finding whose
     members' median effect exceeds the others' by less than ``MIN_EFFECT_GAP`` (a frame's corner pasted
     elsewhere does little). Effect alone would take pieces of a class that the model reads anywhere (a stroke
     of a digit); resemblance alone misses copies at other sizes. A finding most of whose members pass a
@@ -213,7 +216,12 @@ def _passes(gain: np.ndarray, resemblance: np.ndarray, elsewhere: np.ndarray, fr
             or not np.isfinite(elsewhere).all():
         return np.zeros(len(gain), bool)
     # own - rest >= MIN_EFFECT_GAP > 0: the share of the way from the rest's median to the members'
-    return ((gain - rest) / (own - rest) >= JOIN_EFFECT) & (resemblance > np.quantile(elsewhere, JOIN_RESEMBLANCE))
+    acts = (gain - rest) / (own - rest) >= JOIN_EFFECT
+    threshold = float(np.quantile(elsewhere, JOIN_RESEMBLANCE))
+    idle = free & ~acts
+    if idle.sum() >= MIN_NULL:
+        threshold = min(threshold, float(np.quantile(resemblance[idle], JOIN_RESEMBLANCE)))
+    return acts & (resemblance > threshold)
 
 
 def _merged(finding: Finding, parts: list[Finding], members: list[np.ndarray], new: np.ndarray, labels: np.ndarray,

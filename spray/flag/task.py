@@ -52,7 +52,7 @@ from spray.flag.patterns import (
 from spray.flag.plan import GROW_SPREAD, MAX_GROWN_AREA, MIN_SPREAD, REGION_MASS
 from spray.model import load_model
 
-STORE_VERSION = 12
+STORE_VERSION = 13
 """Revision of what a flag entry stores; bump it when that changes within a release."""
 
 
