@@ -145,6 +145,22 @@ def _epsilon_quotient(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
 epsilon_quotient = Fused(_epsilon_quotient, _epsilon_quotient_in_place)
 
 
+def _rectified_quotient_in_place(relevance: Tensor, rectified: Tensor, epsilon: float) -> Tensor:
+    denominator = torch.add(rectified, epsilon)
+    if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
+        return relevance / denominator  # broadcast or promoted: not writable in place
+    return torch.div(relevance, denominator, out=denominator)
+
+
+def _rectified_quotient(relevance: Tensor, rectified: Tensor, epsilon: float) -> Tensor:
+    """``R / (r + eps)`` for ``r = relu(z)``: the epsilon quotient wherever ``z > 0``, and 0 wherever ``R`` is 0
+    (which the callers guarantee for ``z <= 0``); one pass fewer than :func:`epsilon_quotient`."""
+    return relevance / (rectified + epsilon)
+
+
+rectified_quotient = Fused(_rectified_quotient, _rectified_quotient_in_place)
+
+
 def _gamma_quotients(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float, dim: int) -> Tensor:
     """The backward argument of the gamma rule for non-negative inputs (see ``Gamma``): ``[s sign(z), s]``
     stacked along ``dim``, ``s = R / (sign(z) (shifted + leaky_relu(z, -(1 + gamma))))`` with

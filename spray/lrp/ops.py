@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spray.lrp.fused import epsilon_quotient
+from spray.lrp.fused import epsilon_quotient, rectified_quotient
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = CONV_TYPES + (nn.Linear,)
@@ -165,14 +165,34 @@ def _widen(t: Tensor | None) -> Tensor | None:
     return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+_in_place = threading.local()
+
+
+def rectifying() -> bool:
+    """Whether a layer marked by the graph builder may apply the ReLU that follows it itself (in place on its
+    output) and explain its output relevance as zero wherever that output is zero (:class:`LinearRelevance`);
+    not within :func:`outputs_kept`, where relevance may be seeded at any layer's output."""
+    return getattr(_in_place, "allowed", True)
+
+
 class LinearRelevance(torch.autograd.Function):
-    """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
+    """Forward: the layer's output ``z``, or with ``rectify`` (and :func:`rectifying`) ``relu(z)`` written
+    into ``z``: the graph builder marks a layer so when a ReLU is its output's only reader and every path
+    from that ReLU multiplies relevance by the activation it reaches (so relevance is zero where the ReLU's
+    output is zero, i.e. where ``z <= 0``); the rule then gets ``relu(z)`` as its ``z`` (the tensor the next
+    layer keeps as its input: no second copy held) and explains through ``rule.rectified_relevance``.
+    Backward: the rule's input relevance from the output relevance."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, wrapper: Any) -> Tensor:
+    def forward(ctx, x: Tensor, wrapper: Any, rectify: bool = False) -> Tensor:
         layer: LinearLayer = wrapper.layer
         rule = wrapper.rule
-        z, for_rule = rule.forward(layer, x)
+        ctx.rectified = rectify and rectifying()
+        if ctx.rectified:
+            z, for_rule = rule.forward_rectified(layer, x)
+            z.relu_()  # a fresh product: nothing else has seen it; for_rule is z itself or None
+        else:
+            z, for_rule = rule.forward(layer, x)
         ctx.wrapper = wrapper
         ctx.input_shape = x.shape
         # Save only what the rule reads in the backward pass: that keeps peak memory near the gradient's.
@@ -191,16 +211,15 @@ class LinearRelevance(torch.autograd.Function):
         # the float32 weights, so relevance is accumulated in float32.
         x, z, relevance = _widen(x), _widen(z), _widen(relevance)
         rule_input = x if x is not None else ctx.input_shape
-        return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
-
-
-_in_place = threading.local()
+        explain = wrapper.rule.rectified_relevance if ctx.rectified else wrapper.rule.relevance
+        return explain(wrapper.layer, rule_input, z, relevance), None, None
 
 
 @contextlib.contextmanager
 def outputs_kept() -> Iterator[None]:
     """Within (on this thread): no activation overwrites a layer's output in place, so that a hook on the
-    layer sees the output as the layer computed it (:meth:`spray.lrp.LRP.at_layer`)."""
+    layer sees the output as the layer computed it, and no layer applies the ReLU after it itself
+    (:func:`rectifying`), so that relevance may be seeded at any output (:meth:`spray.lrp.LRP.at_layer`)."""
     previous = getattr(_in_place, "allowed", True)
     _in_place.allowed = False
     try:
@@ -211,12 +230,15 @@ def outputs_kept() -> Iterator[None]:
 
 class PassRelevance(torch.autograd.Function):
     """Forward: ``fn(x)``, or ``in_place(x)`` (writing into ``x``) where the graph builder found that nothing
-    else reads ``x`` (a layer output whose rule keeps nothing of it). Backward: the output relevance
-    unchanged (element-wise activations)."""
+    else reads ``x`` (a layer output whose rule keeps nothing of it), or ``x`` itself where the layer that
+    computed ``x`` has applied this ReLU already (``applied``, see :class:`LinearRelevance`). Backward: the
+    output relevance unchanged (element-wise activations)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor],
-                in_place: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                in_place: Callable[[Tensor], Tensor] | None = None, applied: bool = False) -> Tensor:
+        if applied and rectifying():
+            return x
         if in_place is not None and getattr(_in_place, "allowed", True):
             # a fresh activation-sized tensor per layer would be new memory (and page faults) on CPU
             ctx.mark_dirty(x)
@@ -226,7 +248,7 @@ class PassRelevance(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        return relevance, None, None
+        return relevance, None, None, None
 
 
 class NormRelevance(torch.autograd.Function):
@@ -262,13 +284,20 @@ class SumRelevance(torch.autograd.Function):
     Each summand gets relevance in proportion to its contribution, so relevance is conserved through a
     skip connection instead of being copied to both branches (which the plain gradient of ``+`` does).
     Broadcast summands get their relevance summed back to their own shape.
+
+    With ``rectify`` (and :func:`rectifying`) the ReLU after the sum is applied here, in place, as for
+    :class:`LinearRelevance`: relevance is then zero where ``z <= 0``, and ``relu(z) + eps`` is the
+    stabilised denominator wherever it is not.
     """
 
     @staticmethod
-    def forward(ctx, stabilizer: float, *summands: Tensor) -> Tensor:
+    def forward(ctx, stabilizer: float, rectify: bool, *summands: Tensor) -> Tensor:
         z = summands[0]
         for summand in summands[1:]:
             z = z + summand
+        ctx.rectified = rectify and rectifying()
+        if ctx.rectified:
+            z = z.relu_() if len(summands) > 1 else z.relu()  # never in place on a summand
         ctx.stabilizer = stabilizer
         ctx.save_for_backward(z, *summands)
         return z
@@ -277,8 +306,10 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = epsilon_quotient(relevance, z, ctx.stabilizer)  # a fresh tensor: the last share is written into it
-        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 1]]
+        # a fresh tensor: the last share is written into it
+        quotient = rectified_quotient if ctx.rectified else epsilon_quotient
+        s = quotient(relevance, z, ctx.stabilizer)
+        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 2]]
         grads: list[Tensor | None] = [None] * len(summands)
         for index in wanted:
             summand = summands[index].to(s.dtype)
@@ -287,4 +318,4 @@ class SumRelevance(torch.autograd.Function):
                 continue
             share = summand * s
             grads[index] = share.sum_to_size(summand.shape) if share.shape != summand.shape else share
-        return (None, *grads)
+        return (None, None, *grads)

@@ -25,7 +25,13 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from spray.lrp.fused import alpha_beta_quotients, epsilon_quotient, gamma_quotients, memory_format_of
+from spray.lrp.fused import (
+    alpha_beta_quotients,
+    epsilon_quotient,
+    gamma_quotients,
+    memory_format_of,
+    rectified_quotient,
+)
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
 Bound = Union[float, Sequence[float], Tensor]  # noqa: UP007 (a runtime alias: the | form needs Python 3.10 types)
@@ -80,13 +86,28 @@ class LinearRule(Rule):
         z = layer.forward(a, layer.weight, layer.bias)
         return z, (z if self.needs_output else None)
 
+    # Whether the rule gives the same relevance when handed ``relu(z)`` for ``z`` and an output relevance that
+    # is zero wherever ``z <= 0`` (spray.lrp.ops.LinearRelevance): the graph builder then lets the layer apply
+    # the ReLU after it itself. True for rules whose denominators stay non-zero there, so that 0 / d = 0.
+    rectifies = False
+
     def keeps_output(self, layer: LinearLayer) -> bool:
         """Whether :meth:`forward` may hand its output ``z`` itself to the backward pass (then nothing may
         overwrite ``z`` in place)."""
         return self.needs_output
 
+    def forward_rectified(self, layer: LinearLayer, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`forward`, for a layer whose caller applies ``relu`` to ``z`` in place: the tensor for the
+        backward pass, when it is ``z``, then holds ``relu(z)``."""
+        return self.forward(layer, a)
+
     def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def rectified_relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
+        """The input relevance when :meth:`forward_rectified` made ``z`` (``relu(z)`` or None) and
+        ``relevance`` is zero wherever ``z <= 0``; by default :meth:`relevance` on the rectified ``z``."""
+        return self.relevance(layer, a, z, relevance)
 
 
 def _positive(t: Tensor | None) -> Tensor | None:
@@ -118,6 +139,7 @@ class Epsilon(LinearRule):
 
     name = "epsilon"
     needs_output = True
+    rectifies = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
@@ -129,12 +151,18 @@ class Epsilon(LinearRule):
         s = epsilon_quotient(relevance, z, self.epsilon)
         return layer.backward(s, a, layer.weight).mul_(a)
 
+    def rectified_relevance(self, layer, a, z, relevance):
+        # z = relu(z) >= 0: the stabilised denominator is z + eps (sign(0) = +1, as zennit)
+        s = rectified_quotient(relevance, z, self.epsilon)
+        return layer.backward(s, a, layer.weight).mul_(a)
+
 
 class Zero(LinearRule):
     """LRP-0: ``R_j = sum_k a_j w_jk / z_k R_k``; outputs with ``z_k = 0`` pass no relevance."""
 
     name = "zero"
     needs_output = True
+    rectifies = True
 
     def relevance(self, layer, a, z, relevance):
         return a * layer.backward(safe_divide(relevance, z), a, layer.weight)
@@ -170,6 +198,7 @@ class AlphaBeta(LinearRule):
     """
 
     name = "alpha_beta"
+    rectifies = True  # z- - eps = min(relu(z) - (z+ + eps), -eps) <= -eps also where z <= 0
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         if alpha < 0 or beta < 0:
@@ -316,6 +345,7 @@ class Gamma(LinearRule):
 
     name = "gamma"
     needs_output = True
+    rectifies = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         if gamma < 0 or stabilizer < 0:
@@ -324,6 +354,31 @@ class Gamma(LinearRule):
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "stabilizer": self.stabilizer}
+
+    def forward_rectified(self, layer, a):
+        """``z`` (rectified by the caller); kept for the backward pass only where the input may be negative:
+        for an input >= 0 by construction :meth:`rectified_relevance` needs nothing of it."""
+        z = layer.forward(a, layer.weight, layer.bias)
+        return z, (None if layer.input_nonnegative else z)
+
+    def rectified_relevance(self, layer, a, z, relevance):
+        """With ``relevance`` zero wherever ``z <= 0`` only outputs with ``z > 0`` pass relevance, all with the
+        weights ``w + g w+`` (for ``a >= 0``) and the denominator ``z + g q + eps``, ``q = a w+ + b+``: one
+        product with the cached ``w + g w+`` and bias ``b + g b+ + eps`` (as zennit forms it) and one
+        transposed product with the same weights, half the channels of :meth:`_nonnegative_input`'s."""
+        if z is not None:  # an input of either sign: the general path on relu(z), exact where z > 0
+            return self.relevance(layer, a, z, relevance)
+        g = self.gamma
+        eps = max(self.stabilizer, torch.finfo(relevance.dtype).tiny)
+        weight, bias = layer.derived(("gamma_rectified", g, eps), lambda: (
+            layer.weight + g * layer.split_weight()[0],
+            _shifted_bias(None if layer.bias is None else layer.bias + g * layer.bias.clamp(min=0), eps,
+                          layer.weight)))
+        denominator = layer.forward(a, weight, bias)
+        # >= eps wherever z > 0; elsewhere the relevance is 0 and the clamp keeps 0 / d from being 0 / 0
+        denominator.clamp_(min=eps)
+        s = torch.div(relevance, denominator, out=denominator)
+        return layer.backward(s, a, weight).mul_(a)
 
     def relevance(self, layer, a, z, relevance):
         g = self.gamma
@@ -431,6 +486,7 @@ class ZBox(LinearRule):
 
     name = "zbox"
     needs_output = True
+    rectifies = True  # z - (l w+ + h w-) is stabilised away from 0 wherever z is rectified
 
     def __init__(self, low: Bound, high: Bound, stabilizer: float = 1e-6) -> None:
         self.low, self.high = _bound(low, "low"), _bound(high, "high")
