@@ -129,17 +129,15 @@ class LRPLinear(nn.Module):
 
 
 class LRPPass(nn.Module):
-    """An element-wise layer whose backward pass leaves relevance unchanged. ``overwrite``: the graph builder
-    found that nothing else reads ``x`` (then a ReLU is applied in place); ``applied``: the layer that
+    """An element-wise layer whose backward pass leaves relevance unchanged. ``applied``: the layer that
     computed ``x`` applies this ReLU itself (``rectify``, :class:`~spray.lrp.ops.LinearRelevance`)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, x: Tensor, overwrite: bool = False, applied: bool = False) -> Tensor:
-        in_place = torch.relu_ if overwrite and type(self.module) is nn.ReLU else None
-        return PassRelevance.apply(x, self.module, in_place, applied and type(self.module) is nn.ReLU)
+    def forward(self, x: Tensor, applied: bool = False) -> Tensor:
+        return PassRelevance.apply(x, self.module, applied and type(self.module) is nn.ReLU)
 
 
 class LRPNorm(nn.Module):
@@ -402,20 +400,22 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
             _set_submodule(gm, name, wrapper)
     for bn_name, target in folded.items():
         rules[bn_name] = f"folded into {target}"
-    _activations_in_place(gm)
+    _rectify_layers(gm)
     gm.recompile()
     return gm, rules
 
 
-def _activations_in_place(gm: fx.GraphModule) -> None:
-    """Spare the forward pass one activation-sized tensor per ReLU that reads the output of a Conv/Linear
-    layer or a sum of branches and nothing else reads:
+def _rectify_layers(gm: fx.GraphModule) -> None:
+    """Let a Conv/Linear layer or a sum of branches apply the ReLU that alone reads its output itself
+    (``rectify``: in place, or inside oneDNN's convolution; the ReLU node then passes its input on):
 
-    - where the layer's rule keeps nothing of its output (z+, flat), the ReLU overwrites it in place;
+    - where the layer's rule keeps nothing of its output (z+, flat): nothing else sees ``z``;
     - where the layer's rule can explain from ``relu(z)`` (``rectifies``) or the layer is a sum, and relevance
-      is zero wherever the ReLU's output is zero (:func:`_relevance_vanishes_at_zero`), the layer applies the
-      ReLU itself (``rectify``) and keeps ``relu(z)``, the tensor the next layer keeps as its input, instead
-      of ``z``; gamma then needs one transposed product with half the channels (``Gamma.rectified_relevance``).
+      is zero wherever the ReLU's output is zero (:func:`_relevance_vanishes_at_zero`): the layer keeps
+      ``relu(z)``, the tensor the next layer keeps as its input, instead of ``z``; gamma then needs one
+      transposed product with half the channels (``Gamma.rectified_relevance``).
+
+    The forward pass then allocates one activation-sized tensor less per such ReLU.
     """
     modules = dict(gm.named_modules())
     vanishes = _relevance_vanishes_at_zero(modules)
@@ -429,9 +429,8 @@ def _activations_in_place(gm: fx.GraphModule) -> None:
             continue
         # Per call, not per module: one module may be called at several places (a ResNet block's ReLU,
         # also after the skip sum, whose output the sum keeps).
-        if isinstance(producer, LRPLinear) and not producer.rule.keeps_output(producer.layer):
-            node.args = (source, True)
-        elif (isinstance(producer, LRPSum) or producer.rule.rectifies) and vanishes(node):
+        keeps_nothing = isinstance(producer, LRPLinear) and not producer.rule.keeps_output(producer.layer)
+        if keeps_nothing or ((isinstance(producer, LRPSum) or producer.rule.rectifies) and vanishes(node)):
             source.kwargs = {**source.kwargs, "rectify": True}
             node.kwargs = {**node.kwargs, "applied": True}
 

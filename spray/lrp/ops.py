@@ -120,6 +120,15 @@ class LinearLayer:
         conv = _CONV_FUNCTIONS[self.ndim]
         return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def forward_relu(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``relu(forward(x, weight, bias))``. A float32 Conv2d on CPU applies the ReLU inside oneDNN's
+        convolution (the fused kernel torch.compile uses), as the product's results are written: no separate
+        pass over the output, and the same numbers."""
+        if _CONV_POINTWISE is not None and _fused_relu_conv(self, x, weight):
+            return _CONV_POINTWISE(x, weight, bias, list(self.padding), list(self.stride), list(self.dilation),
+                                   self.groups, "relu", [], "")
+        return self.forward(x, weight, bias).relu_()
+
     def backward(self, s: Tensor, input_like: Tensor | Sequence[int], weight: Tensor) -> Tensor:
         """``s * weight^T``: the input-gradient of ``forward`` for output gradient ``s``."""
         if not self.is_conv:
@@ -138,6 +147,17 @@ class LinearLayer:
         if not self.is_conv:
             return bias
         return bias.view(1, -1, *([1] * (like.ndim - 2)))
+
+
+_CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def _fused_relu_conv(layer: LinearLayer, x: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's convolution with a fused ReLU serves this call: CPU, float32 (not under autocast),
+    a 2-D convolution."""
+    return (layer.is_conv and layer.ndim == 2 and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and bool(torch.backends.mkldnn.enabled)
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def _explicit_padding(module: Any) -> tuple[int, ...]:
@@ -189,8 +209,7 @@ class LinearRelevance(torch.autograd.Function):
         rule = wrapper.rule
         ctx.rectified = rectify and rectifying()
         if ctx.rectified:
-            z, for_rule = rule.forward_rectified(layer, x)
-            z.relu_()  # a fresh product: nothing else has seen it; for_rule is z itself or None
+            z, for_rule = rule.forward_rectified(layer, x)  # z = relu(z); for_rule is z itself or None
         else:
             z, for_rule = rule.forward(layer, x)
         ctx.wrapper = wrapper
@@ -229,26 +248,20 @@ def outputs_kept() -> Iterator[None]:
 
 
 class PassRelevance(torch.autograd.Function):
-    """Forward: ``fn(x)``, or ``in_place(x)`` (writing into ``x``) where the graph builder found that nothing
-    else reads ``x`` (a layer output whose rule keeps nothing of it), or ``x`` itself where the layer that
-    computed ``x`` has applied this ReLU already (``applied``, see :class:`LinearRelevance`). Backward: the
-    output relevance unchanged (element-wise activations)."""
+    """Forward: ``fn(x)``, or ``x`` itself where the layer that computed ``x`` has applied this ReLU already
+    (``applied``, see :class:`LinearRelevance`). Backward: the output relevance unchanged (element-wise
+    activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor],
-                in_place: Callable[[Tensor], Tensor] | None = None, applied: bool = False) -> Tensor:
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], applied: bool = False) -> Tensor:
         if applied and rectifying():
             return x
-        if in_place is not None and getattr(_in_place, "allowed", True):
-            # a fresh activation-sized tensor per layer would be new memory (and page faults) on CPU
-            ctx.mark_dirty(x)
-            return in_place(x)
         out = fn(x)
         return out.to(x.dtype) if out.dtype != x.dtype else out
 
     @staticmethod
     def backward(ctx, relevance: Tensor):
-        return relevance, None, None, None
+        return relevance, None, None
 
 
 class NormRelevance(torch.autograd.Function):

@@ -97,9 +97,10 @@ class LinearRule(Rule):
         return self.needs_output
 
     def forward_rectified(self, layer: LinearLayer, a: Tensor) -> tuple[Tensor, Tensor | None]:
-        """As :meth:`forward`, for a layer whose caller applies ``relu`` to ``z`` in place: the tensor for the
-        backward pass, when it is ``z``, then holds ``relu(z)``."""
-        return self.forward(layer, a)
+        """As :meth:`forward`, for a layer that applies the ReLU after it itself: ``relu(z)``, and the tensor
+        for the backward pass (``relu(z)`` itself where :meth:`keeps_output`, else None)."""
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        return rectified, (rectified if self.keeps_output(layer) else None)
 
     def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
@@ -228,6 +229,11 @@ class AlphaBeta(LinearRule):
         z = layer.forward(a, layer.weight, layer.bias)
         shared = self.keeps_output(layer) and not torch.is_autocast_enabled(a.device.type)
         return z, (z if shared else None)
+
+    def forward_rectified(self, layer, a):
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        shared = self.keeps_output(layer) and not torch.is_autocast_enabled(a.device.type)
+        return rectified, (rectified if shared else None)
 
     def keeps_output(self, layer: LinearLayer) -> bool:
         # z is kept for inputs of either sign: those of both signs (a first layer) use it alike
@@ -358,8 +364,8 @@ class Gamma(LinearRule):
     def forward_rectified(self, layer, a):
         """``z`` (rectified by the caller); kept for the backward pass only where the input may be negative:
         for an input >= 0 by construction :meth:`rectified_relevance` needs nothing of it."""
-        z = layer.forward(a, layer.weight, layer.bias)
-        return z, (None if layer.input_nonnegative else z)
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        return rectified, (None if layer.input_nonnegative else rectified)
 
     def rectified_relevance(self, layer, a, z, relevance):
         """With ``relevance`` zero wherever ``z <= 0`` only outputs with ``z > 0`` pass relevance, all with the
