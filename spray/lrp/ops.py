@@ -305,12 +305,15 @@ class SumRelevance(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, stabilizer: float, rectify: bool, *summands: Tensor) -> Tensor:
-        z = summands[0]
-        for summand in summands[1:]:
-            z = z + summand
         ctx.rectified = rectify and rectifying()
-        if ctx.rectified:
-            z = z.relu_() if len(summands) > 1 else z.relu()  # never in place on a summand
+        if ctx.rectified and len(summands) == 2 and summands[0].shape == summands[1].shape:
+            z = torch.ops.aten._add_relu(*summands)  # one pass, where adding and rectifying take two
+        else:
+            z = summands[0]
+            for summand in summands[1:]:
+                z = z + summand
+            if ctx.rectified:
+                z = z.relu_() if len(summands) > 1 else z.relu()  # never in place on a summand
         ctx.stabilizer = stabilizer
         ctx.save_for_backward(z, *summands)
         return z
