@@ -121,12 +121,7 @@ class LinearLayer:
         return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward_relu(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """``relu(forward(x, weight, bias))``. A float32 Conv2d on CPU applies the ReLU inside oneDNN's
-        convolution (the fused kernel torch.compile uses), as the product's results are written: no separate
-        pass over the output, and the same numbers."""
-        if _CONV_POINTWISE is not None and _fused_relu_conv(self, x, weight):
-            return _CONV_POINTWISE(x, weight, bias, list(self.padding), list(self.stride), list(self.dilation),
-                                   self.groups, "relu", [], "")
+        """``relu(forward(x, weight, bias))``, rectified in place."""
         return self.forward(x, weight, bias).relu_()
 
     def backward(self, s: Tensor, input_like: Tensor | Sequence[int], weight: Tensor) -> Tensor:
@@ -147,17 +142,6 @@ class LinearLayer:
         if not self.is_conv:
             return bias
         return bias.view(1, -1, *([1] * (like.ndim - 2)))
-
-
-_CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
-
-
-def _fused_relu_conv(layer: LinearLayer, x: Tensor, weight: Tensor) -> bool:
-    """Whether oneDNN's convolution with a fused ReLU serves this call: CPU, float32 (not under autocast),
-    a 2-D convolution."""
-    return (layer.is_conv and layer.ndim == 2 and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and bool(torch.backends.mkldnn.enabled)
-            and not torch.is_autocast_enabled("cpu"))
 
 
 def _explicit_padding(module: Any) -> tuple[int, ...]:
