@@ -49,7 +49,9 @@ from spray.lrp.ops import (
     LinearRelevance,
     NormRelevance,
     PassRelevance,
+    RectifiedSumInPlace,
     SumRelevance,
+    sum_in_place_fits,
 )
 from spray.lrp.rules import AlphaBeta, Epsilon, Gamma, Gradient, LinearRule, Norm, Pass, Rule, Zero, ZPlus
 
@@ -159,11 +161,17 @@ class LRPSum(nn.Module):
         super().__init__()
         self.rule = rule
 
-    def forward(self, *summands: Any, rectify: bool = False) -> Tensor:
+    def forward(self, *summands: Any, rectify: bool = False, overwrite: int | None = None) -> Tensor:
+        """``overwrite``: the index of a summand that nothing else reads or keeps (the graph builder's
+        finding), into which a rectified sum of two may be written."""
         tensors = [s for s in summands if isinstance(s, Tensor)]
         constant = sum(s for s in summands if not isinstance(s, Tensor))
         if constant:
             tensors.append(torch.as_tensor(constant, dtype=tensors[0].dtype, device=tensors[0].device))
+        if rectify and overwrite is not None and len(summands) == len(tensors) == 2:
+            target, other = tensors[overwrite], tensors[1 - overwrite]
+            if sum_in_place_fits(target, other):
+                return RectifiedSumInPlace.apply(self.rule.stabilizer, target, other)
         return SumRelevance.apply(self.rule.stabilizer, rectify, *tensors)
 
 
@@ -433,6 +441,24 @@ def _rectify_layers(gm: fx.GraphModule) -> None:
         if keeps_nothing or ((isinstance(producer, LRPSum) or producer.rule.rectifies) and vanishes(node)):
             source.kwargs = {**source.kwargs, "rectify": True}
             node.kwargs = {**node.kwargs, "applied": True}
+            if isinstance(producer, LRPSum):
+                overwrite = _overwritable_summand(source, modules)
+                if overwrite is not None:
+                    source.kwargs = {**source.kwargs, "overwrite": overwrite}
+
+
+def _overwritable_summand(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """The index of a summand of ``node`` (a sum of two) that a Conv/Linear layer computed, that only this
+    sum reads, and whose rule keeps nothing of it (z+): the rectified sum may be written into it."""
+    if len(node.args) != 2:
+        return None
+    for index, summand in enumerate(node.args):
+        producer = (modules.get(str(summand.target)) if isinstance(summand, fx.Node) and summand.op == "call_module"
+                    else None)
+        if (isinstance(summand, fx.Node) and isinstance(producer, LRPLinear) and len(summand.users) == 1
+                and not producer.rule.keeps_output(producer.layer)):
+            return index
+    return None
 
 
 # Rules whose input relevance is the input times a finite factor, so zero wherever their input is zero.

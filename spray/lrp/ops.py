@@ -319,3 +319,35 @@ class SumRelevance(torch.autograd.Function):
             share = summand * s
             grads[index] = share.sum_to_size(summand.shape) if share.shape != summand.shape else share
         return (None, None, *grads)
+
+
+class RectifiedSumInPlace(torch.autograd.Function):
+    """``relu(target + other)`` written into ``target``: a residual sum whose ReLU it applies (see
+    :class:`SumRelevance`, ``rectify``), where ``target`` is a layer's output that nothing else reads or keeps.
+    No fresh activation-sized tensor in the forward pass. Backward: ``R_other = other * s`` and
+    ``R_target = r * s - R_other`` with ``s = R / (r + eps)``, ``r`` the rectified sum: ``target = r - other``
+    wherever ``r > 0``, and ``s = 0`` wherever ``r = 0`` (relevance is zero there), so both shares are those
+    of :class:`SumRelevance` up to rounding."""
+
+    @staticmethod
+    def forward(ctx, stabilizer: float, target: Tensor, other: Tensor) -> Tensor:
+        torch.ops.aten._add_relu.out(target, other, out=target)
+        ctx.mark_dirty(target)
+        ctx.stabilizer = stabilizer
+        ctx.save_for_backward(target, other)
+        return target
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        rectified, other = (_widen(t) for t in ctx.saved_tensors)
+        s = rectified_quotient(_widen(relevance), rectified, ctx.stabilizer)
+        for_other = other * s
+        return None, s.mul_(rectified).sub_(for_other), for_other
+
+
+def sum_in_place_fits(target: Tensor, other: Tensor) -> bool:
+    """Whether :class:`RectifiedSumInPlace` may write into ``target``: same shape, dtype and layout as
+    ``other``, dense, on a thread that is not keeping layer outputs (:func:`outputs_kept`)."""
+    return (rectifying() and target.shape == other.shape and target.dtype == other.dtype
+            and target.stride() == other.stride()
+            and (target.is_contiguous() or (target.ndim == 4 and target.is_contiguous(memory_format=torch.channels_last))))

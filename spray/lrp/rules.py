@@ -10,7 +10,8 @@ biases (the positive part of the bias joins the positive denominator, the negati
 Cost: each rule is evaluated in the backward pass of one autograd graph. When the layer's input is
 non-negative (after a ReLU, the common case) the ``a-`` terms vanish exactly and are skipped, so z+ costs
 one extra forward product of the layer and gamma/alpha-beta one extra forward product plus one extra
-transposed product.
+transposed product. Where a ReLU follows the layer and relevance is zero wherever its output is zero
+(``spray.lrp.graph``), gamma costs one extra forward product only (``Gamma.rectified_relevance``).
 
 Other rules: :class:`Pass` (element-wise activations: relevance unchanged), :class:`Norm` (average
 pooling and sums: proportional to each input's contribution), :class:`Gradient` (max pooling, reshapes,

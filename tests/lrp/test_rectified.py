@@ -12,7 +12,7 @@ import spray.lrp.ops
 from spray.lrp import LRP, custom_composite, named_composite
 from spray.lrp.graph import build_lrp_graph
 
-COMPOSITES = ("epsilon", "epsilon_gamma_box", "epsilon_alpha2_beta1")
+COMPOSITES = ("epsilon", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus_flat")
 BOX: dict[str, Any] = {"low": -4.0, "high": 4.0}
 
 
@@ -60,6 +60,17 @@ def test_every_relu_followed_by_multiplying_rules_is_applied_by_its_layer() -> N
     assert sum(target.startswith("add") for target in rectified) == 8
     # a block's last conv feeds the sum, not a ReLU: its relevance may be non-zero where its output is < 0
     assert "layer1.0.conv2" not in rectified
+
+
+def test_a_sum_is_written_into_a_summand_only_a_z_plus_layer_computed() -> None:
+    """Under z+ a block's last conv keeps nothing of its output, so the rectified sum overwrites it (the
+    relevance is checked against the plain path above); gamma keeps it, so the sum gets its own tensor."""
+    def overwritten(composite) -> set[str]:
+        gm, _ = build_lrp_graph(_net("resnet18"), composite)
+        return {str(node.target) for node in gm.graph.nodes if node.kwargs.get("overwrite") is not None}
+
+    assert len(overwritten(named_composite("epsilon_plus_flat"))) == 8
+    assert overwritten(named_composite("epsilon_gamma_box", **BOX)) == set()
 
 
 def test_a_relu_whose_zeros_may_receive_relevance_is_left_alone(monkeypatch) -> None:
