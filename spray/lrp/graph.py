@@ -415,7 +415,7 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
 
 def _rectify_layers(gm: fx.GraphModule) -> None:
     """Let a Conv/Linear layer or a sum of branches apply the ReLU that alone reads its output itself
-    (``rectify``: in place, or inside oneDNN's convolution; the ReLU node then passes its input on):
+    (``rectify``, in place; the ReLU node then passes its input on):
 
     - where the layer's rule keeps nothing of its output (z+, flat): nothing else sees ``z``;
     - where the layer's rule can explain from ``relu(z)`` (``rectifies``) or the layer is a sum, and relevance
@@ -423,7 +423,8 @@ def _rectify_layers(gm: fx.GraphModule) -> None:
       ``relu(z)``, the tensor the next layer keeps as its input, instead of ``z``; gamma then needs one
       transposed product with half the channels (``Gamma.rectified_relevance``).
 
-    The forward pass then allocates one activation-sized tensor less per such ReLU.
+    The forward pass then allocates one activation-sized tensor less per such ReLU; a rectified sum of two
+    is written into a summand that only it reads (``overwrite``, :func:`_overwritable_summand`), one less.
     """
     modules = dict(gm.named_modules())
     vanishes = _relevance_vanishes_at_zero(modules)
