@@ -170,7 +170,7 @@ class LRPSum(nn.Module):
             tensors.append(torch.as_tensor(constant, dtype=tensors[0].dtype, device=tensors[0].device))
         if rectify and overwrite is not None and len(summands) == len(tensors) == 2:
             target, other = tensors[overwrite], tensors[1 - overwrite]
-            if sum_in_place_fits(target, other):
+            if target is not other and sum_in_place_fits(target, other):
                 return RectifiedSumInPlace.apply(self.rule.stabilizer, target, other)
         return SumRelevance.apply(self.rule.stabilizer, rectify, *tensors)
 
