@@ -84,10 +84,13 @@ class _Scratch(threading.local):
     backward pass of a CPU graph runs its nodes one after another on the calling thread, so one buffer
     serves every layer. A fresh tensor of that size would be new memory from the operating system on
     every layer (glibc maps allocations above 32 MB afresh), whose first touch costs a page fault per
-    4 KB page (docs/benchmarks.md)."""
+    4 KB page (docs/benchmarks.md). The buffer is released after each call (:func:`release_scratch`) but
+    its size remembered: the next call allocates the largest size at once instead of growing layer by
+    layer (a backward pass meets the largest stacks last), each growth new memory to fault in."""
 
     def __init__(self) -> None:
         self.buffers: dict[torch.dtype, Tensor] = {}
+        self.sizes: dict[torch.dtype, int] = {}
 
     def take(self, shape: list[int], dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
         numel = 1
@@ -95,7 +98,8 @@ class _Scratch(threading.local):
             numel *= size
         flat = self.buffers.get(dtype)
         if flat is None or flat.numel() < numel:
-            flat = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+            size = self.sizes[dtype] = max(numel, self.sizes.get(dtype, 0))
+            flat = self.buffers[dtype] = torch.empty(size, dtype=dtype)
         if memory_format == torch.channels_last:
             batch, channels, height, width = shape
             return flat[:numel].view(batch, height, width, channels).permute(0, 3, 1, 2)
