@@ -84,10 +84,13 @@ class _Scratch(threading.local):
     backward pass of a CPU graph runs its nodes one after another on the calling thread, so one buffer
     serves every layer. A fresh tensor of that size would be new memory from the operating system on
     every layer (glibc maps allocations above 32 MB afresh), whose first touch costs a page fault per
-    4 KB page (docs/benchmarks.md)."""
+    4 KB page (docs/benchmarks.md). The buffer is released after each call (:func:`release_scratch`) but
+    its size remembered: the next call allocates the largest size at once instead of growing layer by
+    layer (a backward pass meets the largest stacks last), each growth new memory to fault in."""
 
     def __init__(self) -> None:
         self.buffers: dict[torch.dtype, Tensor] = {}
+        self.sizes: dict[torch.dtype, int] = {}
 
     def take(self, shape: list[int], dtype: torch.dtype, memory_format: torch.memory_format) -> Tensor:
         numel = 1
@@ -95,7 +98,8 @@ class _Scratch(threading.local):
             numel *= size
         flat = self.buffers.get(dtype)
         if flat is None or flat.numel() < numel:
-            flat = self.buffers[dtype] = torch.empty(numel, dtype=dtype)
+            size = self.sizes[dtype] = max(numel, self.sizes.get(dtype, 0))
+            flat = self.buffers[dtype] = torch.empty(size, dtype=dtype)
         if memory_format == torch.channels_last:
             batch, channels, height, width = shape
             return flat[:numel].view(batch, height, width, channels).permute(0, 3, 1, 2)
@@ -143,6 +147,22 @@ def _epsilon_quotient(relevance: Tensor, z: Tensor, epsilon: float) -> Tensor:
 
 
 epsilon_quotient = Fused(_epsilon_quotient, _epsilon_quotient_in_place)
+
+
+def _rectified_quotient_in_place(relevance: Tensor, rectified: Tensor, epsilon: float) -> Tensor:
+    denominator = torch.add(rectified, epsilon)
+    if denominator.shape != relevance.shape or denominator.dtype != relevance.dtype:
+        return relevance / denominator  # broadcast or promoted: not writable in place
+    return torch.div(relevance, denominator, out=denominator)
+
+
+def _rectified_quotient(relevance: Tensor, rectified: Tensor, epsilon: float) -> Tensor:
+    """``R / (r + eps)`` for ``r = relu(z)``: the epsilon quotient wherever ``z > 0``, and 0 wherever ``R`` is 0
+    (which the callers guarantee for ``z <= 0``); one pass fewer than :func:`epsilon_quotient`."""
+    return relevance / (rectified + epsilon)
+
+
+rectified_quotient = Fused(_rectified_quotient, _rectified_quotient_in_place)
 
 
 def _gamma_quotients(z: Tensor, shifted: Tensor, relevance: Tensor, gamma: float, dim: int) -> Tensor:

@@ -49,9 +49,11 @@ from spray.lrp.ops import (
     LinearRelevance,
     NormRelevance,
     PassRelevance,
+    RectifiedSumInPlace,
     SumRelevance,
+    sum_in_place_fits,
 )
-from spray.lrp.rules import Gradient, LinearRule, Norm, Pass, Rule
+from spray.lrp.rules import AlphaBeta, Epsilon, Gamma, Gradient, LinearRule, Norm, Pass, Rule, Zero, ZPlus
 
 FALLBACK = (
     "as a fallback, set attribution.method to 'gradient_x_input' or 'integrated_gradients' "
@@ -121,24 +123,23 @@ class LRPLinear(nn.Module):
         self._make_layer()
         return result
 
-    def forward(self, x: Tensor) -> Tensor:
-        return LinearRelevance.apply(x, self)
+    def forward(self, x: Tensor, rectify: bool = False) -> Tensor:
+        return LinearRelevance.apply(x, self, rectify)
 
     def extra_repr(self) -> str:
         return f"rule={self.rule.describe()}"
 
 
 class LRPPass(nn.Module):
-    """An element-wise layer whose backward pass leaves relevance unchanged. ``overwrite``: the graph builder
-    found that nothing else reads ``x`` (then a ReLU is applied in place)."""
+    """An element-wise layer whose backward pass leaves relevance unchanged. ``applied``: the layer that
+    computed ``x`` applies this ReLU itself (``rectify``, :class:`~spray.lrp.ops.LinearRelevance`)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, x: Tensor, overwrite: bool = False) -> Tensor:
-        in_place = torch.relu_ if overwrite and type(self.module) is nn.ReLU else None
-        return PassRelevance.apply(x, self.module, in_place)
+    def forward(self, x: Tensor, applied: bool = False) -> Tensor:
+        return PassRelevance.apply(x, self.module, applied and type(self.module) is nn.ReLU)
 
 
 class LRPNorm(nn.Module):
@@ -160,12 +161,18 @@ class LRPSum(nn.Module):
         super().__init__()
         self.rule = rule
 
-    def forward(self, *summands: Any) -> Tensor:
+    def forward(self, *summands: Any, rectify: bool = False, overwrite: int | None = None) -> Tensor:
+        """``overwrite``: the index of a summand that nothing else reads or keeps (the graph builder's
+        finding), into which a rectified sum of two may be written."""
         tensors = [s for s in summands if isinstance(s, Tensor)]
         constant = sum(s for s in summands if not isinstance(s, Tensor))
         if constant:
             tensors.append(torch.as_tensor(constant, dtype=tensors[0].dtype, device=tensors[0].device))
-        return SumRelevance.apply(self.rule.stabilizer, *tensors)
+        if rectify and overwrite is not None and len(summands) == len(tensors) == 2:
+            target, other = tensors[overwrite], tensors[1 - overwrite]
+            if target is not other and sum_in_place_fits(target, other):
+                return RectifiedSumInPlace.apply(self.rule.stabilizer, target, other)
+        return SumRelevance.apply(self.rule.stabilizer, rectify, *tensors)
 
 
 class SumGradient(nn.Module):
@@ -401,28 +408,98 @@ def build_lrp_graph(model: nn.Module, composite: Composite) -> tuple[fx.GraphMod
             _set_submodule(gm, name, wrapper)
     for bn_name, target in folded.items():
         rules[bn_name] = f"folded into {target}"
-    _activations_in_place(gm)
+    _rectify_layers(gm)
     gm.recompile()
     return gm, rules
 
 
-def _activations_in_place(gm: fx.GraphModule) -> None:
-    """Let a ReLU overwrite its input where that input is the output of a Conv/Linear layer read by this
-    ReLU alone and not kept by the layer's rule for its backward pass (z+ and flat keep nothing of it): the
-    forward pass then allocates one activation-sized tensor less per such layer."""
+def _rectify_layers(gm: fx.GraphModule) -> None:
+    """Let a Conv/Linear layer or a sum of branches apply the ReLU that alone reads its output itself
+    (``rectify``, in place; the ReLU node then passes its input on):
+
+    - where the layer's rule keeps nothing of its output (z+, flat): nothing else sees ``z``;
+    - where the layer's rule can explain from ``relu(z)`` (``rectifies``) or the layer is a sum, and relevance
+      is zero wherever the ReLU's output is zero (:func:`_relevance_vanishes_at_zero`): the layer keeps
+      ``relu(z)``, the tensor the next layer keeps as its input, instead of ``z``; gamma then needs one
+      transposed product with half the channels (``Gamma.rectified_relevance``).
+
+    The forward pass then allocates one activation-sized tensor less per such ReLU; a rectified sum of two
+    is written into a summand that only it reads (``overwrite``, :func:`_overwritable_summand`), one less.
+    """
     modules = dict(gm.named_modules())
+    vanishes = _relevance_vanishes_at_zero(modules)
     for node in list(gm.graph.nodes):
         wrapper = modules.get(str(node.target)) if node.op == "call_module" else None
         if not isinstance(wrapper, LRPPass) or type(wrapper.module) is not nn.ReLU or len(node.args) != 1:
             continue
         source = node.args[0]
         producer = modules.get(str(source.target)) if isinstance(source, fx.Node) and source.op == "call_module" else None
-        if not (isinstance(producer, LRPLinear) and isinstance(source, fx.Node) and len(source.users) == 1
-                and not producer.rule.keeps_output(producer.layer)):
+        if not (isinstance(producer, (LRPLinear, LRPSum)) and isinstance(source, fx.Node) and len(source.users) == 1):
             continue
         # Per call, not per module: one module may be called at several places (a ResNet block's ReLU,
         # also after the skip sum, whose output the sum keeps).
-        node.args = (source, True)
+        keeps_nothing = isinstance(producer, LRPLinear) and not producer.rule.keeps_output(producer.layer)
+        if keeps_nothing or ((isinstance(producer, LRPSum) or producer.rule.rectifies) and vanishes(node)):
+            source.kwargs = {**source.kwargs, "rectify": True}
+            node.kwargs = {**node.kwargs, "applied": True}
+            if isinstance(producer, LRPSum):
+                overwrite = _overwritable_summand(source, modules)
+                if overwrite is not None:
+                    source.kwargs = {**source.kwargs, "overwrite": overwrite}
+
+
+def _overwritable_summand(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """The index of a summand of ``node`` (a sum of two) that a Conv/Linear layer computed, that only this
+    sum reads, and whose rule keeps nothing of it (z+): the rectified sum may be written into it."""
+    if len(node.args) != 2:
+        return None
+    for index, summand in enumerate(node.args):
+        producer = (modules.get(str(summand.target)) if isinstance(summand, fx.Node) and summand.op == "call_module"
+                    else None)
+        if (isinstance(summand, fx.Node) and isinstance(producer, LRPLinear) and len(summand.users) == 1
+                and not producer.rule.keeps_output(producer.layer)):
+            return index
+    return None
+
+
+# Rules whose input relevance is the input times a finite factor, so zero wherever their input is zero.
+_MULTIPLYING_RULES: tuple[type[Rule], ...] = (Epsilon, Zero, ZPlus, AlphaBeta, Gamma)
+# Element-wise activations with f(0) = 0, and layers routing values unchanged (max pooling: an input that
+# is 0 and wins its window makes the pooled value 0).
+_ZERO_KEEPING_PASS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, ScalarMul)
+_ROUTING_MODULES = MAXPOOL_TYPES + IDENTITY_TYPES
+
+
+def _relevance_vanishes_at_zero(modules: dict[str, nn.Module]) -> Callable[[fx.Node], bool]:
+    """A test (memoised) of whether the relevance handed back to a node is zero wherever the node's value is
+    zero, whatever the data: true when every path from it reaches a layer whose rule multiplies relevance by
+    its input (the linear rules above, norm for pooling and sums) through activations with f(0) = 0 and
+    routing (max pooling, reshapes, concatenation, dropout). False where a path reaches the model's output,
+    a sum explained by the plain gradient, or a rule such as flat or z^B."""
+    known: dict[fx.Node, bool] = {}
+
+    def reader_keeps_zero(user: fx.Node) -> bool:
+        if user.op == "call_module":
+            module = modules[str(user.target)]
+            if isinstance(module, LRPLinear):
+                return isinstance(module.rule, _MULTIPLYING_RULES)
+            if isinstance(module, (LRPNorm, LRPSum)):
+                return True
+            if isinstance(module, LRPPass):
+                return isinstance(module.module, _ZERO_KEEPING_PASS) and vanishes(user)
+            return isinstance(module, _ROUTING_MODULES) and vanishes(user)
+        if user.op in ("call_function", "call_method"):
+            routing = user.target in _ROUTING_FUNCTIONS or user.target in _ROUTING_METHODS
+            return routing and vanishes(user)
+        return False
+
+    def vanishes(node: fx.Node) -> bool:
+        if node not in known:
+            known[node] = False  # a graph has no cycles; this guards the recursion all the same
+            known[node] = all(reader_keeps_zero(user) for user in node.users)
+        return known[node]
+
+    return vanishes
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spray.lrp.fused import epsilon_quotient
+from spray.lrp.fused import epsilon_quotient, rectified_quotient
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = CONV_TYPES + (nn.Linear,)
@@ -120,6 +120,10 @@ class LinearLayer:
         conv = _CONV_FUNCTIONS[self.ndim]
         return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def forward_relu(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``relu(forward(x, weight, bias))``, rectified in place."""
+        return self.forward(x, weight, bias).relu_()
+
     def backward(self, s: Tensor, input_like: Tensor | Sequence[int], weight: Tensor) -> Tensor:
         """``s * weight^T``: the input-gradient of ``forward`` for output gradient ``s``."""
         if not self.is_conv:
@@ -165,14 +169,33 @@ def _widen(t: Tensor | None) -> Tensor | None:
     return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+_in_place = threading.local()
+
+
+def rectifying() -> bool:
+    """Whether a layer marked by the graph builder may apply the ReLU that follows it itself (in place on its
+    output) and explain its output relevance as zero wherever that output is zero (:class:`LinearRelevance`);
+    not within :func:`outputs_kept`, where relevance may be seeded at any layer's output."""
+    return getattr(_in_place, "allowed", True)
+
+
 class LinearRelevance(torch.autograd.Function):
-    """Forward: the layer's output ``z``. Backward: the rule's input relevance from the output relevance."""
+    """Forward: the layer's output ``z``, or with ``rectify`` (and :func:`rectifying`) ``relu(z)`` written
+    into ``z``: the graph builder marks a layer so when a ReLU is its output's only reader and every path
+    from that ReLU multiplies relevance by the activation it reaches (so relevance is zero where the ReLU's
+    output is zero, i.e. where ``z <= 0``); the rule then gets ``relu(z)`` as its ``z`` (the tensor the next
+    layer keeps as its input: no second copy held) and explains through ``rule.rectified_relevance``.
+    Backward: the rule's input relevance from the output relevance."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, wrapper: Any) -> Tensor:
+    def forward(ctx, x: Tensor, wrapper: Any, rectify: bool = False) -> Tensor:
         layer: LinearLayer = wrapper.layer
         rule = wrapper.rule
-        z, for_rule = rule.forward(layer, x)
+        ctx.rectified = rectify and rectifying()
+        if ctx.rectified:
+            z, for_rule = rule.forward_rectified(layer, x)  # z = relu(z); for_rule is z itself or None
+        else:
+            z, for_rule = rule.forward(layer, x)
         ctx.wrapper = wrapper
         ctx.input_shape = x.shape
         # Save only what the rule reads in the backward pass: that keeps peak memory near the gradient's.
@@ -191,16 +214,15 @@ class LinearRelevance(torch.autograd.Function):
         # the float32 weights, so relevance is accumulated in float32.
         x, z, relevance = _widen(x), _widen(z), _widen(relevance)
         rule_input = x if x is not None else ctx.input_shape
-        return wrapper.rule.relevance(wrapper.layer, rule_input, z, relevance), None
-
-
-_in_place = threading.local()
+        explain = wrapper.rule.rectified_relevance if ctx.rectified else wrapper.rule.relevance
+        return explain(wrapper.layer, rule_input, z, relevance), None, None
 
 
 @contextlib.contextmanager
 def outputs_kept() -> Iterator[None]:
     """Within (on this thread): no activation overwrites a layer's output in place, so that a hook on the
-    layer sees the output as the layer computed it (:meth:`spray.lrp.LRP.at_layer`)."""
+    layer sees the output as the layer computed it, and no layer applies the ReLU after it itself
+    (:func:`rectifying`), so that relevance may be seeded at any output (:meth:`spray.lrp.LRP.at_layer`)."""
     previous = getattr(_in_place, "allowed", True)
     _in_place.allowed = False
     try:
@@ -210,17 +232,14 @@ def outputs_kept() -> Iterator[None]:
 
 
 class PassRelevance(torch.autograd.Function):
-    """Forward: ``fn(x)``, or ``in_place(x)`` (writing into ``x``) where the graph builder found that nothing
-    else reads ``x`` (a layer output whose rule keeps nothing of it). Backward: the output relevance
-    unchanged (element-wise activations)."""
+    """Forward: ``fn(x)``, or ``x`` itself where the layer that computed ``x`` has applied this ReLU already
+    (``applied``, see :class:`LinearRelevance`). Backward: the output relevance unchanged (element-wise
+    activations)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor],
-                in_place: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        if in_place is not None and getattr(_in_place, "allowed", True):
-            # a fresh activation-sized tensor per layer would be new memory (and page faults) on CPU
-            ctx.mark_dirty(x)
-            return in_place(x)
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor], applied: bool = False) -> Tensor:
+        if applied and rectifying():
+            return x
         out = fn(x)
         return out.to(x.dtype) if out.dtype != x.dtype else out
 
@@ -262,13 +281,23 @@ class SumRelevance(torch.autograd.Function):
     Each summand gets relevance in proportion to its contribution, so relevance is conserved through a
     skip connection instead of being copied to both branches (which the plain gradient of ``+`` does).
     Broadcast summands get their relevance summed back to their own shape.
+
+    With ``rectify`` (and :func:`rectifying`) the ReLU after the sum is applied here, in place, as for
+    :class:`LinearRelevance`: relevance is then zero where ``z <= 0``, and ``relu(z) + eps`` is the
+    stabilised denominator wherever it is not.
     """
 
     @staticmethod
-    def forward(ctx, stabilizer: float, *summands: Tensor) -> Tensor:
-        z = summands[0]
-        for summand in summands[1:]:
-            z = z + summand
+    def forward(ctx, stabilizer: float, rectify: bool, *summands: Tensor) -> Tensor:
+        ctx.rectified = rectify and rectifying()
+        if ctx.rectified and len(summands) == 2 and summands[0].shape == summands[1].shape:
+            z = torch.ops.aten._add_relu(*summands)  # one pass, where adding and rectifying take two
+        else:
+            z = summands[0]
+            for summand in summands[1:]:
+                z = z + summand
+            if ctx.rectified:
+                z = z.relu_() if len(summands) > 1 else z.relu()  # never in place on a summand
         ctx.stabilizer = stabilizer
         ctx.save_for_backward(z, *summands)
         return z
@@ -277,8 +306,10 @@ class SumRelevance(torch.autograd.Function):
     def backward(ctx, relevance: Tensor):
         z, *summands = ctx.saved_tensors
         z, relevance = _widen(z), _widen(relevance)
-        s = epsilon_quotient(relevance, z, ctx.stabilizer)  # a fresh tensor: the last share is written into it
-        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 1]]
+        # a fresh tensor: the last share is written into it
+        quotient = rectified_quotient if ctx.rectified else epsilon_quotient
+        s = quotient(relevance, z, ctx.stabilizer)
+        wanted = [index for index in range(len(summands)) if ctx.needs_input_grad[index + 2]]
         grads: list[Tensor | None] = [None] * len(summands)
         for index in wanted:
             summand = summands[index].to(s.dtype)
@@ -287,4 +318,36 @@ class SumRelevance(torch.autograd.Function):
                 continue
             share = summand * s
             grads[index] = share.sum_to_size(summand.shape) if share.shape != summand.shape else share
-        return (None, *grads)
+        return (None, None, *grads)
+
+
+class RectifiedSumInPlace(torch.autograd.Function):
+    """``relu(target + other)`` written into ``target``: a residual sum whose ReLU it applies (see
+    :class:`SumRelevance`, ``rectify``), where ``target`` is a layer's output that nothing else reads or keeps.
+    No fresh activation-sized tensor in the forward pass. Backward: ``R_other = other * s`` and
+    ``R_target = r * s - R_other`` with ``s = R / (r + eps)``, ``r`` the rectified sum: ``target = r - other``
+    wherever ``r > 0``, and ``s = 0`` wherever ``r = 0`` (relevance is zero there), so both shares are those
+    of :class:`SumRelevance` up to rounding."""
+
+    @staticmethod
+    def forward(ctx, stabilizer: float, target: Tensor, other: Tensor) -> Tensor:
+        torch.ops.aten._add_relu.out(target, other, out=target)
+        ctx.mark_dirty(target)
+        ctx.stabilizer = stabilizer
+        ctx.save_for_backward(target, other)
+        return target
+
+    @staticmethod
+    def backward(ctx, relevance: Tensor):
+        rectified, other = (_widen(t) for t in ctx.saved_tensors)
+        s = rectified_quotient(_widen(relevance), rectified, ctx.stabilizer)
+        for_other = other * s
+        return None, s.mul_(rectified).sub_(for_other), for_other
+
+
+def sum_in_place_fits(target: Tensor, other: Tensor) -> bool:
+    """Whether :class:`RectifiedSumInPlace` may write into ``target``: same shape, dtype and layout as
+    ``other``, dense, on a thread that is not keeping layer outputs (:func:`outputs_kept`)."""
+    return (rectifying() and target.shape == other.shape and target.dtype == other.dtype
+            and target.stride() == other.stride()
+            and (target.is_contiguous() or (target.ndim == 4 and target.is_contiguous(memory_format=torch.channels_last))))

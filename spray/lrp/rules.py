@@ -10,7 +10,8 @@ biases (the positive part of the bias joins the positive denominator, the negati
 Cost: each rule is evaluated in the backward pass of one autograd graph. When the layer's input is
 non-negative (after a ReLU, the common case) the ``a-`` terms vanish exactly and are skipped, so z+ costs
 one extra forward product of the layer and gamma/alpha-beta one extra forward product plus one extra
-transposed product.
+transposed product. Where a ReLU follows the layer and relevance is zero wherever its output is zero
+(``spray.lrp.graph``), gamma costs one extra forward product only (``Gamma.rectified_relevance``).
 
 Other rules: :class:`Pass` (element-wise activations: relevance unchanged), :class:`Norm` (average
 pooling and sums: proportional to each input's contribution), :class:`Gradient` (max pooling, reshapes,
@@ -25,7 +26,13 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from spray.lrp.fused import alpha_beta_quotients, epsilon_quotient, gamma_quotients, memory_format_of
+from spray.lrp.fused import (
+    alpha_beta_quotients,
+    epsilon_quotient,
+    gamma_quotients,
+    memory_format_of,
+    rectified_quotient,
+)
 from spray.lrp.ops import LinearLayer, safe_divide, stabilize
 
 Bound = Union[float, Sequence[float], Tensor]  # noqa: UP007 (a runtime alias: the | form needs Python 3.10 types)
@@ -80,13 +87,29 @@ class LinearRule(Rule):
         z = layer.forward(a, layer.weight, layer.bias)
         return z, (z if self.needs_output else None)
 
+    # Whether the rule gives the same relevance when handed ``relu(z)`` for ``z`` and an output relevance that
+    # is zero wherever ``z <= 0`` (spray.lrp.ops.LinearRelevance): the graph builder then lets the layer apply
+    # the ReLU after it itself. True for rules whose denominators stay non-zero there, so that 0 / d = 0.
+    rectifies = False
+
     def keeps_output(self, layer: LinearLayer) -> bool:
         """Whether :meth:`forward` may hand its output ``z`` itself to the backward pass (then nothing may
         overwrite ``z`` in place)."""
         return self.needs_output
 
+    def forward_rectified(self, layer: LinearLayer, a: Tensor) -> tuple[Tensor, Tensor | None]:
+        """As :meth:`forward`, for a layer that applies the ReLU after it itself: ``relu(z)``, and the tensor
+        for the backward pass (``relu(z)`` itself where :meth:`keeps_output`, else None)."""
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        return rectified, (rectified if self.keeps_output(layer) else None)
+
     def relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def rectified_relevance(self, layer: LinearLayer, a: Any, z: Tensor | None, relevance: Tensor) -> Tensor:
+        """The input relevance when :meth:`forward_rectified` made ``z`` (``relu(z)`` or None) and
+        ``relevance`` is zero wherever ``z <= 0``; by default :meth:`relevance` on the rectified ``z``."""
+        return self.relevance(layer, a, z, relevance)
 
 
 def _positive(t: Tensor | None) -> Tensor | None:
@@ -118,6 +141,7 @@ class Epsilon(LinearRule):
 
     name = "epsilon"
     needs_output = True
+    rectifies = True
 
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = float(epsilon)
@@ -129,12 +153,18 @@ class Epsilon(LinearRule):
         s = epsilon_quotient(relevance, z, self.epsilon)
         return layer.backward(s, a, layer.weight).mul_(a)
 
+    def rectified_relevance(self, layer, a, z, relevance):
+        # z = relu(z) >= 0: the stabilised denominator is z + eps (sign(0) = +1, as zennit)
+        s = rectified_quotient(relevance, z, self.epsilon)
+        return layer.backward(s, a, layer.weight).mul_(a)
+
 
 class Zero(LinearRule):
     """LRP-0: ``R_j = sum_k a_j w_jk / z_k R_k``; outputs with ``z_k = 0`` pass no relevance."""
 
     name = "zero"
     needs_output = True
+    rectifies = True
 
     def relevance(self, layer, a, z, relevance):
         return a * layer.backward(safe_divide(relevance, z), a, layer.weight)
@@ -170,6 +200,7 @@ class AlphaBeta(LinearRule):
     """
 
     name = "alpha_beta"
+    rectifies = True  # z- - eps = min(relu(z) - (z+ + eps), -eps) <= -eps also where z <= 0
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6) -> None:
         if alpha < 0 or beta < 0:
@@ -199,6 +230,11 @@ class AlphaBeta(LinearRule):
         z = layer.forward(a, layer.weight, layer.bias)
         shared = self.keeps_output(layer) and not torch.is_autocast_enabled(a.device.type)
         return z, (z if shared else None)
+
+    def forward_rectified(self, layer, a):
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        shared = self.keeps_output(layer) and not torch.is_autocast_enabled(a.device.type)
+        return rectified, (rectified if shared else None)
 
     def keeps_output(self, layer: LinearLayer) -> bool:
         # z is kept for inputs of either sign: those of both signs (a first layer) use it alike
@@ -316,6 +352,7 @@ class Gamma(LinearRule):
 
     name = "gamma"
     needs_output = True
+    rectifies = True
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
         if gamma < 0 or stabilizer < 0:
@@ -324,6 +361,31 @@ class Gamma(LinearRule):
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "stabilizer": self.stabilizer}
+
+    def forward_rectified(self, layer, a):
+        """``z`` (rectified by the caller); kept for the backward pass only where the input may be negative:
+        for an input >= 0 by construction :meth:`rectified_relevance` needs nothing of it."""
+        rectified = layer.forward_relu(a, layer.weight, layer.bias)
+        return rectified, (None if layer.input_nonnegative else rectified)
+
+    def rectified_relevance(self, layer, a, z, relevance):
+        """With ``relevance`` zero wherever ``z <= 0`` only outputs with ``z > 0`` pass relevance, all with the
+        weights ``w + g w+`` (for ``a >= 0``) and the denominator ``z + g q + eps``, ``q = a w+ + b+``: one
+        product with the cached ``w + g w+`` and bias ``b + g b+ + eps`` (as zennit forms it) and one
+        transposed product with the same weights, half the channels of :meth:`_nonnegative_input`'s."""
+        if z is not None:  # an input of either sign: the general path on relu(z), exact where z > 0
+            return self.relevance(layer, a, z, relevance)
+        g = self.gamma
+        eps = max(self.stabilizer, torch.finfo(relevance.dtype).tiny)
+        weight, bias = layer.derived(("gamma_rectified", g, eps), lambda: (
+            layer.weight + g * layer.split_weight()[0],
+            _shifted_bias(None if layer.bias is None else layer.bias + g * layer.bias.clamp(min=0), eps,
+                          layer.weight)))
+        denominator = layer.forward(a, weight, bias)
+        # >= eps wherever z > 0; elsewhere the relevance is 0 and the clamp keeps 0 / d from being 0 / 0
+        denominator.clamp_(min=eps)
+        s = torch.div(relevance, denominator, out=denominator)
+        return layer.backward(s, a, weight).mul_(a)
 
     def relevance(self, layer, a, z, relevance):
         g = self.gamma
@@ -431,6 +493,7 @@ class ZBox(LinearRule):
 
     name = "zbox"
     needs_output = True
+    rectifies = True  # z - (l w+ + h w-) is stabilised away from 0 wherever z is rectified
 
     def __init__(self, low: Bound, high: Bound, stabilizer: float = 1e-6) -> None:
         self.low, self.high = _bound(low, "low"), _bound(high, "high")
