@@ -161,7 +161,7 @@ NEON_PRESENT = (
     "competitor puts elsewhere; heatmaps are normalised, so relevance drawn to one place is missing in others) "
     "and is not shown. Mean of the members' maps; mean logit {logit}."
 )
-NEON_PROTOTYPE = "Third tile: the prototype's own NEON membership map, where its heatmap makes it a member."
+NEON_PROTOTYPE = "Third tile: the prototype's own NEON membership map, what its heatmap has that makes it a member."
 NEON_LENS = (
     "What sets this cluster apart from cluster {competitor}, its nearest, at layer {layer}: the clusters were formed "
     "on that layer's activations (analysis.space features); NEON splits each member's membership logit, how much "
