@@ -8,6 +8,7 @@ with the code that measures it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -191,7 +192,7 @@ def neon_text(competitor: int, logit: str, layer: str | None = None) -> str:
 
 def neon_present_text(competitor: int, logit: str, present_share: float | None) -> str:
     """The one-line explanation of a cluster's NEON map of what its members have."""
-    lacks = "None" if present_share is None or present_share != present_share else f"{1 - present_share:.0%}"
+    lacks = "None" if present_share is None or math.isnan(present_share) else f"{1 - present_share:.0%}"
     return NEON_PRESENT.format(competitor=competitor, logit=logit, lacks=lacks)
 
 
